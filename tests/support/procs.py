@@ -1,0 +1,93 @@
+"""Real processes for tests: free ports, `townsquare` subcommands started and stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until `url` answers 200; fail early if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s ({last})")
+
+
+class Service:
+    """A `townsquare` subprocess with its log captured to a file."""
+
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None):
+        self.args = list(args)
+        self.log = log
+        full_env = {**os.environ, **(env or {})}
+        self._logf = open(log, "ab")
+        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+            [sys.executable, "-m", "townsquare", *self.args],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.alive():
+            self.signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+        self._logf.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running(
+    args: Sequence[str], log: Path, health: str | None, env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Iterator[Service]:
+    svc = Service(args, log, env)
+    try:
+        if health:
+            try:
+                wait_http(health, timeout, svc.proc)
+            except Exception as exc:
+                svc.stop()
+                raise RuntimeError(f"{args} did not come up: {exc}\n{svc.output()[-3000:]}") from exc
+        yield svc
+    finally:
+        svc.stop()
