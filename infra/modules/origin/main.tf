@@ -1,0 +1,647 @@
+# The origin/ingest service: one `townsquare ingest` task runs the control API (8000,
+# rooms API + WHIP + broadcaster page), the RTMP server (1935), the packager and the
+# origin (8001). The origin's blocking playlist reload is fed in-process by the packager
+# and live rooms are held in this task's memory, so exactly one task runs at a time.
+
+data "aws_region" "current" {}
+
+data "aws_vpc" "this" {
+  id = var.vpc_id
+}
+
+locals {
+  # Ports are the services' defaults, passed explicitly so that the task definition,
+  # target groups and the process agree (tests/infra pins them to the settings classes).
+  control_port = 8000
+  origin_port  = 8001
+  rtmp_port    = 1935
+
+  container_name = "townsquare"
+  create_token   = var.admin_token_parameter_arn == null
+  admin_token_arn = (
+    local.create_token ? aws_ssm_parameter.admin_token[0].arn : var.admin_token_parameter_arn
+  )
+  origin_ingress_cidr_blocks = (
+    var.origin_ingress_cidr_blocks != null ? var.origin_ingress_cidr_blocks : [data.aws_vpc.this.cidr_block]
+  )
+
+  # Every key is a field of ingest.settings.IngestSettings (TOWNSQUARE_ + field name);
+  # tests/infra/test_settings_drift.py fails the build when one is not. Null values are
+  # left out so the service keeps its own default.
+  container_environment = {
+    TOWNSQUARE_HOST                 = "0.0.0.0"
+    TOWNSQUARE_CONTROL_PORT         = local.control_port
+    TOWNSQUARE_RTMP_PORT            = local.rtmp_port
+    TOWNSQUARE_DATA_DIR             = "/data"
+    TOWNSQUARE_S3_BUCKET            = var.s3_bucket
+    TOWNSQUARE_S3_PREFIX            = var.s3_key_prefix
+    TOWNSQUARE_S3_REGION            = data.aws_region.current.name
+    TOWNSQUARE_PUBLIC_CONTROL_URL   = coalesce(var.public_control_url, "https://${aws_lb.control.dns_name}")
+    TOWNSQUARE_PUBLIC_RTMP_URL      = coalesce(var.public_rtmp_url, "rtmp://${aws_lb.rtmp.dns_name}:${local.rtmp_port}")
+    TOWNSQUARE_PUBLIC_EDGE_URL      = var.public_edge_url
+    TOWNSQUARE_LADDER               = var.ladder
+    TOWNSQUARE_IDLE_TIMEOUT_SECONDS = var.idle_timeout_seconds
+  }
+
+  container_secrets = {
+    TOWNSQUARE_ADMIN_TOKEN = local.admin_token_arn
+  }
+
+  healthcheck = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.control_port}/healthz', timeout=3)"
+}
+
+################################################################################
+# Admin token
+################################################################################
+
+resource "random_password" "admin_token" {
+  count   = local.create_token ? 1 : 0
+  length  = 48
+  special = false
+}
+
+resource "aws_ssm_parameter" "admin_token" {
+  count       = local.create_token ? 1 : 0
+  name        = "/${var.name}/admin-token"
+  description = "townsquare rooms API admin token (TOWNSQUARE_ADMIN_TOKEN)."
+  type        = "SecureString"
+  key_id      = var.secrets_kms_key_arn
+  value       = random_password.admin_token[0].result
+  tags        = var.tags
+
+  # Rotation happens out of band (`aws ssm put-parameter --overwrite`); see infra/README.md.
+  lifecycle {
+    ignore_changes = [value]
+  }
+}
+
+################################################################################
+# Logs and IAM
+################################################################################
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_338:Operational logs of a stateless stream service; retention is var.log_retention_days (30 by default) to bound cost.
+  #checkov:skip=CKV_AWS_158:KMS for logs is optional (var.log_kms_key_arn); CloudWatch encrypts at rest by default.
+  name              = "/ecs/${var.name}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.log_kms_key_arn
+  tags              = var.tags
+}
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "execution" {
+  name_prefix        = "${var.name}-exec-"
+  description        = "Pulls the image, writes logs and reads the admin token for ${var.name}."
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "execution" {
+  role       = aws_iam_role.execution.name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+data "aws_iam_policy_document" "read_admin_token" {
+  statement {
+    sid       = "ReadAdminToken"
+    actions   = ["ssm:GetParameters", "secretsmanager:GetSecretValue"]
+    resources = [local.admin_token_arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.secrets_kms_key_arn == null ? [] : [var.secrets_kms_key_arn]
+    content {
+      sid       = "DecryptAdminToken"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "read_admin_token" {
+  name   = "read-admin-token"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.read_admin_token.json
+}
+
+resource "aws_iam_role" "task" {
+  name_prefix        = "${var.name}-task-"
+  description        = "What the townsquare ingest process itself may do: write the bucket."
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "task_s3_writer" {
+  role       = aws_iam_role.task.name
+  policy_arn = var.s3_writer_policy_arn
+}
+
+################################################################################
+# Security groups
+################################################################################
+
+resource "aws_security_group" "control_alb" {
+  name_prefix = "${var.name}-control-alb-"
+  description = "townsquare control API load balancer"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "control_alb_https" {
+  for_each          = toset(var.control_ingress_cidr_blocks)
+  security_group_id = aws_security_group.control_alb.id
+  description       = "HTTPS: rooms API, WHIP, broadcaster page"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "control_alb_http" {
+  #checkov:skip=CKV_AWS_260:Port 80 only answers with a redirect to HTTPS.
+  for_each          = toset(var.control_ingress_cidr_blocks)
+  security_group_id = aws_security_group.control_alb.id
+  description       = "HTTP, redirected to HTTPS"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_egress_rule" "control_alb_to_task" {
+  security_group_id            = aws_security_group.control_alb.id
+  description                  = "To the control API"
+  ip_protocol                  = "tcp"
+  from_port                    = local.control_port
+  to_port                      = local.control_port
+  referenced_security_group_id = aws_security_group.task.id
+}
+
+resource "aws_security_group" "origin_alb" {
+  name_prefix = "${var.name}-origin-alb-"
+  description = "townsquare internal origin load balancer"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "origin_alb" {
+  for_each          = toset(local.origin_ingress_cidr_blocks)
+  security_group_id = aws_security_group.origin_alb.id
+  description       = "Origin HTTP from edges and shields inside the VPC"
+  ip_protocol       = "tcp"
+  from_port         = local.origin_port
+  to_port           = local.origin_port
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_egress_rule" "origin_alb_to_task" {
+  security_group_id            = aws_security_group.origin_alb.id
+  description                  = "To the origin"
+  ip_protocol                  = "tcp"
+  from_port                    = local.origin_port
+  to_port                      = local.origin_port
+  referenced_security_group_id = aws_security_group.task.id
+}
+
+resource "aws_security_group" "rtmp_nlb" {
+  name_prefix = "${var.name}-rtmp-nlb-"
+  description = "townsquare RTMP network load balancer"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "rtmp_nlb" {
+  for_each          = toset(var.rtmp_ingress_cidr_blocks)
+  security_group_id = aws_security_group.rtmp_nlb.id
+  description       = "RTMP from broadcasters"
+  ip_protocol       = "tcp"
+  from_port         = local.rtmp_port
+  to_port           = local.rtmp_port
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_egress_rule" "rtmp_nlb_to_task" {
+  for_each                     = toset([tostring(local.rtmp_port), tostring(local.control_port)])
+  security_group_id            = aws_security_group.rtmp_nlb.id
+  description                  = "To RTMP and the health check"
+  ip_protocol                  = "tcp"
+  from_port                    = tonumber(each.value)
+  to_port                      = tonumber(each.value)
+  referenced_security_group_id = aws_security_group.task.id
+}
+
+resource "aws_security_group" "task" {
+  name_prefix = "${var.name}-task-"
+  description = "townsquare origin/ingest task"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "task_control" {
+  for_each = {
+    control_alb = aws_security_group.control_alb.id
+    rtmp_nlb    = aws_security_group.rtmp_nlb.id
+  }
+  security_group_id            = aws_security_group.task.id
+  description                  = "Control API and health checks from ${each.key}"
+  ip_protocol                  = "tcp"
+  from_port                    = local.control_port
+  to_port                      = local.control_port
+  referenced_security_group_id = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "task_origin" {
+  security_group_id            = aws_security_group.task.id
+  description                  = "Origin HTTP from the internal ALB"
+  ip_protocol                  = "tcp"
+  from_port                    = local.origin_port
+  to_port                      = local.origin_port
+  referenced_security_group_id = aws_security_group.origin_alb.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "task_rtmp" {
+  security_group_id            = aws_security_group.task.id
+  description                  = "RTMP from the NLB"
+  ip_protocol                  = "tcp"
+  from_port                    = local.rtmp_port
+  to_port                      = local.rtmp_port
+  referenced_security_group_id = aws_security_group.rtmp_nlb.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "task_whip_media" {
+  count             = var.assign_public_ip ? 1 : 0
+  security_group_id = aws_security_group.task.id
+  description       = "WebRTC (WHIP) media: ICE/DTLS/SRTP over UDP from browsers"
+  ip_protocol       = "udp"
+  from_port         = var.whip_udp_port_range.from
+  to_port           = var.whip_udp_port_range.to
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_vpc_security_group_egress_rule" "task" {
+  #checkov:skip=CKV_AWS_382:The task reaches S3, ECR, SSM, CloudWatch and STUN/WebRTC peers on the internet; narrowing needs VPC endpoints the operator may add.
+  security_group_id = aws_security_group.task.id
+  description       = "S3, ECR, SSM, logs, STUN and WebRTC peers"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+################################################################################
+# Load balancers
+################################################################################
+
+resource "aws_lb" "control" {
+  #checkov:skip=CKV2_AWS_28:A WAF is the operator's choice; attach one with aws_wafv2_web_acl_association to control_lb_arn.
+  #checkov:skip=CKV_AWS_91:Access logs are optional (var.access_logs_bucket).
+  name_prefix                = "tsctl-"
+  load_balancer_type         = "application"
+  internal                   = false
+  subnets                    = var.public_subnet_ids
+  security_groups            = [aws_security_group.control_alb.id]
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+  # HTTP/2 to browsers is the ALB's; the task speaks HTTP/1.1 behind it.
+  enable_http2 = true
+  idle_timeout = 60
+  tags         = merge(var.tags, { Name = "${var.name}-control" })
+
+  dynamic "access_logs" {
+    for_each = var.access_logs_bucket == null ? [] : [var.access_logs_bucket]
+    content {
+      bucket  = access_logs.value
+      prefix  = "${var.name}/control"
+      enabled = true
+    }
+  }
+}
+
+resource "aws_lb_target_group" "control" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the ALB; the hop to the task stays inside the VPC.
+  name_prefix          = "tsctl-"
+  port                 = local.control_port
+  protocol             = "HTTP"
+  target_type          = "ip"
+  vpc_id               = var.vpc_id
+  deregistration_delay = 30
+  tags                 = var.tags
+
+  health_check {
+    path                = "/healthz"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_lb_listener" "control_https" {
+  load_balancer_arn = aws_lb.control.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = var.ssl_policy
+  certificate_arn   = var.certificate_arn
+  tags              = var.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.control.arn
+  }
+}
+
+resource "aws_lb_listener" "control_http" {
+  load_balancer_arn = aws_lb.control.arn
+  port              = 80
+  protocol          = "HTTP"
+  tags              = var.tags
+
+  default_action {
+    type = "redirect"
+
+    redirect {
+      port        = "443"
+      protocol    = "HTTPS"
+      status_code = "HTTP_301"
+    }
+  }
+}
+
+resource "aws_lb" "origin" {
+  #checkov:skip=CKV2_AWS_28:Internal load balancer reachable only from inside the VPC; no WAF needed.
+  #checkov:skip=CKV2_AWS_20:Internal plain-HTTP origin listener on 8001, nothing to redirect; TLS ends at the public ALB/CloudFront.
+  #checkov:skip=CKV_AWS_91:Access logs are optional (var.access_logs_bucket).
+  name_prefix                = "tsorg-"
+  load_balancer_type         = "application"
+  internal                   = true
+  subnets                    = var.private_subnet_ids
+  security_groups            = [aws_security_group.origin_alb.id]
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+  # Blocking playlist requests are held up to 3 × target duration (6 s); 60 s leaves room.
+  idle_timeout = 60
+  tags         = merge(var.tags, { Name = "${var.name}-origin" })
+
+  dynamic "access_logs" {
+    for_each = var.access_logs_bucket == null ? [] : [var.access_logs_bucket]
+    content {
+      bucket  = access_logs.value
+      prefix  = "${var.name}/origin"
+      enabled = true
+    }
+  }
+}
+
+resource "aws_lb_target_group" "origin" {
+  #checkov:skip=CKV_AWS_378:VPC-internal hop from edges to the origin; TLS ends at the public ALB/CloudFront.
+  name_prefix          = "tsorg-"
+  port                 = local.origin_port
+  protocol             = "HTTP"
+  target_type          = "ip"
+  vpc_id               = var.vpc_id
+  deregistration_delay = 10
+  tags                 = var.tags
+
+  health_check {
+    path                = "/healthz"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_lb_listener" "origin" {
+  #checkov:skip=CKV_AWS_2:Internal listener inside the VPC; listeners reach the origin only through edges, which terminate TLS.
+  #checkov:skip=CKV_AWS_103:No TLS on this VPC-internal listener (see CKV_AWS_2).
+  load_balancer_arn = aws_lb.origin.arn
+  port              = local.origin_port
+  protocol          = "HTTP"
+  tags              = var.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.origin.arn
+  }
+}
+
+resource "aws_lb" "rtmp" {
+  #checkov:skip=CKV_AWS_91:Access logs are optional (var.access_logs_bucket).
+  name_prefix                      = "tsrtm-"
+  load_balancer_type               = "network"
+  internal                         = false
+  subnets                          = var.public_subnet_ids
+  security_groups                  = [aws_security_group.rtmp_nlb.id]
+  enable_cross_zone_load_balancing = true
+  enable_deletion_protection       = var.deletion_protection
+  tags                             = merge(var.tags, { Name = "${var.name}-rtmp" })
+
+  dynamic "access_logs" {
+    for_each = var.access_logs_bucket == null ? [] : [var.access_logs_bucket]
+    content {
+      bucket  = access_logs.value
+      prefix  = "${var.name}/rtmp"
+      enabled = true
+    }
+  }
+}
+
+resource "aws_lb_target_group" "rtmp" {
+  name_prefix          = "tsrtm-"
+  port                 = local.rtmp_port
+  protocol             = "TCP"
+  target_type          = "ip"
+  vpc_id               = var.vpc_id
+  deregistration_delay = 30
+  tags                 = var.tags
+
+  # The RTMP port has no health endpoint; the control port's /healthz speaks for the process.
+  health_check {
+    protocol            = "HTTP"
+    port                = tostring(local.control_port)
+    path                = "/healthz"
+    interval            = 10
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_lb_listener" "rtmp" {
+  load_balancer_arn = aws_lb.rtmp.arn
+  port              = local.rtmp_port
+  protocol          = "TCP"
+  tags              = var.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.rtmp.arn
+  }
+}
+
+################################################################################
+# Task and service
+################################################################################
+
+resource "aws_ecs_task_definition" "this" {
+  family                   = var.name
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.cpu
+  memory                   = var.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+  tags                     = var.tags
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  # Writable scratch on the task's ephemeral storage; the root filesystem stays read-only.
+  volume {
+    name = "data"
+  }
+
+  volume {
+    name = "tmp"
+  }
+
+  container_definitions = jsonencode([
+    {
+      name                   = local.container_name
+      image                  = var.image
+      essential              = true
+      command                = ["ingest"]
+      readonlyRootFilesystem = true
+      # Up to Fargate's maximum, so live rooms can end cleanly (ENDLIST, recordings).
+      stopTimeout = 120
+
+      portMappings = [
+        { containerPort = local.control_port, protocol = "tcp" },
+        { containerPort = local.origin_port, protocol = "tcp" },
+        { containerPort = local.rtmp_port, protocol = "tcp" },
+      ]
+
+      environment = [
+        for k, v in local.container_environment : { name = k, value = tostring(v) } if v != null
+      ]
+      secrets = [
+        for k, v in local.container_secrets : { name = k, valueFrom = v }
+      ]
+
+      mountPoints = [
+        { sourceVolume = "data", containerPath = "/data", readOnly = false },
+        { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
+      ]
+
+      healthCheck = {
+        command     = ["CMD", "python", "-c", local.healthcheck]
+        interval    = 10
+        timeout     = 5
+        retries     = 3
+        startPeriod = 20
+      }
+
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = aws_cloudwatch_log_group.this.name
+          awslogs-region        = data.aws_region.current.name
+          awslogs-stream-prefix = "ingest"
+        }
+      }
+    }
+  ])
+}
+
+resource "aws_ecs_service" "this" {
+  #checkov:skip=CKV_AWS_333:WHIP media is WebRTC over UDP straight to the task, which needs a public IP (var.assign_public_ip); no load balancer carries ICE.
+  name                              = var.name
+  cluster                           = var.cluster_arn
+  task_definition                   = aws_ecs_task_definition.this.arn
+  launch_type                       = "FARGATE"
+  platform_version                  = "LATEST"
+  propagate_tags                    = "SERVICE"
+  health_check_grace_period_seconds = 30
+  enable_execute_command            = false
+  wait_for_steady_state             = false
+  # Rooms live in the task's memory: never two tasks at once. A deploy stops the old task
+  # (its rooms end, recordings are closed in S3) before the new one starts.
+  desired_count                      = 1
+  deployment_minimum_healthy_percent = 0
+  deployment_maximum_percent         = 100
+  tags                               = var.tags
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  network_configuration {
+    subnets          = var.assign_public_ip ? var.public_subnet_ids : var.private_subnet_ids
+    security_groups  = [aws_security_group.task.id]
+    assign_public_ip = var.assign_public_ip
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.control.arn
+    container_name   = local.container_name
+    container_port   = local.control_port
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.origin.arn
+    container_name   = local.container_name
+    container_port   = local.origin_port
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.rtmp.arn
+    container_name   = local.container_name
+    container_port   = local.rtmp_port
+  }
+
+  depends_on = [
+    aws_lb_listener.control_https,
+    aws_lb_listener.origin,
+    aws_lb_listener.rtmp,
+  ]
+}

@@ -1,0 +1,69 @@
+output "origin_internal_url" {
+  description = "URL edges (or the shield tier) use as their upstream: the internal origin ALB."
+  value       = "http://${aws_lb.origin.dns_name}:${local.origin_port}"
+}
+
+output "control_lb_dns_name" {
+  description = "DNS name of the control API ALB (point control.<domain> here)."
+  value       = aws_lb.control.dns_name
+}
+
+output "control_lb_zone_id" {
+  description = "Route 53 zone ID of the control API ALB, for alias records."
+  value       = aws_lb.control.zone_id
+}
+
+output "control_lb_arn" {
+  description = "ARN of the control API ALB (attach a WAF here)."
+  value       = aws_lb.control.arn
+}
+
+output "rtmp_lb_dns_name" {
+  description = "DNS name of the RTMP NLB (point rtmp.<domain> here)."
+  value       = aws_lb.rtmp.dns_name
+}
+
+output "rtmp_lb_zone_id" {
+  description = "Route 53 zone ID of the RTMP NLB, for alias records."
+  value       = aws_lb.rtmp.zone_id
+}
+
+output "control_url" {
+  description = "Base URL of the control API as handed out to broadcasters."
+  value       = local.container_environment.TOWNSQUARE_PUBLIC_CONTROL_URL
+}
+
+output "rtmp_url" {
+  description = "RTMP URL template for broadcasters ({stream_key} is per room)."
+  value       = "${local.container_environment.TOWNSQUARE_PUBLIC_RTMP_URL}/live/{stream_key}"
+}
+
+output "whip_url" {
+  description = "WHIP URL template for browsers and WHIP clients ({room} is the room name)."
+  value       = "${local.container_environment.TOWNSQUARE_PUBLIC_CONTROL_URL}/whip/{room}"
+}
+
+output "admin_token_parameter_arn" {
+  description = "ARN of the SSM parameter (or secret) holding TOWNSQUARE_ADMIN_TOKEN."
+  value       = local.admin_token_arn
+}
+
+output "security_group_id" {
+  description = "Security group of the origin/ingest task."
+  value       = aws_security_group.task.id
+}
+
+output "service_name" {
+  description = "Name of the ECS service (for `aws ecs update-service`)."
+  value       = aws_ecs_service.this.name
+}
+
+output "task_role_arn" {
+  description = "IAM role of the running process (has the bucket writer policy)."
+  value       = aws_iam_role.task.arn
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group of the service."
+  value       = aws_cloudwatch_log_group.this.name
+}
