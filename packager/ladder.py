@@ -17,7 +17,7 @@ _FRAME_SIZE = {"aac": 1024, "opus": 960}
 # Frames per part: 10 × 1024 = 213.3 ms, 12 × 960 = 240 ms. Both ≥ 85 % of the 240 ms
 # part target and both divide the 320 ms grid's multiples at segment ends.
 _PART_FRAMES = {"aac": 10, "opus": 12}
-_CODECS = {"aac": "mp4a.40.2", "opus": "opus"}
+_CODECS = {"aac": "mp4a.40.2", "opus": "Opus"}
 _PYAV_CODEC = {"aac": "aac", "opus": "libopus"}
 PART_TARGET_SECONDS = 0.24
 
@@ -43,7 +43,7 @@ class Rendition:
 
     @property
     def codecs_attr(self) -> str:
-        """The CODECS value for the multivariant playlist (hls.js maps `opus`/`Opus`)."""
+        """The CODECS value for the multivariant playlist (RFC 6381 spelling; hls.js lowercases Opus for MSE)."""
         return _CODECS[self.codec]
 
     @property

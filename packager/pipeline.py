@@ -1,8 +1,56 @@
-"""Live broadcasts: PCM in, CMAF parts and LL-HLS playlists out (interface first; body follows)."""
+"""Live broadcasts: program PCM in, CMAF parts, LL-HLS playlists and a recording out.
+
+`Packager` owns the store and the in-process `Hub` the origin reads. Each `Broadcast`
+encodes every rendition of the ladder off the event loop, publishes each part to the hub
+the moment it is cut, and queues every object for the store through `StoreWriter`s that
+retry until the store takes them.
+
+Store layout (keys double as origin paths):
+    live/{room}/master.m3u8               points at the current broadcast
+    live/{room}/room.json                 current broadcast id
+    live/{room}/{bid}/state.json          playlist models (read by a standalone origin)
+    live/{room}/{bid}/recording.m3u8      multivariant playlist of the recording
+    live/{room}/{bid}/{rendition}/init.mp4, p{msn}.{i}.m4s, s{msn}.m4s,
+                                  live.m3u8, recording.m3u8
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import deque
+
 import numpy as np
+from prometheus_client import Counter, Gauge
+
+from packager.cmaf import PartReady, RenditionEncoder, SegmentReady
+from packager.errors import BroadcastClosed
+from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
+from packager.live import Hub, LiveRoom, dumps_state
+from packager.playlist import (
+    MediaPlaylist,
+    Part,
+    PlaylistBuilder,
+    Variant,
+    render_media,
+    render_multivariant,
+    target_duration_for,
+)
+from packager.settings import PackagerSettings
+from packager.store import Store, StoreWriter, open_store
+from townsquare.rooms import check_room
+
+log = logging.getLogger(__name__)
+
+PARTS_CUT = Counter("townsquare_packager_parts_total", "Parts cut", ["rendition"])
+SEGMENTS_CUT = Counter("townsquare_packager_segments_total", "Segments cut", ["rendition"])
+BROADCASTS_LIVE = Gauge("townsquare_packager_broadcasts_live", "Broadcasts on air")
+
+IMMUTABLE = "public, max-age=86400, immutable"
+SHORT = "public, max-age=1"
 
 
 class Broadcast:
@@ -14,11 +62,183 @@ class Broadcast:
     `close()` ends the broadcast: ENDLIST on the live playlists and a complete recording.
     """
 
-    room: str
-    broadcast_id: str
+    def __init__(self, packager: Packager, room: str, broadcast_id: str):
+        s = packager.settings
+        self.packager = packager
+        self.room = room
+        self.broadcast_id = broadcast_id
+        self.renditions: list[Rendition] = s.renditions()
+        self.base = f"live/{room}/{broadcast_id}"
+        self.started_at = time.time()
+        self.samples_fed = 0
+        segment_seconds = s.segment_units * GRID_SAMPLES / SAMPLE_RATE
+        td = target_duration_for(segment_seconds)
+        self._encoders = {r.name: RenditionEncoder(r, s.segment_units) for r in self.renditions}
+        self._builders = {
+            r.name: PlaylistBuilder(
+                MediaPlaylist(td, PART_TARGET_SECONDS, "init.mp4", preload_hint="p1.0.m4s"),
+                s.live_window_segments,
+            )
+            for r in self.renditions
+        }
+        self.live = LiveRoom(room, broadcast_id, self.renditions,
+                             {n: b.playlist for n, b in self._builders.items()})
+        retry = s.store_retry_max_seconds
+        self._media = {r.name: StoreWriter(packager.store, f"{room}-{r.name}", retry)
+                       for r in self.renditions}
+        self._meta = StoreWriter(packager.store, f"{room}-meta", retry)
+        self._queue: deque[np.ndarray] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.closed = False
+        self._task: asyncio.Task[None] | None = None
 
+    # --- public ------------------------------------------------------------------------
     def feed(self, pcm: np.ndarray) -> None:
-        raise NotImplementedError
+        if self._closing:
+            raise BroadcastClosed(f"broadcast {self.broadcast_id} of {self.room} has ended")
+        if pcm.ndim != 2 or pcm.shape[0] != 2:
+            raise ValueError(f"expected planar stereo (2, n), got shape {pcm.shape}")
+        self._queue.append(pcm)
+        self.samples_fed += pcm.shape[1]
+        self._wake.set()
 
     async def close(self) -> None:
-        raise NotImplementedError
+        if self._closing:
+            if self._task:
+                await asyncio.shield(self._task)
+            return
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            await asyncio.shield(self._task)
+
+    @property
+    def pending_writes(self) -> int:
+        return sum(w.pending for w in self._media.values()) + self._meta.pending
+
+    # --- internals ---------------------------------------------------------------------
+    def _start(self) -> None:
+        for r in self.renditions:
+            enc = self._encoders[r.name]
+            self.live.renditions[r.name].init = enc.init
+            self._media[r.name].put(f"{self.base}/{r.name}/init.mp4", enc.init, IMMUTABLE)
+        self._write_masters()
+        BROADCASTS_LIVE.inc()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"broadcast-{self.room}")
+
+    def _write_masters(self) -> None:
+        live = render_multivariant([Variant(r, f"{self.broadcast_id}/{r.name}/live.m3u8")
+                                    for r in self.renditions]).encode()
+        rec = render_multivariant([Variant(r, f"{r.name}/recording.m3u8")
+                                   for r in self.renditions]).encode()
+        self._meta.put(f"{self.base}/recording.m3u8", rec, SHORT)
+        self._meta.put(f"live/{self.room}/master.m3u8", live, SHORT)
+        self._meta.put(f"live/{self.room}/room.json",
+                       json.dumps({"broadcast_id": self.broadcast_id,
+                                   "started_at": self.started_at}).encode(), "no-cache")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._queue:
+                    blocks = list(self._queue)
+                    self._queue.clear()
+                    pcm = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+                    events = await asyncio.to_thread(self._encode, pcm)
+                    self._publish(events)
+                if self._closing and not self._queue:
+                    break
+            self._publish(await asyncio.to_thread(self._finish))
+            self._end()
+            await self._drain()
+        except Exception:
+            log.exception("broadcast %s/%s failed", self.room, self.broadcast_id)
+            raise
+        finally:
+            self.closed = True
+            BROADCASTS_LIVE.dec()
+
+    def _encode(self, pcm: np.ndarray) -> list[tuple[str, PartReady | SegmentReady]]:
+        return [(n, ev) for n, enc in self._encoders.items() for ev in enc.push(pcm)]
+
+    def _finish(self) -> list[tuple[str, PartReady | SegmentReady]]:
+        return [(n, ev) for n, enc in self._encoders.items() for ev in enc.finish()]
+
+    def _publish(self, events: list[tuple[str, PartReady | SegmentReady]]) -> None:
+        if not events:
+            return
+        for name, ev in events:
+            b = self._builders[name]
+            lr = self.live.renditions[name]
+            writer = self._media[name]
+            if isinstance(ev, PartReady):
+                uri = f"p{ev.msn}.{ev.index}.m4s"
+                nxt = f"p{ev.msn + 1}.0.m4s" if ev.last_in_segment else f"p{ev.msn}.{ev.index + 1}.m4s"
+                pl = b.add_part(Part(ev.samples / SAMPLE_RATE, uri),
+                                self.started_at + ev.start_sample / SAMPLE_RATE, nxt)
+                lr.remember(uri, ev.data)
+                writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
+                PARTS_CUT.labels(name).inc()
+            else:
+                uri = f"s{ev.msn}.m4s"
+                pl = b.close_segment(uri, b.playlist.preload_hint)
+                lr.remember(uri, ev.data)
+                writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
+                # The recording and a plain live playlist (for anyone serving the bucket
+                # directly) are rewritten per segment, so a crash loses at most one.
+                writer.put(f"{self.base}/{name}/recording.m3u8",
+                           render_media(b.recording()).encode(), SHORT)
+                writer.put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
+                SEGMENTS_CUT.labels(name).inc()
+            lr.playlist = pl
+        self.live.touch()
+        self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
+
+    def _end(self) -> None:
+        for name, b in self._builders.items():
+            pl = b.end()
+            self.live.renditions[name].playlist = pl
+            rec = render_media(b.recording()).encode()
+            self._media[name].put(f"{self.base}/{name}/recording.m3u8", rec, IMMUTABLE)
+            self._media[name].put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
+        self.live.touch()
+        self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
+
+    async def _drain(self) -> None:
+        writers = [*self._media.values(), self._meta]
+        await asyncio.gather(*(w.drain() for w in writers))
+        for w in writers:
+            await w.close()
+
+
+class Packager:
+    """Starts broadcasts and holds what the origin needs to serve them live."""
+
+    def __init__(self, settings: PackagerSettings, store: Store | None = None,
+                 hub: Hub | None = None):
+        settings.renditions()  # fail early on a bad ladder
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings)
+        self.hub = hub if hub is not None else Hub()
+        self.broadcasts: dict[str, Broadcast] = {}
+
+    def start_broadcast(self, room: str) -> Broadcast:
+        """Begin a new broadcast in `room` (a room has one broadcast on air at a time)."""
+        check_room(room)
+        current = self.broadcasts.get(room)
+        if current is not None and not current._closing:
+            raise BroadcastClosed(f"room {room} already has a broadcast on air")
+        bid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        b = Broadcast(self, room, bid)
+        self.broadcasts[room] = b
+        self.hub.put(b.live)
+        b._start()
+        log.info("room %s: broadcast %s on air, store %s", room, bid, self.store.describe())
+        return b
+
+    async def close(self) -> None:
+        """End every broadcast on air and wait until the store holds all of it."""
+        await asyncio.gather(*(b.close() for b in self.broadcasts.values()))

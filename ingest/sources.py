@@ -1,0 +1,135 @@
+"""Program sources for a local broadcast: a generated test signal and anything ffmpeg reads.
+
+A source hands out planar float32 stereo PCM at 48 kHz in blocks; it does no pacing (the
+capture loop owns the clock) and returns None once it has nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+import numpy as np
+
+RATE = 48_000
+
+
+class SourceError(Exception):
+    """A capture source that cannot be opened or read."""
+
+
+class Source(Protocol):
+    name: str
+    may_block: bool  # reading touches disk or network, so run it off the event loop
+
+    def read(self, n: int) -> np.ndarray | None:
+        """Up to `n` samples as a (2, m) float32 array, m ≥ 1; None at the end."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TestSignal:
+    """A speech-like test signal: a voiced tone whose pitch and loudness move like
+    syllables, plus a 1 kHz marker beep of 50 ms at the start of every wall-clock second,
+    so a listener (or a test) can tell where in time it is. `seconds` bounds its length."""
+
+    name = "test signal"
+    may_block = False
+
+    def __init__(self, seconds: float | None = None, frequency: float = 220.0,
+                 start_time: float | None = None):
+        self.total = None if seconds is None else int(seconds * RATE)
+        self.frequency = frequency
+        self.pos = 0
+        self.phase = 0.0
+        self.t0 = time.time() if start_time is None else start_time
+
+    def read(self, n: int) -> np.ndarray | None:
+        if self.total is not None:
+            n = min(n, self.total - self.pos)
+            if n <= 0:
+                return None
+        idx = np.arange(self.pos, self.pos + n, dtype=np.float64)
+        t = idx / RATE
+        # Pitch glides ±15 % at 0.7 Hz; loudness rises and falls four times a second.
+        f = self.frequency * (1 + 0.15 * np.sin(2 * math.pi * 0.7 * t))
+        phase = self.phase + 2 * math.pi * np.cumsum(f) / RATE
+        self.phase = float(phase[-1] % (2 * math.pi))
+        voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
+        envelope = 0.25 + 0.2 * np.sin(2 * math.pi * 4 * t) ** 2
+        signal = 0.35 * voice * envelope
+        wall = self.t0 + t
+        beep = (wall % 1.0) < 0.05
+        signal = np.where(beep, 0.5 * np.sin(2 * math.pi * 1000 * t), signal)
+        self.pos += n
+        block = signal.astype(np.float32)
+        return np.vstack([block, block])
+
+    def close(self) -> None:
+        pass
+
+
+class MediaSource:
+    """Any file or URL that FFmpeg (through PyAV) can open, decoded and resampled to
+    48 kHz stereo. Reading is as fast as decoding; the capture loop paces it."""
+
+    def __init__(self, url: str, options: dict[str, str] | None = None):
+        import av
+
+        self.name = url
+        self.may_block = True
+        try:
+            self._container = av.open(url, options=options or {}, timeout=10.0)
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open {url}: {exc}") from exc
+        if not self._container.streams.audio:
+            self._container.close()
+            raise SourceError(f"{url} has no audio stream")
+        self._stream = self._container.streams.audio[0]
+        self._frames = self._container.decode(self._stream)
+        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._done = False
+
+    def _pull(self) -> bool:
+        import av
+
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            frames = self._resampler.resample(None)
+            self._done = True
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.name}: decoding failed: {exc}") from exc
+        else:
+            frame.pts = None
+            frames = self._resampler.resample(frame)
+        for f in frames:
+            arr = f.to_ndarray().astype(np.float32, copy=False)
+            self._buffer.append(arr)
+            self._buffered += arr.shape[1]
+        return not self._done
+
+    def read(self, n: int) -> np.ndarray | None:
+        while self._buffered < n and not self._done:
+            self._pull()
+        if self._buffered == 0:
+            return None
+        data = np.concatenate(self._buffer, axis=1) if len(self._buffer) > 1 else self._buffer[0]
+        out, rest = data[:, :n], data[:, n:]
+        self._buffer = [rest] if rest.shape[1] else []
+        self._buffered = rest.shape[1]
+        return out
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def open_source(spec: str, seconds: float | None = None) -> Source:
+    """`tone` (the test signal) or a file path / URL."""
+    if spec in ("tone", "test", "demo"):
+        return TestSignal(seconds)
+    return MediaSource(spec)

@@ -1,0 +1,145 @@
+"""One rendition's encoder and cutter: planar float PCM in, CMAF parts and segments out.
+
+The cutter decides boundaries by counting frames only: a part is `part_frames` encoded
+frames, a segment `segment_frames`; the last part of a segment may be shorter. `tfdt`
+comes from the count of samples already written, never from a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from packager.boxes import TrackConfig, fragment, init_segment
+from packager.errors import EncodeError
+from packager.ladder import SAMPLE_RATE, Rendition
+
+
+@dataclass(frozen=True, slots=True)
+class PartReady:
+    msn: int
+    index: int
+    data: bytes
+    samples: int
+    start_sample: int
+    last_in_segment: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentReady:
+    msn: int
+    data: bytes
+    samples: int
+    start_sample: int
+
+
+Event = PartReady | SegmentReady
+
+
+@dataclass(slots=True)
+class _Cut:
+    msn: int
+    part_index: int = 0
+    segment_start: int = 0
+    frames_in_segment: int = 0
+    packets: list[bytes] = field(default_factory=list)
+    segment_parts: list[bytes] = field(default_factory=list)
+
+
+class RenditionEncoder:
+    """Encodes one rendition with PyAV and cuts its packets into parts and segments."""
+
+    def __init__(self, rendition: Rendition, segment_units: int, first_msn: int = 1):
+        self.rendition = rendition
+        self.segment_frames = rendition.segment_frames(segment_units)
+        self.frame_size = rendition.frame_size
+        layout = "stereo" if rendition.channels == 2 else "mono"
+        try:
+            ctx = av.CodecContext.create(rendition.encoder_name, "w")
+            ctx.sample_rate = SAMPLE_RATE
+            ctx.layout = layout
+            ctx.format = "fltp" if rendition.codec == "aac" else "flt"
+            ctx.bit_rate = rendition.kbps * 1000
+            ctx.open()
+        except (av.FFmpegError, ValueError) as exc:
+            raise EncodeError(f"cannot open {rendition.encoder_name} for {rendition.name}: {exc}") from exc
+        if ctx.frame_size != self.frame_size:
+            raise EncodeError(f"{rendition.encoder_name} frame size {ctx.frame_size} != {self.frame_size}")
+        self._ctx = ctx
+        self._resampler = av.AudioResampler(format=ctx.format, layout=layout, rate=SAMPLE_RATE,
+                                            frame_size=self.frame_size)
+        self.track = TrackConfig(rendition.codec, rendition.channels, SAMPLE_RATE, self.frame_size,
+                                 bytes(ctx.extradata or b""), rendition.kbps * 1000)
+        self.init = init_segment(self.track)
+        self._cut = _Cut(first_msn)
+        self._sequence = 0
+        self._samples_in = 0
+        self._samples_out = 0  # samples in emitted packets: the next part's tfdt
+
+    def push(self, pcm: np.ndarray) -> list[Event]:
+        """Encode planar float32 stereo PCM (2, n); return the parts/segments completed."""
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype=np.float32),
+                                           format="fltp", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._samples_in
+        self._samples_in += pcm.shape[1]
+        events: list[Event] = []
+        try:
+            for f in self._resampler.resample(frame):
+                for packet in self._ctx.encode(f):
+                    events.extend(self._on_packet(bytes(packet)))
+        except av.FFmpegError as exc:
+            raise EncodeError(f"{self.rendition.name}: encoding failed: {exc}") from exc
+        return events
+
+    def finish(self) -> list[Event]:
+        """Flush the encoder at the end of a broadcast: pad the last frame with silence,
+        drain the codec, and close the partial part and segment."""
+        events: list[Event] = []
+        pad = (-self._samples_in) % self.frame_size
+        if pad:
+            events.extend(self.push(np.zeros((2, pad), dtype=np.float32)))
+        try:
+            for packet in self._ctx.encode(None):
+                events.extend(self._on_packet(bytes(packet)))
+        except av.FFmpegError as exc:
+            raise EncodeError(f"{self.rendition.name}: flushing failed: {exc}") from exc
+        cut = self._cut
+        if cut.packets:
+            events.append(self._close_part(last=True))
+        if cut.segment_parts:
+            events.append(self._close_segment())
+        return events
+
+    def _on_packet(self, data: bytes) -> list[Event]:
+        cut = self._cut
+        cut.packets.append(data)
+        cut.frames_in_segment += 1
+        out: list[Event] = []
+        segment_full = cut.frames_in_segment == self.segment_frames
+        if len(cut.packets) == self.rendition.part_frames or segment_full:
+            out.append(self._close_part(last=segment_full))
+        if segment_full:
+            out.append(self._close_segment())
+        return out
+
+    def _close_part(self, last: bool) -> PartReady:
+        cut = self._cut
+        self._sequence += 1
+        n = len(cut.packets)
+        data = fragment(self._sequence, self._samples_out, cut.packets, [self.frame_size] * n)
+        part = PartReady(cut.msn, cut.part_index, data, n * self.frame_size, self._samples_out, last)
+        self._samples_out += n * self.frame_size
+        cut.segment_parts.append(data)
+        cut.packets = []
+        cut.part_index += 1
+        return part
+
+    def _close_segment(self) -> SegmentReady:
+        cut = self._cut
+        samples = self._samples_out - cut.segment_start
+        seg = SegmentReady(cut.msn, b"".join(cut.segment_parts), samples, cut.segment_start)
+        self._cut = _Cut(cut.msn + 1, segment_start=self._samples_out)
+        return seg

@@ -1,0 +1,144 @@
+"""Live state of the rooms on air, shared by the packager (writer) and the origin (reader).
+
+A `LiveRoom` holds each rendition's current playlist model, its init segment and the bytes
+of its recent parts and segments. Readers wait for a change on one future that every
+update resolves and replaces, so ten thousand held requests cost one wake-up each and no
+polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from packager.ladder import Rendition
+from packager.playlist import MediaPlaylist, Part, RenditionReport, Segment, render_media
+
+# Bytes of recent objects kept in memory per rendition: about four segments of parts
+# plus the segments themselves, enough for every client near the live edge.
+RECENT_OBJECTS = 80
+
+
+@dataclass(slots=True)
+class LiveRendition:
+    rendition: Rendition
+    playlist: MediaPlaylist
+    init: bytes | None = None
+    recent: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    _rendered: dict[tuple[int, bool], bytes] = field(default_factory=dict)
+
+    def remember(self, name: str, data: bytes) -> None:
+        self.recent[name] = data
+        while len(self.recent) > RECENT_OBJECTS:
+            self.recent.popitem(last=False)
+
+
+class LiveRoom:
+    """One broadcast of one room as the origin sees it."""
+
+    def __init__(self, room: str, broadcast_id: str, renditions: list[Rendition],
+                 playlists: dict[str, MediaPlaylist]):
+        self.room = room
+        self.broadcast_id = broadcast_id
+        self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
+        self.version = 0
+        self._changed: asyncio.Future[None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return all(lr.playlist.ended for lr in self.renditions.values())
+
+    def update(self, name: str, playlist: MediaPlaylist) -> None:
+        lr = self.renditions[name]
+        lr.playlist = playlist
+        self.touch()
+
+    def touch(self) -> None:
+        self.version += 1
+        for lr in self.renditions.values():
+            lr._rendered.clear()
+        fut, self._changed = self._changed, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def changed(self) -> None:
+        """Return at the next update."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._changed)
+
+    def reports_for(self, name: str) -> tuple[RenditionReport, ...]:
+        out = []
+        for other, lr in self.renditions.items():
+            if other == name:
+                continue
+            msn, part = lr.playlist.last_position()
+            if msn >= 0:
+                out.append(RenditionReport(f"../{other}/live.m3u8", msn, part))
+        return tuple(out)
+
+    def render(self, name: str, skip: bool) -> bytes:
+        """The rendition's playlist text, with fresh rendition reports; memoised per update."""
+        lr = self.renditions[name]
+        key = (self.version, skip)
+        text = lr._rendered.get(key)
+        if text is None:
+            text = render_media(lr.playlist.with_reports(self.reports_for(name)), skip).encode()
+            lr._rendered[key] = text
+        return text
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "broadcast_id": self.broadcast_id,
+            "version": self.version,
+            "renditions": [asdict(lr.rendition) for lr in self.renditions.values()],
+            "playlists": {n: playlist_to_dict(lr.playlist) for n, lr in self.renditions.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LiveRoom:
+        rends = [Rendition(**r) for r in state["renditions"]]
+        pls = {n: playlist_from_dict(d) for n, d in state["playlists"].items()}
+        room = cls(state["room"], state["broadcast_id"], rends, pls)
+        room.version = int(state.get("version", 0))
+        return room
+
+
+def playlist_to_dict(pl: MediaPlaylist) -> dict[str, Any]:
+    d = asdict(pl)
+    d["rendition_reports"] = []
+    return d
+
+
+def playlist_from_dict(d: dict[str, Any]) -> MediaPlaylist:
+    d = dict(d)
+    d["segments"] = tuple(
+        Segment(**{**s, "parts": tuple(Part(**p) for p in s["parts"])}) for s in d["segments"]
+    )
+    d["partial"] = tuple(Part(**p) for p in d["partial"])
+    d["rendition_reports"] = ()
+    return MediaPlaylist(**d)
+
+
+def dumps_state(room: LiveRoom) -> bytes:
+    return json.dumps(room.to_state(), separators=(",", ":")).encode()
+
+
+class Hub:
+    """The rooms on air in this process, by name."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, LiveRoom] = {}
+
+    def get(self, room: str) -> LiveRoom | None:
+        return self.rooms.get(room)
+
+    def put(self, live: LiveRoom) -> None:
+        old = self.rooms.get(live.room)
+        self.rooms[live.room] = live
+        if old is not None:
+            old.touch()  # wake readers of the previous broadcast so they re-resolve

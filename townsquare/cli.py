@@ -1,0 +1,121 @@
+"""The `townsquare` command: `up` runs the whole stack on one machine; `origin`, `edge` and
+`ingest` run one service each. Flags override `TOWNSQUARE_*` environment settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from townsquare.rooms import check_room
+
+log = logging.getLogger("townsquare")
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, attr) for attr, field in mapping.items()
+            if getattr(args, attr, None) is not None}
+
+
+_STORE_FLAGS = {"data": "data_dir", "s3_bucket": "s3_bucket", "s3_endpoint_url": "s3_endpoint_url",
+                "s3_prefix": "s3_prefix"}
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="local storage folder (default ./townsquare-data)")
+    p.add_argument("--s3-bucket", help="store in this S3 bucket instead of a folder")
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (default: AWS)")
+    p.add_argument("--s3-prefix", help="key prefix inside the bucket")
+
+
+def _demo_room(value: str) -> str:
+    try:
+        return check_room(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="townsquare", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("TOWNSQUARE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run ingest, origin and edge on this machine")
+    up.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 for all)")
+    up.add_argument("--demo", type=_demo_room, metavar="ROOM",
+                    help="also broadcast a generated test signal into ROOM")
+    up.add_argument("--control-port", type=int)
+    up.add_argument("--origin-port", type=int)
+    up.add_argument("--edge-port", type=int)
+    up.add_argument("--rtmp-port", type=int)
+    up.add_argument("--no-edge", action="store_true", help="do not start the edge")
+    _add_store_flags(up)
+
+    origin = sub.add_parser("origin", help="serve live playlists and media from the store")
+    origin.add_argument("--host")
+    origin.add_argument("--port", type=int, dest="origin_port")
+    origin.add_argument("--demo", type=_demo_room, metavar="ROOM",
+                        help="run a packager in this process broadcasting a test signal into ROOM")
+    _add_store_flags(origin)
+
+    edge = sub.add_parser("edge", help="run a caching edge in front of an origin or another edge")
+    edge.add_argument("--upstream", help="origin or shield URL (default http://127.0.0.1:8001)")
+    edge.add_argument("--host")
+    edge.add_argument("--port", type=int, dest="edge_port")
+    edge.add_argument("--cache-bytes", type=int)
+
+    ingest = sub.add_parser("ingest", help="run the control API, RTMP and WHIP with the origin, "
+                                           "or (with --room) broadcast a local source")
+    ingest.add_argument("--host")
+    ingest.add_argument("--control-port", type=int)
+    ingest.add_argument("--origin-port", type=int)
+    ingest.add_argument("--rtmp-port", type=int)
+    ingest.add_argument("--room", type=_demo_room, help="broadcast --source into this room")
+    ingest.add_argument("--source", default="tone",
+                        help="with --room: 'tone', 'mic', a file or a URL (default tone)")
+    ingest.add_argument("--seconds", type=float, help="with --room: stop after this long")
+    _add_store_flags(ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "edge":
+        from edge.server import serve
+        from edge.settings import EdgeSettings
+
+        serve(EdgeSettings(**_overrides(args, {"upstream": "edge_upstream", "host": "host",
+                                               "edge_port": "edge_port",
+                                               "cache_bytes": "edge_cache_bytes"})))
+        return
+
+    from townsquare.serving import run_until_signalled
+
+    if args.command == "origin":
+        from townsquare import stack
+
+        run_until_signalled(lambda stop: stack.run_origin(args, stop))
+    elif args.command == "ingest" and args.room:
+        from townsquare import stack
+
+        run_until_signalled(lambda stop: stack.run_capture(args, stop))
+    else:
+        from townsquare import stack
+
+        if args.command == "up" and not os.environ.get("TOWNSQUARE_ADMIN_TOKEN"):
+            os.environ["TOWNSQUARE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        run_until_signalled(lambda stop: stack.run_stack(args, stop))
+
+
+def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:
+    """The edge runs in its own process so that it has a core to itself."""
+    return subprocess.Popen([sys.executable, "-m", "townsquare", "edge", "--upstream", upstream,
+                             "--host", host, "--port", str(port)])

@@ -1,0 +1,180 @@
+"""What each `townsquare` command runs: the services wired together in one event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+from ingest.capture import play
+from ingest.settings import IngestSettings
+from ingest.sources import SourceError, TestSignal, open_source
+from packager.origin import HubRooms, StoreRooms, build_app
+from packager.pipeline import Packager
+from packager.settings import OriginSettings, PackagerSettings
+from packager.store import open_store
+from townsquare.serving import http_server, serve_http
+
+log = logging.getLogger("townsquare")
+
+
+def _store_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = {"data": "data_dir", "s3_bucket": "s3_bucket", "s3_endpoint_url": "s3_endpoint_url",
+            "s3_prefix": "s3_prefix"}
+    return {f: getattr(args, a) for a, f in keys.items() if getattr(args, a, None) is not None}
+
+
+def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+async def _demo(packager: Packager, room: str, stop: asyncio.Event) -> None:
+    broadcast = packager.start_broadcast(room)
+    try:
+        await play(TestSignal(), broadcast, stop)
+    finally:
+        await broadcast.close()
+
+
+async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
+    """Wait for `stop` or for any task to fail, whichever comes first."""
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    for t in done:
+        if t is not waiter and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+
+
+async def _shutdown(*tasks: asyncio.Task[Any]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    settings = OriginSettings(**_store_overrides(args), **_pick(args, "host", "origin_port"))
+    store = open_store(settings)
+    packager = None
+    demo_stop = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+    if args.demo:
+        packager = Packager(PackagerSettings(**_store_overrides(args)), store)
+        rooms: Any = HubRooms(packager.hub)
+        tasks.append(asyncio.create_task(_demo(packager, args.demo, demo_stop)))
+    else:
+        rooms = StoreRooms(store, settings.origin_poll_seconds)
+    server = http_server(build_app(store, rooms), settings.host, settings.origin_port)
+    http = asyncio.create_task(serve_http(server))
+    base = f"http://{settings.host}:{settings.origin_port}"
+    print(f"origin: {base}  (store: {store.describe()})", flush=True)
+    if args.demo:
+        print(f"demo room: {base}/live/{args.demo}/master.m3u8", flush=True)
+    try:
+        await _until(stop, http, *tasks)
+    finally:
+        demo_stop.set()
+        if packager is not None:
+            await packager.close()
+        await _shutdown(*tasks, http)
+
+
+async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    settings = PackagerSettings(**_store_overrides(args))
+    packager = Packager(settings)
+    try:
+        if args.source == "mic":
+            from ingest.sources import open_microphone  # type: ignore[attr-defined]
+
+            source = open_microphone()
+        else:
+            source = open_source(args.source, args.seconds)
+    except (SourceError, ImportError) as exc:
+        raise SystemExit(f"townsquare ingest: {exc}") from exc
+    broadcast = packager.start_broadcast(args.room)
+    print(f"broadcasting {source.name} into room {args.room} (store: {packager.store.describe()})",
+          flush=True)
+    local_stop = asyncio.Event()
+
+    async def deadline() -> None:
+        if args.seconds:
+            await asyncio.sleep(args.seconds)
+            local_stop.set()
+        await stop.wait()
+        local_stop.set()
+
+    timer = asyncio.create_task(deadline())
+    try:
+        await play(source, broadcast, local_stop)
+    finally:
+        await broadcast.close()
+        await _shutdown(timer)
+        print(f"broadcast {broadcast.broadcast_id} ended; recording at "
+              f"{broadcast.base}/recording.m3u8", flush=True)
+
+
+async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """`townsquare ingest` (servers) and `townsquare up` (the same plus an edge)."""
+    settings = IngestSettings(**_store_overrides(args),
+                              **_pick(args, "host", "control_port", "origin_port", "rtmp_port"))
+    packager = Packager(settings)
+    store = packager.store
+    tasks: list[asyncio.Task[Any]] = []
+    origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
+    tasks.append(asyncio.create_task(serve_http(origin)))
+    try:
+        from ingest.service import run as run_ingest
+    except ImportError:
+        run_ingest = None
+        log.warning("ingest service not available in this build: only the origin runs")
+    if run_ingest is not None:
+        tasks.append(asyncio.create_task(run_ingest(settings, packager)))
+
+    show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    edge_proc = None
+    edge_port = getattr(args, "edge_port", None) or 8080
+    if args.command == "up" and not args.no_edge:
+        from townsquare.cli import spawn_edge
+
+        edge_proc = spawn_edge(f"http://127.0.0.1:{settings.origin_port}", settings.host, edge_port)
+
+    demo_stop = asyncio.Event()
+    demo = getattr(args, "demo", None)
+    if demo:
+        tasks.append(asyncio.create_task(_demo(packager, demo, demo_stop)))
+
+    origin_url = f"http://{show}:{settings.origin_port}"
+    edge_url = f"http://{show}:{edge_port}" if edge_proc else origin_url
+    lines = [
+        f"store:        {store.describe()}",
+        f"control API:  http://{show}:{settings.control_port}/docs",
+        f"RTMP:         rtmp://{show}:{settings.rtmp_port}/live/{{stream-key}}",
+        f"origin:       {origin_url}",
+    ]
+    if edge_proc:
+        lines.append(f"edge:         {edge_url}")
+    if args.command == "up":
+        lines.append(f"admin token:  {os.environ.get('TOWNSQUARE_ADMIN_TOKEN')}")
+    if demo:
+        lines.append(f"demo room:    {edge_url}/live/{demo}/master.m3u8")
+        if edge_proc:
+            lines.append(f"listen:       {edge_url}/listen/{demo}")
+        lines.append(f"play it:      ffplay {origin_url}/live/{demo}/master.m3u8")
+    print("\n".join(["townsquare is up", *lines]), flush=True)
+    try:
+        await _until(stop, *tasks)
+    finally:
+        demo_stop.set()
+        if edge_proc is not None:
+            edge_proc.send_signal(signal.SIGTERM)
+        await packager.close()
+        await _shutdown(*tasks)
+        if edge_proc is not None:
+            with contextlib.suppress(Exception):
+                edge_proc.wait(5)
