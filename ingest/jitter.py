@@ -1,0 +1,116 @@
+"""A speaker's jitter buffer: absorbs arrival jitter and the publisher's clock drift.
+
+Audio arrives in bursts (an AAC frame every 21 ms over TCP, behind video keyframes; Opus
+every 20 ms over UDP) on the publisher's clock; the program takes fixed blocks on ours.
+The buffer first fills to `target`, then plays. Its level is steered back to the target by
+consuming slightly more or fewer input samples per output block (linear interpolation,
+0.5 % normally, 2 % when far off): a publisher whose clock runs fast no longer grows the
+latency, one that runs slow no longer runs dry every few minutes. Beyond `max_level` the
+oldest audio is dropped outright (a burst after a stall). An empty buffer goes back to
+filling, and the program hears silence meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 48_000
+
+
+@dataclass(slots=True)
+class JitterStats:
+    underruns: int = 0
+    dropped_samples: int = 0
+    corrected_blocks: int = 0
+
+
+class JitterBuffer:
+    def __init__(self, target_ms: float = 120.0, max_ms: float = 1000.0) -> None:
+        self.target = int(SAMPLE_RATE * target_ms / 1000)
+        self.max_level = max(self.target * 2, int(SAMPLE_RATE * max_ms / 1000))
+        # Inside ±band the level is left alone: bursts of one frame are not drift.
+        self.band = max(self.target // 2, 960)
+        self.stats = JitterStats()
+        self._chunks: deque[np.ndarray] = deque()
+        self._offset = 0  # samples already taken from _chunks[0]
+        self._level = 0
+        self._smoothed = 0.0
+        self.playing = False
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    def push(self, pcm: np.ndarray) -> None:
+        if pcm.ndim != 2 or pcm.shape[0] != 2 or pcm.shape[1] == 0:
+            return
+        self._chunks.append(pcm.astype(np.float32, copy=False))
+        self._level += pcm.shape[1]
+        if self._level > self.max_level:
+            excess = self._level - self.target
+            self._skip(excess)
+            self.stats.dropped_samples += excess
+
+    def pull(self, n: int) -> np.ndarray | None:
+        """n samples of this speaker, or None while filling (the mixer adds nothing)."""
+        if not self.playing:
+            if self._level < self.target:
+                return None
+            self.playing = True
+            self._smoothed = float(self._level)
+        self._smoothed += 0.05 * (self._level - self._smoothed)
+        excess = self._smoothed - self.target
+        take = n
+        if abs(excess) > self.band:
+            step = max(1, n // 50) if abs(excess) > 3 * self.band else max(1, n // 200)
+            take = n + step if excess > 0 else n - step
+            self.stats.corrected_blocks += 1
+        if self._level < take:
+            # Ran dry: play what is left, pad with silence, fill up again.
+            got = self._take(self._level)
+            self.playing = False
+            self.stats.underruns += 1
+            out = np.zeros((2, n), np.float32)
+            out[:, : got.shape[1]] = got[:, :n]
+            return out
+        block = self._take(take)
+        if take != n:
+            block = _stretch(block, n)
+        return block
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._offset = self._level = 0
+        self.playing = False
+
+    def _take(self, n: int) -> np.ndarray:
+        parts = []
+        need = n
+        while need > 0 and self._chunks:
+            head = self._chunks[0]
+            avail = head.shape[1] - self._offset
+            k = min(avail, need)
+            parts.append(head[:, self._offset : self._offset + k])
+            need -= k
+            self._offset += k
+            if self._offset >= head.shape[1]:
+                self._chunks.popleft()
+                self._offset = 0
+        self._level -= n - need
+        if not parts:
+            return np.zeros((2, 0), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _skip(self, n: int) -> None:
+        self._take(n)
+
+
+def _stretch(block: np.ndarray, n: int) -> np.ndarray:
+    """Resample a block to n samples by linear interpolation (a fraction of a percent)."""
+    m = block.shape[1]
+    x = np.linspace(0.0, m - 1, n)
+    xp = np.arange(m)
+    return np.stack([np.interp(x, xp, block[0]), np.interp(x, xp, block[1])]).astype(np.float32)

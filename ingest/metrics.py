@@ -1,0 +1,47 @@
+"""Prometheus metrics for one ingest service (its own registry, so two can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rtmp_connections = Counter(
+            "townsquare_ingest_rtmp_connections", "RTMP connections by outcome",
+            ["outcome"], registry=r)
+        self.rtmp_errors = Counter(
+            "townsquare_ingest_rtmp_errors", "RTMP sessions ended by an error, by kind",
+            ["kind"], registry=r)
+        self.rtmp_publishes = Counter(
+            "townsquare_ingest_rtmp_publishes", "RTMP publishes accepted", registry=r)
+        self.whip_sessions = Counter(
+            "townsquare_ingest_whip_sessions", "WHIP offers by outcome", ["outcome"], registry=r)
+        self.publish_refused = Counter(
+            "townsquare_ingest_publish_refused", "Publishes refused, by reason",
+            ["protocol", "reason"], registry=r)
+        self.decode_errors = Counter(
+            "townsquare_ingest_decode_errors", "Audio packets a decoder rejected", registry=r)
+        self.rooms_created = Counter(
+            "townsquare_ingest_rooms_created", "Rooms created", registry=r)
+        self.rooms_ended = Counter(
+            "townsquare_ingest_rooms_ended", "Rooms ended, by reason", ["reason"], registry=r)
+        self.rooms_live = Gauge(
+            "townsquare_ingest_rooms_live", "Rooms with a running broadcast", registry=r)
+        self.speakers = Gauge(
+            "townsquare_ingest_speakers", "Speakers connected, all rooms", registry=r)
+        self.program_seconds = Counter(
+            "townsquare_ingest_program_seconds", "Program audio fed to broadcasts", registry=r)
+        self.jitter_underruns = Counter(
+            "townsquare_ingest_jitter_underruns", "Speaker buffers that ran dry", registry=r)
+        self.limited_blocks = Counter(
+            "townsquare_ingest_limited_blocks", "20 ms program blocks the limiter reduced",
+            registry=r)
+        self.http_requests = Counter(
+            "townsquare_ingest_http_requests", "Control API requests by status class",
+            ["status"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

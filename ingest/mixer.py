@@ -1,0 +1,177 @@
+"""Speakers mixed into one program, and the program clock that feeds it to the broadcast.
+
+`Mixer.render(n)` is pure arithmetic: pull n samples from every speaker's jitter buffer,
+sum the unmuted ones, apply fixed headroom, then a look-ahead peak limiter. The limiter
+delays the program by one block (20 ms) so that its gain is already down when a peak
+arrives: the gain ramps linearly across a block between two values that are each low
+enough for the block, so no sample passes the ceiling and no gain step clicks.
+
+`ProgramClock` owns the timeline: it renders a 960-sample block (20 ms) whenever the wall
+clock says one is due, counting samples from the broadcast's start, so a late wake-up is
+made up with more blocks and the timeline never drifts from wall time (PROGRAM-DATE-TIME
+is start + samples). Nobody speaking renders silence, so the live playlist never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingest.jitter import SAMPLE_RATE, JitterBuffer
+
+BLOCK = 960  # 20 ms at 48 kHz
+log = logging.getLogger("townsquare.ingest.mixer")
+
+
+@dataclass(slots=True)
+class MixerInput:
+    buffer: JitterBuffer
+    muted: bool = False
+    gain: float = 1.0
+    level_dbfs: float = -120.0  # smoothed RMS of what this speaker sent, muted or not
+
+
+@dataclass(slots=True)
+class MixerStats:
+    blocks: int = 0
+    limited_blocks: int = 0
+    peak_gain_reduction_db: float = 0.0
+
+
+class Mixer:
+    def __init__(
+        self,
+        headroom_db: float = -3.0,
+        ceiling_dbfs: float = -1.0,
+        release_ms: float = 250.0,
+    ) -> None:
+        self.headroom = 10 ** (headroom_db / 20)
+        self.ceiling = 10 ** (ceiling_dbfs / 20)
+        # Gain may rise by this much per block: from full reduction back to 1 in release_ms.
+        self._release_step = BLOCK / (SAMPLE_RATE * release_ms / 1000)
+        self.inputs: dict[str, MixerInput] = {}
+        self.stats = MixerStats()
+        self._pending = np.zeros((2, BLOCK), np.float32)  # the look-ahead block
+        self._gain = 1.0
+
+    def add(self, speaker_id: str, buffer: JitterBuffer) -> MixerInput:
+        inp = MixerInput(buffer)
+        self.inputs[speaker_id] = inp
+        return inp
+
+    def remove(self, speaker_id: str) -> None:
+        self.inputs.pop(speaker_id, None)
+
+    def render(self, n: int = BLOCK) -> np.ndarray:
+        """The next n program samples: float32 (2, n) in [-ceiling, ceiling]."""
+        mix = np.zeros((2, n), np.float32)
+        for inp in self.inputs.values():
+            block = inp.buffer.pull(n)
+            if block is None:
+                inp.level_dbfs = max(-120.0, inp.level_dbfs - 3.0)
+                continue
+            rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64))))
+            db = 20 * math.log10(rms) if rms > 1e-6 else -120.0
+            inp.level_dbfs = db if db > inp.level_dbfs else 0.8 * inp.level_dbfs + 0.2 * db
+            if not inp.muted:
+                mix += block * (inp.gain * self.headroom)
+        return self._limit(mix)
+
+    def _limit(self, current: np.ndarray) -> np.ndarray:
+        out = self._pending
+        if out.shape[1] != current.shape[1]:
+            # Block size changed: flush the look-ahead block by itself (never in practice).
+            out = np.zeros_like(current)
+        peak = max(float(np.max(np.abs(out))), float(np.max(np.abs(current))), 1e-9)
+        needed = min(1.0, self.ceiling / peak)
+        start = self._gain
+        end = needed if needed < start else min(needed, start + self._release_step)
+        if start != 1.0 or end != 1.0:
+            ramp = np.linspace(start, end, out.shape[1], dtype=np.float32)
+            out = out * ramp
+            self.stats.limited_blocks += 1
+            self.stats.peak_gain_reduction_db = min(
+                self.stats.peak_gain_reduction_db, 20 * math.log10(max(min(start, end), 1e-6))
+            )
+        self._gain = end
+        self._pending = current
+        self.stats.blocks += 1
+        return np.clip(out, -1.0, 1.0)
+
+
+@dataclass(slots=True)
+class ClockStats:
+    samples: int = 0
+    late_blocks: int = 0  # blocks rendered to catch up after a late wake-up
+    max_lag_ms: float = 0.0
+    started_monotonic: float = field(default=0.0)
+
+
+class ProgramClock:
+    """Feeds `render(BLOCK)` into `sink` at real time on its own sample count."""
+
+    def __init__(
+        self,
+        render: Callable[[int], np.ndarray],
+        sink: Callable[[np.ndarray], None],
+        on_block: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._render = render
+        self._sink = sink
+        self._on_block = on_block
+        self._clock = clock
+        self.stats = ClockStats()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.stats.started_monotonic = self._clock()
+        self._task = asyncio.create_task(self._run(), name="program-clock")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def due_blocks(self) -> int:
+        """Blocks the wall clock says should have been rendered and have not been."""
+        elapsed = self._clock() - self.stats.started_monotonic
+        return max(0, int(elapsed * SAMPLE_RATE) - self.stats.samples) // BLOCK
+
+    def tick(self) -> int:
+        """Render every due block; returns how many."""
+        n = self.due_blocks()
+        if n > 1:
+            self.stats.late_blocks += n - 1
+            self.stats.max_lag_ms = max(self.stats.max_lag_ms, (n - 1) * BLOCK / 48.0)
+        for _ in range(n):
+            try:
+                block = self._render(BLOCK)
+            except Exception:  # one bad block must not end the broadcast's timeline
+                log.exception("program clock: rendering a block failed; feeding silence")
+                block = np.zeros((2, BLOCK), np.float32)
+            self._sink(block)
+            self.stats.samples += BLOCK
+            if self._on_block is not None:
+                self._on_block()
+        return n
+
+    async def _run(self) -> None:
+        while True:
+            self.tick()  # a sink that raises ends the clock; its owner sees the task fail
+            next_at = self.stats.started_monotonic + (self.stats.samples + BLOCK) / SAMPLE_RATE
+            await asyncio.sleep(max(0.0, next_at - self._clock()))

@@ -1,0 +1,306 @@
+"""One RTMP publisher connection as an explicit state machine.
+
+    handshake ──C0 C1 C2──▶ connecting ──connect(app=live)──▶ connected
+        ──createStream/publish(key)──▶ publishing ──FCUnpublish/deleteStream/EOF──▶ closed
+
+Every failure path ends in `closed` after telling the client why where RTMP has a way to
+say it: `_error` with NetConnection.Connect.Rejected for a wrong application,
+`onStatus` NetStream.Publish.BadName for a wrong key, NetStream.Publish.Rejected for a
+full or ended room, NetStream.Publish.Failed for audio we cannot decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from ingest.decoder import AacDecoder
+from ingest.errors import (
+    BadKey, DecodeError, LimitExceeded, ProtocolError, RoomEnded, RoomFull, UnsupportedCodec,
+)
+from ingest.metrics import IngestMetrics
+from ingest.rooms import Room, Rooms, Speaker
+from ingest.rtmp import handshake
+from ingest.rtmp.amf0 import UNDEFINED
+from ingest.rtmp.chunk import (
+    AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, USER_CONTROL, WINDOW_ACK_SIZE, ChunkDecoder,
+    Limits, Message, encode_message,
+)
+from ingest.rtmp.flv import AudioSpecificConfig, AudioTag
+from ingest.rtmp.messages import (
+    Command, acknowledgement, on_status, set_chunk_size, set_peer_bandwidth, status,
+    stream_begin, window_ack_size,
+)
+
+log = logging.getLogger("townsquare.ingest.rtmp")
+
+State = Literal["handshake", "connecting", "connected", "publishing", "closed"]
+APP = "live"
+OUT_CHUNK_SIZE = 4096
+WINDOW = 2_500_000
+# A publisher whose audio keeps failing to decode is sending something we cannot use.
+MAX_CONSECUTIVE_DECODE_ERRORS = 50
+
+
+class SessionClosed(Exception):
+    """Raised inside the session to stop it after the client has been told why."""
+
+
+class RtmpSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rooms: Rooms,
+        metrics: IngestMetrics,
+        limits: Limits | None = None,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        on_state: Callable[[RtmpSession], None] | None = None,
+    ) -> None:
+        self._reader, self._writer = reader, writer
+        self._rooms, self._metrics = rooms, metrics
+        self._decoder = ChunkDecoder(limits)
+        self._handshake_timeout, self._idle_timeout = handshake_timeout, idle_timeout
+        self._on_state = on_state
+        peer = writer.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.state: State = "handshake"
+        self.room: Room | None = None
+        self.speaker: Speaker | None = None
+        self._stream_id = 0
+        self._aac: AacDecoder | None = None
+        self._decode_errors = 0
+        self._bytes_in = 0
+        self._acked = 0
+        self._peer_window = WINDOW
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            log.debug("rtmp %s: %s → %s", self.remote, self.state, state)
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(self)
+
+    async def run(self) -> None:
+        outcome = "closed"
+        try:
+            await asyncio.wait_for(self._handshake(), self._handshake_timeout)
+            self._set_state("connecting")
+            while self.state != "closed":
+                data = await asyncio.wait_for(self._reader.read(65_536), self._idle_timeout)
+                if not data:
+                    break
+                self._bytes_in += len(data)
+                for msg in self._decoder.feed(data):
+                    await self._handle(msg)
+                await self._acknowledge()
+        except SessionClosed as exc:
+            outcome = str(exc)
+        except TimeoutError:
+            outcome = "timeout"
+            self._metrics.rtmp_errors.labels(kind="timeout").inc()
+            log.info("rtmp %s: no data for too long in state %s; closing", self.remote, self.state)
+        except asyncio.IncompleteReadError:
+            outcome = "truncated"
+            self._metrics.rtmp_errors.labels(kind="truncated").inc()
+            log.info("rtmp %s: connection ended during the handshake", self.remote)
+        except LimitExceeded as exc:
+            outcome = "limit"
+            self._metrics.rtmp_errors.labels(kind="limit").inc()
+            log.warning("rtmp %s: %s; closing", self.remote, exc)
+        except ProtocolError as exc:
+            outcome = "protocol"
+            self._metrics.rtmp_errors.labels(kind="protocol").inc()
+            log.warning("rtmp %s: protocol error: %s; closing", self.remote, exc)
+        except (ConnectionError, OSError) as exc:
+            outcome = "network"
+            log.info("rtmp %s: connection lost: %s", self.remote, exc)
+        except Exception:  # a bug here must cost one connection, never the server
+            outcome = "internal"
+            self._metrics.rtmp_errors.labels(kind="internal").inc()
+            log.exception("rtmp %s: unexpected error; closing", self.remote)
+        finally:
+            self._metrics.rtmp_connections.labels(outcome=outcome).inc()
+            await self.close()
+
+    async def close(self) -> None:
+        self._leave()
+        self._set_state("closed")
+        if not self._writer.is_closing():
+            self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+
+    # --- handshake ------------------------------------------------------------------
+    async def _handshake(self) -> None:
+        c0 = await self._reader.readexactly(1)
+        handshake.check_c0(c0)
+        c1 = await self._reader.readexactly(handshake.PACKET_SIZE)
+        self._writer.write(handshake.server_reply(c1, int(time.monotonic() * 1000)))
+        await self._writer.drain()
+        await self._reader.readexactly(handshake.PACKET_SIZE)  # C2: nothing in it we need
+
+    # --- messages -------------------------------------------------------------------
+    async def _handle(self, msg: Message) -> None:
+        if msg.type_id == AUDIO:
+            self._audio(msg)
+        elif msg.type_id in (COMMAND_AMF0, COMMAND_AMF3):
+            await self._command(Command.parse(msg))
+        elif msg.type_id == WINDOW_ACK_SIZE and len(msg.payload) >= 4:
+            self._peer_window = max(1, int.from_bytes(msg.payload[:4], "big"))
+        elif msg.type_id == USER_CONTROL and msg.payload[:2] == b"\x00\x06":
+            # PingRequest: answer with PingResponse carrying the same timestamp.
+            self._send(Message(USER_CONTROL, 0, 0, b"\x00\x07" + msg.payload[2:6], 2))
+        elif msg.type_id == DATA_AMF0:
+            pass  # @setDataFrame/onMetaData: informative only
+        # Video, aggregate and shared-object messages are ignored without harm.
+
+    async def _command(self, cmd: Command) -> None:
+        name = cmd.name
+        if name == "connect":
+            await self._connect(cmd)
+        elif self.state == "connecting":
+            raise ProtocolError(f"command {name!r} before connect")
+        elif name in ("releaseStream", "FCPublish", "getStreamLength"):
+            self._result(cmd.transaction_id, None, UNDEFINED)
+        elif name == "createStream":
+            self._stream_id += 1
+            if self._stream_id > 8:
+                raise LimitExceeded("more than 8 streams created on one connection")
+            self._result(cmd.transaction_id, None, float(self._stream_id))
+        elif name == "publish":
+            await self._publish(cmd)
+        elif name in ("FCUnpublish", "deleteStream", "closeStream"):
+            if self.speaker is not None:
+                self._leave()
+                self._set_state("connected")
+        elif name == "play":
+            self._send(on_status(self._stream_id, status(
+                "NetStream.Play.Failed", "this server only takes publishers", "error")))
+            await self._writer.drain()
+            raise SessionClosed("play refused")
+        elif name in ("_result", "_error", "onBWDone", "_checkbw"):
+            pass
+        else:
+            log.debug("rtmp %s: ignoring command %r", self.remote, name)
+
+    async def _connect(self, cmd: Command) -> None:
+        if self.state != "connecting":
+            raise ProtocolError("connect sent twice")
+        obj = cmd.command_object if isinstance(cmd.command_object, dict) else {}
+        app = str(obj.get("app", "")).split("?", 1)[0].strip("/")
+        if app != APP:
+            self._send(Command("_error", cmd.transaction_id, None, (status(
+                "NetConnection.Connect.Rejected",
+                f"unknown application {app!r}; publish to rtmp://HOST:PORT/{APP}/STREAM_KEY",
+                "error"),)).to_message())
+            await self._writer.drain()
+            self._metrics.publish_refused.labels(protocol="rtmp", reason="app").inc()
+            log.info("rtmp %s: connect to unknown app %r refused", self.remote, app)
+            raise SessionClosed("bad app")
+        self._send(window_ack_size(WINDOW))
+        self._send(set_peer_bandwidth(WINDOW))
+        self._send(set_chunk_size(OUT_CHUNK_SIZE))
+        self._out_chunk = OUT_CHUNK_SIZE
+        self._send(Command("_result", cmd.transaction_id, {
+            "fmsVer": "FMS/3,0,1,123", "capabilities": 31.0,
+        }, (status("NetConnection.Connect.Success", "Connection succeeded.",
+                   objectEncoding=0.0),)).to_message())
+        await self._writer.drain()
+        self._set_state("connected")
+
+    async def _publish(self, cmd: Command) -> None:
+        stream_id = self._stream_id or 1
+        if self.speaker is not None:
+            raise ProtocolError("publish on a connection that is already publishing")
+        key = cmd.args[0] if cmd.args and isinstance(cmd.args[0], str) else ""
+        key = key.split("?", 1)[0]
+        try:
+            room = self._rooms.by_key(key)
+            self.room = room
+            self.speaker = self._rooms.join(room, "rtmp", self.remote, self._disconnect)
+        except BadKey:
+            self._refuse(stream_id, "NetStream.Publish.BadName", "invalid stream key", "key")
+            await self._writer.drain()
+            raise SessionClosed("bad key") from None
+        except (RoomFull, RoomEnded) as exc:
+            self._refuse(stream_id, "NetStream.Publish.Rejected", str(exc), "room")
+            await self._writer.drain()
+            raise SessionClosed("room refused") from None
+        self._send(stream_begin(stream_id))
+        self._send(on_status(stream_id, status(
+            "NetStream.Publish.Start", f"publishing into room {room.name}",
+            details=room.name, clientid=self.speaker.id)))
+        await self._writer.drain()
+        self._set_state("publishing")
+        self._metrics.rtmp_publishes.inc()
+
+    def _refuse(self, stream_id: int, code: str, description: str, reason: str) -> None:
+        self._send(on_status(stream_id, status(code, description, "error")))
+        self._metrics.publish_refused.labels(protocol="rtmp", reason=reason).inc()
+        log.info("rtmp %s: publish refused: %s", self.remote, description)
+
+    def _audio(self, msg: Message) -> None:
+        if self.speaker is None or not msg.payload:
+            return
+        try:
+            tag = AudioTag.parse(msg.payload)
+            if tag.is_sequence_header:
+                self._aac = AacDecoder(AudioSpecificConfig.parse(tag.data))
+                log.info("rtmp %s: AAC object type %d, %d Hz, %d ch", self.remote,
+                         self._aac.config.object_type, self._aac.config.sample_rate,
+                         self._aac.config.channel_config)
+                return
+            if self._aac is None:
+                raise DecodeError("AAC frame before the AAC sequence header")
+            pcm = self._aac.decode(tag.data)
+            self._decode_errors = 0
+            self.speaker.push(pcm)
+        except UnsupportedCodec as exc:
+            self._send(on_status(self._stream_id or 1, status(
+                "NetStream.Publish.Failed", str(exc), "error")))
+            self._metrics.publish_refused.labels(protocol="rtmp", reason="codec").inc()
+            log.warning("rtmp %s: %s", self.remote, exc)
+            raise SessionClosed("unsupported codec") from None
+        except (DecodeError, ProtocolError) as exc:
+            self._metrics.decode_errors.inc()
+            self._decode_errors += 1
+            log.debug("rtmp %s: %s", self.remote, exc)
+            if self._decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                self._send(on_status(self._stream_id or 1, status(
+                    "NetStream.Publish.Failed", f"audio does not decode: {exc}", "error")))
+                raise SessionClosed("undecodable audio") from None
+
+    # --- plumbing -------------------------------------------------------------------
+    _out_chunk = 128
+
+    def _send(self, msg: Message) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(encode_message(msg, self._out_chunk))
+
+    def _result(self, txn: float, obj: object, *args: object) -> None:
+        self._send(Command("_result", txn, obj, tuple(args)).to_message())
+
+    async def _acknowledge(self) -> None:
+        if self._bytes_in - self._acked >= self._peer_window:
+            self._acked = self._bytes_in
+            self._send(acknowledgement(self._bytes_in))
+
+    def _leave(self) -> None:
+        if self.speaker is not None and self.room is not None:
+            self._rooms.leave(self.room, self.speaker)
+        self.speaker = None
+
+    async def _disconnect(self) -> None:
+        """The room removed this speaker (API or room end): drop the connection."""
+        self.speaker = None
+        if not self._writer.is_closing():
+            self._send(on_status(self._stream_id or 1, status(
+                "NetStream.Unpublish.Success", "removed from the room")))
+            self._writer.close()
