@@ -253,6 +253,30 @@ resource "aws_lb_listener" "https" {
   }
 }
 
+# Prometheus is scraped from inside the VPC (task IP:8080/metrics), never through the public ALB.
+resource "aws_lb_listener_rule" "hide_metrics" {
+  count        = var.internal ? 0 : 1
+  listener_arn = aws_lb_listener.https[0].arn
+  priority     = 1
+  tags         = var.tags
+
+  condition {
+    path_pattern {
+      values = ["/metrics", "/metrics/*"]
+    }
+  }
+
+  action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "text/plain"
+      message_body = "not found"
+      status_code  = "404"
+    }
+  }
+}
+
 resource "aws_lb_listener" "http_redirect" {
   count             = var.internal ? 0 : 1
   load_balancer_arn = aws_lb.this.arn

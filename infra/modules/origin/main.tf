@@ -379,6 +379,29 @@ resource "aws_lb_listener" "control_https" {
   }
 }
 
+# Prometheus is scraped from inside the VPC (task IP:8000/metrics), never through the public ALB.
+resource "aws_lb_listener_rule" "hide_metrics" {
+  listener_arn = aws_lb_listener.control_https.arn
+  priority     = 1
+  tags         = var.tags
+
+  condition {
+    path_pattern {
+      values = ["/metrics", "/metrics/*"]
+    }
+  }
+
+  action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "text/plain"
+      message_body = "not found"
+      status_code  = "404"
+    }
+  }
+}
+
 resource "aws_lb_listener" "control_http" {
   load_balancer_arn = aws_lb.control.arn
   port              = 80
