@@ -1,0 +1,180 @@
+"""A live origin with a generated broadcast, checked over HTTP against the LL-HLS rules."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from packager.boxes import read_fragment
+from tests.support.llhls import check_media_playlist, check_multivariant
+from tests.support.procs import free_port, running
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("origin")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running(["origin", "--demo", "live", "--port", str(port), "--data", str(tmp / "data")],
+                 tmp / "origin.log", f"{base}/healthz"):
+        # Wait for the first part of every rendition.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{base}/live/live/master.m3u8")
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        yield base
+
+
+def _variants(base: str) -> list[str]:
+    text = httpx.get(f"{base}/live/live/master.m3u8").text
+    return [f"{base}/live/live/{u}" for u in check_multivariant(text)]
+
+
+def test_live_playlists_follow_the_llhls_rules_for_twenty_seconds(origin: str) -> None:
+    urls = _variants(origin)
+    assert len(urls) == 3
+    first: dict[str, int] = {}
+    targets: set[str] = set()
+    end = time.monotonic() + 20
+    checks = 0
+    while time.monotonic() < end:
+        positions = []
+        for url in urls:
+            text = httpx.get(url).text
+            targets.add(re.search(r"#EXT-X-TARGETDURATION:(\d+)", text)[1])  # type: ignore[index]
+            pos = check_media_playlist(text)
+            positions.append(pos.last_msn)
+            first.setdefault(url, pos.last_msn)
+            delta = httpx.get(url, params={"_HLS_skip": "YES"}).text
+            check_media_playlist(delta)
+            checks += 2
+        assert max(positions) - min(positions) <= 1, "renditions advance in step"
+        time.sleep(0.4)
+    assert targets == {"2"}, "the target duration never changes"
+    for url in urls:
+        last = check_media_playlist(httpx.get(url).text).last_msn
+        assert last - first[url] >= 8, "about ten 1.92 s segments in 20 s"
+    assert checks > 60
+
+
+def test_window_holds_at_least_three_target_durations_and_delta_skips(origin: str) -> None:
+    url = _variants(origin)[0]
+    full = httpx.get(url).text
+    durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+),", full)]
+    assert sum(durations) >= 3 * 2
+    delta = httpx.get(url, params={"_HLS_skip": "YES"}).text
+    m = re.search(r"#EXT-X-SKIP:SKIPPED-SEGMENTS=(\d+)", delta)
+    assert m and int(m[1]) >= 1
+    assert delta.count("#EXTINF") == full.count("#EXTINF") - int(m[1])
+    # The segments left after the skip are the newest ones of the full playlist.
+    assert re.findall(r"^s\d+\.m4s$", delta, re.M) == re.findall(r"^s\d+\.m4s$", full, re.M)[int(m[1]):]
+
+
+def test_blocking_request_returns_once_the_next_part_exists_and_contains_it(origin: str) -> None:
+    url = _variants(origin)[0]
+    pos = check_media_playlist(httpx.get(url).text)
+    assert pos.hint is not None
+    msn, part = map(int, re.fullmatch(r"p(\d+)\.(\d+)\.m4s", pos.hint).groups())  # type: ignore[union-attr]
+    before = httpx.get(url).text
+    assert f'URI="{pos.hint}"' not in before.replace("PRELOAD-HINT:TYPE=PART,URI", "HINT")
+    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+    assert r.status_code == 200
+    assert f'#EXT-X-PART:DURATION=' in r.text and f'URI="{pos.hint}"' in r.text
+    assert r.headers["cache-control"] == "public, max-age=12"
+    after = check_media_playlist(r.text)
+    assert (after.last_msn, after.last_part) >= (msn, part)
+
+
+def test_blocking_request_for_a_whole_segment(origin: str) -> None:
+    url = _variants(origin)[1]
+    pos = check_media_playlist(httpx.get(url).text)
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1}, timeout=10)
+    assert r.status_code == 200
+    assert f"\ns{pos.last_msn + 1}.m4s\n" in r.text
+
+
+def test_far_future_msn_is_refused_at_once(origin: str) -> None:
+    url = _variants(origin)[0]
+    pos = check_media_playlist(httpx.get(url).text)
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 50}, timeout=2)
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("query", [
+    {"_HLS_part": "1"},
+    {"_HLS_msn": "-1"},
+    {"_HLS_msn": "abc"},
+    {"_HLS_msn": "1", "_HLS_part": "1.5"},
+    {"_HLS_msn": "9" * 40},
+    {"_HLS_skip": "NO"},
+])
+def test_malformed_directives_are_400(origin: str, query: dict[str, str]) -> None:
+    r = httpx.get(_variants(origin)[0], params=query, timeout=2)
+    assert r.status_code == 400
+
+
+def test_old_msn_is_answered_at_once(origin: str) -> None:
+    r = httpx.get(_variants(origin)[0], params={"_HLS_msn": "1", "_HLS_part": "0"}, timeout=2)
+    assert r.status_code == 200
+    check_media_playlist(r.text)
+
+
+def test_unknown_parameters_are_ignored(origin: str) -> None:
+    r = httpx.get(_variants(origin)[0], params={"x": "y", "_HLS_foo": "1"})
+    assert r.status_code == 200
+
+
+def test_hinted_part_requested_early_arrives_whole(origin: str) -> None:
+    url = _variants(origin)[2]  # Opus
+    pos = check_media_playlist(httpx.get(url).text)
+    part_url = url.rsplit("/", 1)[0] + "/" + pos.hint  # type: ignore[operator]
+    assert httpx.head(url).status_code == 200
+    r = httpx.get(part_url, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "audio/mp4"
+    assert int(r.headers["content-length"]) == len(r.content)
+    info = read_fragment(r.content)
+    assert sum(info.sizes) == info.mdat_size and len(info.durations) >= 1
+    assert httpx.get(part_url).content == r.content, "a part never changes"
+
+
+def test_objects_carry_cache_and_cors_headers(origin: str) -> None:
+    url = _variants(origin)[0]
+    r = httpx.get(url)
+    assert r.headers["content-type"] == "application/vnd.apple.mpegurl"
+    assert r.headers["cache-control"] == "public, max-age=1"
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "Age" in r.headers["access-control-expose-headers"]
+    init = httpx.get(url.rsplit("/", 1)[0] + "/init.mp4")
+    assert init.status_code == 200 and "immutable" in init.headers["cache-control"]
+    assert httpx.get(f"{origin}/live/nope/master.m3u8").status_code == 404
+    assert httpx.get(f"{origin}/live/BAD..ROOM/master.m3u8").status_code == 404
+
+
+@pytest.mark.parametrize("index,codec", [(0, "aac"), (2, "opus")])
+def test_ffmpeg_plays_the_live_rendition(origin: str, tmp_path: Path, index: int, codec: str) -> None:
+    out = tmp_path / f"out{index}.wav"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", f"{origin}/live/live/master.m3u8",
+         "-map", f"0:a:{index}", "-t", "6", "-y", str(out)],
+        check=True, timeout=60,
+    )
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_name",
+         "-of", "default=nw=1", f"{origin}/live/live/master.m3u8"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert codec in probe.stdout
+    dur = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                          "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True)
+    assert abs(float(dur.stdout) - 6.0) < 0.05
