@@ -1,0 +1,200 @@
+"""The edge application: routes a parsed request to the cache, a page or a probe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from importlib import resources
+
+from edge.cache import CoalescingCache, edge_error
+from edge.entry import Entry, local_response
+from edge.errors import BadDirective
+from edge.keys import LIVE_PREFIX, Target, parse_target
+from edge.listeners import ListenerEstimate
+from edge.metrics import EdgeMetrics
+from edge.protocol import EdgeProtocol
+from edge.settings import EdgeSettings
+from edge.upstream import Upstream
+
+LISTENED_KINDS = frozenset({"playlist", "blocking_playlist"})
+# Raw request targets remembered with their parsed form; cleared when full so that
+# random query strings cannot grow it without bound.
+MAX_TARGETS = 8192
+STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".html": b"text/html; charset=utf-8",
+                ".css": b"text/css; charset=utf-8", ".LICENSE": b"text/plain; charset=utf-8",
+                ".VERSION": b"text/plain; charset=utf-8"}
+
+
+class EdgeApp:
+    """Everything one edge process holds: cache, counters, listener estimate, connections."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.metrics = EdgeMetrics()
+        self.upstream = Upstream(
+            settings.edge_upstream,
+            settings.edge_upstream_timeout,
+            settings.edge_upstream_connect_timeout,
+            settings.edge_upstream_connections,
+        )
+        self.cache = CoalescingCache(settings, self.upstream, self.metrics)
+        self.listeners = ListenerEstimate(settings.edge_listener_window)
+        self.connections: set[EdgeProtocol] = set()
+        self.clock = time.monotonic
+        self.coarse_now = self.clock()
+        self.targets: dict[bytes, Target | Entry] = {}
+        self.too_many_connections = local_response(
+            503, b"edge overloaded: too many connections\n", extra=b"Retry-After: 1\r\n",
+            close=True)
+        self.static = _load_static()
+        self._register_gauges()
+
+    def _register_gauges(self) -> None:
+        m, c = self.metrics, self.cache
+        m.gauges.update({
+            "townsquare_edge_open_connections": ("Client connections open",
+                                                 lambda: len(self.connections)),
+            "townsquare_edge_waiters": ("Requests waiting on upstream answers", lambda: c.waiting),
+            "townsquare_edge_upstream_in_flight": ("Upstream requests in flight",
+                                                   lambda: len(c.flights)),
+            "townsquare_edge_cache_bytes": ("Bytes held by the LRU", lambda: c.lru.bytes),
+            "townsquare_edge_cache_limit_bytes": ("LRU bound", lambda: c.lru.max_bytes),
+            "townsquare_edge_cache_entries": ("Entries in the LRU", lambda: len(c.lru)),
+            "townsquare_edge_cache_evictions": ("Entries evicted so far",
+                                                lambda: c.lru.evictions),
+            "townsquare_edge_pinned_playlists": ("Live playlists pinned outside the LRU",
+                                                 lambda: len(c.pinned)),
+            "townsquare_edge_pinned_bytes": ("Bytes of pinned playlists", c.pinned_bytes),
+            "townsquare_edge_breaker_open": ("1 while the upstream circuit is not closed",
+                                             lambda: float(c.breaker.state != "closed")),
+            "townsquare_edge_breaker_trips": ("Times the circuit opened",
+                                              lambda: c.breaker.trips),
+        })
+        m.room_gauge = lambda: self.listeners.rooms(self.clock())
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def handle(self, conn: EdgeProtocol, url: bytes, method: bytes, close: bool) -> None:
+        head_only = method == b"HEAD"
+        if method != b"GET" and not head_only:
+            self._other_method(conn, method, close)
+            return
+        t = self.targets.get(url)
+        if t is None:
+            t = self._resolve(url)
+            if t is None:
+                self._local(conn, url, head_only, close)
+                return
+        if t.__class__ is not Target:
+            self._send(conn, t, "other", None, head_only, close)  # type: ignore[arg-type]
+            return
+        target: Target = t  # type: ignore[assignment]
+        now = self.clock()
+        entry = self.cache.lookup(target, now)
+        room = target.room if target.kind in LISTENED_KINDS else None
+        if entry is None:
+            slot = conn.defer(head_only, close, target.kind, room)
+            self.cache.fetch(target, slot.deliver)
+            return
+        if conn.queue:
+            conn.defer(head_only, close, target.kind, room).deliver(entry)
+            return
+        data = entry.response(now, conn.gz, head_only, close)
+        self.metrics.requests[(target.kind, entry.status)] += 1
+        if room is not None and entry.status == 200:
+            self.listeners.seen(room, conn.client_id(), now)
+        conn.respond(data, close)
+
+    def _send(self, conn: EdgeProtocol, entry: Entry, kind: str, room: str | None,
+              head_only: bool, close: bool) -> None:
+        conn.defer(head_only, close, kind, room).deliver(entry)
+
+    def _resolve(self, url: bytes) -> Target | Entry | None:
+        """Parse a /live/ target (memoised) or None for the edge's own routes."""
+        if not url.startswith(b"/live/"):
+            return None
+        raw = url.decode("latin-1")
+        parsed: Target | Entry
+        try:
+            parsed = parse_target(raw)
+        except BadDirective as exc:
+            parsed = edge_error(400, str(exc))
+        if len(self.targets) >= MAX_TARGETS:
+            self.targets.clear()
+        self.targets[url] = parsed
+        return parsed
+
+    def _other_method(self, conn: EdgeProtocol, method: bytes, close: bool) -> None:
+        if method == b"OPTIONS":
+            self.metrics.requests[("other", 204)] += 1
+            conn.respond(
+                b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n"
+                b"Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
+                b"Access-Control-Allow-Headers: *\r\nAccess-Control-Max-Age: 86400\r\n"
+                b"Content-Length: 0\r\n" + (b"Connection: close\r\n\r\n" if close else b"\r\n"),
+                close)
+            return
+        self.metrics.requests[("other", 405)] += 1
+        conn.respond(local_response(405, b"method not allowed\n",
+                                    extra=b"Allow: GET, HEAD, OPTIONS\r\n", close=close), close)
+
+    def _local(self, conn: EdgeProtocol, url: bytes, head_only: bool, close: bool) -> None:
+        path = url.split(b"?", 1)[0].decode("latin-1")
+        status, body, ctype, cc = 200, b"", b"text/plain; charset=utf-8", b"no-store"
+        if path == "/healthz":
+            body = b"ok\n"
+        elif path == "/metrics":
+            body = self.metrics.render()
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+        elif path.startswith("/listen/") and path.count("/") == 2 and len(path) > 8:
+            body = self.static["listen.html"]
+            ctype, cc = b"text/html; charset=utf-8", b"max-age=60"
+        elif path.startswith("/api/listeners/") and path.count("/") == 3:
+            room = path.rsplit("/", 1)[1]
+            body = json.dumps({
+                "room": room,
+                "listeners": self.listeners.estimate(room, self.clock()),
+                "upstream": self.cache.breaker.state,
+            }).encode()
+            ctype = b"application/json"
+        elif path.startswith("/static/") and path[8:] in self.static:
+            name = path[8:]
+            body = self.static[name]
+            suffix = "." + name.rsplit(".", 1)[-1]
+            ctype, cc = STATIC_TYPES.get(suffix, b"application/octet-stream"), b"max-age=3600"
+        else:
+            status, body = 404, b"not found\n"
+        self.metrics.requests[("other", status)] += 1
+        conn.respond(local_response(status, body, ctype, cc, close=close, head_only=head_only),
+                     close)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def sweep_forever(self, interval: float = 0.5) -> None:
+        """Advance the coarse clock; close slow, idle or stuck connections; drop dead rooms."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(interval)
+            now = self.coarse_now = self.clock()
+            for conn in list(self.connections):
+                if conn.headers_done is not None:
+                    if now - conn.headers_done > s.edge_body_timeout:
+                        conn.timeout(408)
+                elif conn.began is not None:
+                    if now - conn.began > s.edge_header_timeout:
+                        conn.timeout(408)
+                elif not conn.queue and now - conn.last_active > s.edge_keepalive_timeout:
+                    conn.timeout(0)
+            self.cache.sweep(now)
+
+    async def aclose(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.cache.aclose()
+
+
+def _load_static() -> dict[str, bytes]:
+    root = resources.files("edge") / "static"
+    return {f.name: f.read_bytes() for f in root.iterdir() if f.is_file()}

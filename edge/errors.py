@@ -1,0 +1,42 @@
+"""Errors raised inside the edge.
+
+    EdgeError
+    ├── BadRequest            the client's request cannot be served (answered 400)
+    │   └── BadDirective      a malformed or contradictory `_HLS_*` query parameter
+    └── UpstreamError         the upstream gave no usable answer
+        ├── UpstreamUnavailable   connection refused, reset or closed early
+        ├── UpstreamTimeout       no complete answer within the upstream timeout
+        └── CircuitOpen           not tried: the breaker is open after repeated failures
+
+httpx exceptions are translated into these in `edge.upstream` and never escape it.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error the edge raises on purpose."""
+
+
+class BadRequest(EdgeError):
+    """A request the edge refuses with 400."""
+
+
+class BadDirective(BadRequest):
+    """A malformed `_HLS_msn`, `_HLS_part` or `_HLS_skip` value."""
+
+
+class UpstreamError(EdgeError):
+    """The upstream could not produce an answer."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream refused or dropped the connection."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+
+class CircuitOpen(UpstreamError):
+    """The request was not sent because the circuit breaker is open."""

@@ -1,0 +1,89 @@
+"""Edge counters: plain integers on the hot path, rendered as Prometheus text on demand."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+class EdgeMetrics:
+    """Every number /metrics shows. Gauges are read through `gauges` callbacks at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.hits: defaultdict[str, int] = defaultdict(int)
+        self.misses: defaultdict[str, int] = defaultdict(int)
+        self.coalesced: defaultdict[str, int] = defaultdict(int)
+        self.local_answers = 0
+        self.stale: defaultdict[str, int] = defaultdict(int)
+        self.upstream: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.rejected: defaultdict[str, int] = defaultdict(int)
+        self.bytes_out = 0
+        self.connections_total = 0
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.room_gauge: Callable[[], dict[str, int]] = dict
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self))  # type: ignore[arg-type]
+
+    def render(self) -> bytes:
+        return generate_latest(self._registry)
+
+
+class _Collector:
+    def __init__(self, m: EdgeMetrics) -> None:
+        self.m = m
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        c = CounterMetricFamily(
+            "townsquare_edge_requests", "Client requests by kind and status", labels=["kind", "status"])
+        for (kind, status), n in sorted(m.requests.items()):
+            c.add_metric([kind, str(status)], n)
+        yield c
+        for name, doc, series in (
+            ("townsquare_edge_cache_hits", "Answered from cache", m.hits),
+            ("townsquare_edge_cache_misses", "Needed an upstream answer", m.misses),
+            ("townsquare_edge_coalesced_waits", "Misses that joined a request in flight",
+             m.coalesced),
+            ("townsquare_edge_stale_served", "Stale copies served because the upstream failed",
+             m.stale),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["kind"])
+            for kind, n in sorted(series.items()):
+                c.add_metric([kind], n)
+            yield c
+        c = CounterMetricFamily(
+            "townsquare_edge_upstream_requests", "Requests sent upstream by kind and outcome",
+            labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(m.upstream.items()):
+            c.add_metric([kind, outcome], n)
+        yield c
+        c = CounterMetricFamily(
+            "townsquare_edge_rejected", "Requests or connections refused by reason",
+            labels=["reason"])
+        for reason, n in sorted(m.rejected.items()):
+            c.add_metric([reason], n)
+        yield c
+        yield CounterMetricFamily(
+            "townsquare_edge_local_answers",
+            "Blocking playlist requests answered from a cached playlist", value=m.local_answers)
+        yield CounterMetricFamily(
+            "townsquare_edge_bytes_out", "Response bytes written to clients", value=m.bytes_out)
+        yield CounterMetricFamily(
+            "townsquare_edge_connections", "Client connections accepted",
+            value=m.connections_total)
+        for name, (doc, read) in m.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=read())
+        g = GaugeMetricFamily(
+            "townsquare_edge_listeners",
+            "Estimated distinct clients per room over the listener window", labels=["room"])
+        for room, n in sorted(m.room_gauge().items()):
+            g.add_metric([room], n)
+        yield g

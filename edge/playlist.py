@@ -1,0 +1,87 @@
+"""Just enough of a media playlist to answer blocking requests locally.
+
+The edge never renders playlists; it only needs to know how far a cached one reaches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PlaylistPosition:
+    """How far a media playlist reaches: its last complete segment and its last listed part."""
+
+    last_msn: int  # last complete segment, -1 if none yet
+    part_msn: int  # segment of the last listed part (last_msn + 1 while a segment is open)
+    part_index: int  # index of that part, -1 if the playlist lists no parts
+    ended: bool
+    target_duration: float
+    delta: bool
+
+    def contains(self, msn: int, part: int | None) -> bool:
+        """Whether this playlist satisfies `_HLS_msn=msn[&_HLS_part=part]` (§6.2.5.2)."""
+        if self.ended:
+            return True
+        if part is None:
+            return msn <= self.last_msn
+        if self.part_index < 0:
+            return msn <= self.last_msn
+        # A part past a segment's last one means part 0 of the next segment: the
+        # lexicographic comparison below gives exactly that.
+        return msn < self.part_msn or (msn == self.part_msn and part <= self.part_index)
+
+    def too_far(self, msn: int) -> bool:
+        """Whether the origin must refuse `msn` with 400 (more than two segments ahead)."""
+        return not self.ended and msn > self.part_msn + 2
+
+    def newer_than(self, other: PlaylistPosition) -> bool:
+        if self.ended != other.ended:
+            return self.ended
+        return (self.part_msn, self.part_index, self.last_msn) > (
+            other.part_msn,
+            other.part_index,
+            other.last_msn,
+        )
+
+
+def parse_position(body: bytes) -> PlaylistPosition | None:
+    """Read a media playlist's reach; None for multivariant or unparseable playlists."""
+    if not body.startswith(b"#EXTM3U"):
+        return None
+    media_sequence = 0
+    segments = 0
+    parts_open = 0  # parts listed after the last segment URI
+    parts_closed = 0  # parts of the last complete segment
+    target = -1.0
+    ended = False
+    delta = False
+    for line in body.split(b"\n"):
+        if not line:
+            continue
+        if line[0] != 35:  # not '#': a segment URI closes the open segment
+            segments += 1
+            parts_closed = parts_open
+            parts_open = 0
+        elif line.startswith(b"#EXT-X-PART:"):
+            parts_open += 1
+        elif line.startswith(b"#EXT-X-MEDIA-SEQUENCE:"):
+            media_sequence = int(line[22:].strip())
+        elif line.startswith(b"#EXT-X-TARGETDURATION:"):
+            target = float(line[22:].strip())
+        elif line.startswith(b"#EXT-X-SKIP:"):
+            delta = True
+            for attr in line[12:].split(b","):
+                name, _, value = attr.partition(b"=")
+                if name.strip() == b"SKIPPED-SEGMENTS":
+                    segments += int(value)
+        elif line.startswith(b"#EXT-X-ENDLIST"):
+            ended = True
+    if target < 0:
+        return None
+    last_msn = media_sequence + segments - 1
+    if parts_open:
+        part_msn, part_index = last_msn + 1, parts_open - 1
+    else:
+        part_msn, part_index = last_msn, parts_closed - 1
+    return PlaylistPosition(last_msn, part_msn, part_index, ended, target, delta)

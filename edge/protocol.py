@@ -1,0 +1,224 @@
+"""HTTP/1.1 for clients: an asyncio Protocol over httptools, with keep-alive and pipelining.
+
+Responses leave in request order: an answer that must wait for the upstream takes a slot in the
+connection's queue, and answers behind it wait in their slots until it is filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from edge.entry import Entry, local_response
+
+if TYPE_CHECKING:
+    from edge.app import EdgeApp
+
+MAX_URL = 8192
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
+MAX_BODY = 64 * 1024
+# Pipelined requests queued on one connection before reading pauses.
+MAX_QUEUED = 64
+
+
+class Slot:
+    """A place in the connection's response order, filled when the upstream answers."""
+
+    __slots__ = ("conn", "data", "close", "head_only", "gz", "kind", "room")
+
+    def __init__(self, conn: EdgeProtocol, head_only: bool, gz: bool, close: bool,
+                 kind: str, room: str | None) -> None:
+        self.conn = conn
+        self.data: bytes | None = None
+        self.close = close
+        self.head_only = head_only
+        self.gz = gz
+        self.kind = kind
+        self.room = room
+
+    def deliver(self, entry: Entry) -> None:
+        conn = self.conn
+        if conn.transport is None:
+            return
+        app = conn.app
+        now = app.clock()
+        self.data = entry.response(now, self.gz, self.head_only, self.close)
+        app.metrics.requests[(self.kind, entry.status)] += 1
+        if self.room is not None and entry.status == 200:
+            app.listeners.seen(self.room, conn.client_id(), now)
+        conn.flush()
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, app: EdgeApp) -> None:
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Slot] = deque()
+        self.peer = ""
+        self.url = b""
+        self.gz = False
+        self.ua = b""
+        self._client: int | None = None
+        self._client_ua = b""
+        self.headers = 0
+        self.header_bytes = 0
+        self.body_bytes = 0
+        # Coarse timestamps read by the sweeper (slowloris and idle timeouts).
+        self.began: float | None = None
+        self.headers_done: float | None = None
+        self.last_active = app.coarse_now
+        self.paused = False
+        self.write_paused = False
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        app = self.app
+        app.metrics.connections_total += 1
+        if len(app.connections) >= app.settings.edge_max_connections:
+            app.metrics.rejected["connections"] += 1
+            transport.write(app.too_many_connections)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self.transport = transport  # type: ignore[assignment]
+        app.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.queue.clear()
+        self.app.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.paused:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.began is None:
+            self.began = self.app.coarse_now
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(400, b"upgrades are not supported\n")
+        except httptools.HttpParserError:
+            self.fail(400, b"malformed request\n")
+
+    def fail(self, status: int, message: bytes) -> None:
+        """Answer an unrecoverable request error and close once earlier answers are out."""
+        self.app.metrics.requests[("other", status)] += 1
+        self.respond(local_response(status, message, close=True), True)
+
+    def timeout(self, status: int) -> None:
+        self.app.metrics.rejected["timeout"] += 1
+        if self.transport is None:
+            return
+        if self.queue or status == 0:
+            self.transport.close()
+        else:
+            self.fail(status, b"request timed out\n")
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.gz = False
+        self.headers = 0
+        self.header_bytes = 0
+        self.body_bytes = 0
+        if self.began is None:
+            self.began = self.app.coarse_now
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_URL:
+            raise httptools.HttpParserError("url too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers += 1
+        self.header_bytes += len(name) + len(value)
+        if self.headers > MAX_HEADERS or self.header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("headers too large")
+        n = len(name)
+        if n == 15 and name.lower() == b"accept-encoding":
+            self.gz = b"gzip" in value.lower()
+        elif n == 10 and name.lower() == b"user-agent":
+            self.ua = value
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = self.app.coarse_now
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > MAX_BODY:
+            raise httptools.HttpParserError("body too large")
+
+    def on_message_complete(self) -> None:
+        self.began = None
+        self.headers_done = None
+        self.last_active = self.app.coarse_now
+        parser = self.parser
+        self.app.handle(self, self.url, parser.get_method(), not parser.should_keep_alive())
+        if len(self.queue) > MAX_QUEUED and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def client_id(self) -> int:
+        if self._client is None or self.ua is not self._client_ua:
+            self._client_ua = self.ua
+            self._client = hash((self.peer, self.ua))
+        return self._client
+
+    def respond(self, data: bytes, close: bool) -> None:
+        """Send an answer that is ready now, after any still-pending earlier answers."""
+        if self.queue:
+            slot = Slot(self, False, False, close, "other", None)
+            slot.data = data
+            self.queue.append(slot)
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(data)
+        self.app.metrics.bytes_out += len(data)
+        if close:
+            transport.close()
+
+    def defer(self, head_only: bool, close: bool, kind: str, room: str | None) -> Slot:
+        slot = Slot(self, head_only, self.gz, close, kind, room)
+        self.queue.append(slot)
+        return slot
+
+    def flush(self) -> None:
+        queue = self.queue
+        transport = self.transport
+        while queue and queue[0].data is not None and transport is not None:
+            slot = queue.popleft()
+            data = slot.data
+            assert data is not None
+            transport.write(data)
+            self.app.metrics.bytes_out += len(data)
+            if slot.close:
+                queue.clear()
+                transport.close()
+                return
+        if self.paused and len(queue) <= MAX_QUEUED // 2 and transport is not None:
+            self.paused = False
+            if not self.write_paused:
+                transport.resume_reading()
+        self.last_active = self.app.coarse_now
