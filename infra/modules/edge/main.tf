@@ -340,7 +340,9 @@ resource "aws_ecs_task_definition" "this" {
       essential              = true
       command                = ["edge"]
       readonlyRootFilesystem = true
-      stopTimeout            = 30
+      # A tiny init as PID 1 forwards SIGTERM and reaps children.
+      linuxParameters = { initProcessEnabled = true }
+      stopTimeout     = 30
 
       portMappings = [
         { containerPort = local.edge_port, protocol = "tcp" },

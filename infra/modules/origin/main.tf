@@ -574,6 +574,8 @@ resource "aws_ecs_task_definition" "this" {
       essential              = true
       command                = ["ingest"]
       readonlyRootFilesystem = true
+      # A tiny init as PID 1 forwards SIGTERM and reaps children.
+      linuxParameters = { initProcessEnabled = true }
       # Up to Fargate's maximum, so live rooms can end cleanly (ENDLIST, recordings).
       stopTimeout = 120
 
