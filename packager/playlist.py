@@ -118,15 +118,15 @@ def _dur(d: float) -> str:
 
 
 def skip_count(pl: MediaPlaylist) -> int:
-    """How many of the oldest segments a delta update may replace with EXT-X-SKIP: those
-    that start more than CAN-SKIP-UNTIL before the end of the playlist."""
-    end = sum(s.duration for s in pl.segments) + sum(p.duration for p in pl.partial)
-    n, start = 0, 0.0
+    """How many of the oldest segments a delta update may replace with EXT-X-SKIP: as many
+    as leave at least CAN-SKIP-UNTIL seconds of playlist after the skip."""
+    remaining = sum(s.duration for s in pl.segments) + sum(p.duration for p in pl.partial)
+    n = 0
     for seg in pl.segments:
-        if end - start <= pl.can_skip_until:
+        if remaining - seg.duration < pl.can_skip_until:
             break
+        remaining -= seg.duration
         n += 1
-        start += seg.duration
     return n
 
 
