@@ -172,6 +172,10 @@ class ProgramClock:
 
     async def _run(self) -> None:
         while True:
-            self.tick()  # a sink that raises ends the clock; its owner sees the task fail
+            try:
+                self.tick()
+            except Exception as exc:  # the sink refused (broadcast closed under us): stop
+                log.warning("program clock stopped: the broadcast refused audio: %s", exc)
+                return
             next_at = self.stats.started_monotonic + (self.stats.samples + BLOCK) / SAMPLE_RATE
             await asyncio.sleep(max(0.0, next_at - self._clock()))

@@ -1,0 +1,325 @@
+"""The control port: rooms API (admin token), WHIP, the broadcaster page, health, metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.errors import (
+    BadKey, IngestError, RoomEnded, RoomError, RoomExists, RoomFull, RoomNotFound, SdpError,
+    UnsupportedCodec,
+)
+from ingest.metrics import IngestMetrics
+from ingest.rooms import Room, Rooms
+from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
+from townsquare.rooms import ROOM_PATTERN, InvalidRoomName, is_valid_room
+
+log = logging.getLogger("townsquare.ingest.api")
+MAX_BODY = 65_536
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    control: str  # http://host:control_port
+    rtmp: str  # rtmp://host:rtmp_port
+    edge: str  # where listeners go
+    origin: str  # where playlists are served
+
+
+class CreateRoom(BaseModel):
+    name: str | None = Field(
+        default=None, pattern=ROOM_PATTERN, description="Room name; a random one when omitted."
+    )
+
+
+class RoomCreated(BaseModel):
+    name: str
+    stream_key: str = Field(description="Shown once: only its hash is kept.")
+    rtmp_url: str = Field(description="Server URL for OBS; the stream key goes in its own field.")
+    rtmp_publish_url: str = Field(description="Full URL for ffmpeg: server URL + '/' + key.")
+    whip_url: str
+    broadcast_page_url: str
+    listener_url: str
+    playlist_url: str
+    state: str
+
+
+class MuteRequest(BaseModel):
+    muted: bool = True
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _plain(send, 413, f"request body over {self.limit} bytes")
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _plain(send, 413, f"request body over {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(
+    rooms: Rooms,
+    whip: WhipEndpoint,
+    metrics: IngestMetrics,
+    admin_token: str,
+    urls: PublicUrls,
+    health: Any = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="townsquare ingest",
+        description="Rooms, stream keys and speakers; WHIP publishing; the broadcaster page.",
+        version="1",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), admin_token.encode()):
+            raise HTTPException(401, "admin token required (Authorization: Bearer …)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        metrics.http_requests.labels(status=f"{response.status_code // 100}xx").inc()
+        return response
+
+    @app.exception_handler(IngestError)
+    async def ingest_error(request: Request, exc: IngestError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=_status(exc))
+
+    def room_or_404(name: str) -> Room:
+        if not is_valid_room(name):
+            raise HTTPException(404, f"room name {name!r} does not match {ROOM_PATTERN}")
+        return rooms.get(name)
+
+    def created(room: Room, key: str) -> RoomCreated:
+        return RoomCreated(
+            name=room.name,
+            stream_key=key,
+            rtmp_url=f"{urls.rtmp}/live",
+            rtmp_publish_url=f"{urls.rtmp}/live/{key}",
+            whip_url=f"{urls.control}/whip/{room.name}",
+            broadcast_page_url=f"{urls.control}/broadcast/{room.name}",
+            listener_url=f"{urls.edge}/listen/{room.name}",
+            playlist_url=f"{urls.origin}/live/{room.name}/master.m3u8",
+            state=room.state,
+        )
+
+    # --- rooms ------------------------------------------------------------------------
+    @app.post("/rooms", status_code=201, response_model=RoomCreated, dependencies=[Depends(admin)],
+              tags=["rooms"], summary="Create a room; its stream key is shown only here")
+    async def create_room(body: CreateRoom | None = None) -> RoomCreated:
+        try:
+            room, key = rooms.create(body.name if body else None)
+        except InvalidRoomName as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return created(room, key)
+
+    @app.get("/rooms", dependencies=[Depends(admin)], tags=["rooms"], summary="All rooms")
+    async def list_rooms() -> dict[str, Any]:
+        return {"rooms": [r.describe() for r in rooms.all()]}
+
+    @app.get("/rooms/{room}", dependencies=[Depends(admin)], tags=["rooms"],
+             summary="A room's state: live or not, speakers, started at, duration")
+    async def get_room(room: str) -> dict[str, Any]:
+        return room_or_404(room).describe()
+
+    @app.post("/rooms/{room}/end", dependencies=[Depends(admin)], tags=["rooms"],
+              summary="End the room: ENDLIST on its playlists, the recording kept")
+    async def end_room(room: str) -> dict[str, Any]:
+        r = room_or_404(room)
+        await rooms.end(r, "ended by request")
+        return r.describe()
+
+    @app.post("/rooms/{room}/speakers/{speaker}/mute", dependencies=[Depends(admin)],
+              tags=["speakers"], summary="Mute or unmute a speaker in the mix")
+    async def mute(room: str, speaker: str, body: MuteRequest | None = None) -> dict[str, Any]:
+        s = rooms.mute(room_or_404(room), speaker, body.muted if body else True)
+        return s.describe()
+
+    @app.delete("/rooms/{room}/speakers/{speaker}", status_code=204, dependencies=[Depends(admin)],
+                tags=["speakers"], summary="Disconnect a speaker")
+    async def remove(room: str, speaker: str) -> Response:
+        await rooms.remove(room_or_404(room), speaker)
+        return Response(status_code=204)
+
+    # --- WHIP -------------------------------------------------------------------------
+    def stream_key(request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise HTTPException(401, "stream key required (Authorization: Bearer {key})",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return key.strip()
+
+    @app.options("/whip/{room}", include_in_schema=False)
+    async def whip_options(room: str) -> Response:
+        return Response(status_code=204, headers={
+            **_CORS, "Accept-Post": "application/sdp",
+            "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+        })
+
+    @app.options("/whip/{room}/{session_id}", include_in_schema=False)
+    async def whip_resource_options(room: str, session_id: str) -> Response:
+        return Response(status_code=204, headers={
+            **_CORS, "Access-Control-Allow-Methods": "DELETE, OPTIONS"})
+
+    @app.post("/whip/{room}", tags=["whip"], status_code=201,
+              summary="WHIP: publish into a room (Bearer stream key, SDP offer body)",
+              responses={201: {"content": {"application/sdp": {}}}})
+    async def whip_post(room: str, request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/sdp":
+            metrics.whip_sessions.labels(outcome="bad_type").inc()
+            raise HTTPException(415, "the offer must be sent as Content-Type: application/sdp",
+                                headers=_CORS)
+        key = stream_key(request)
+        body = await request.body()
+        if len(body) > MAX_SDP_BYTES:
+            raise HTTPException(413, f"SDP offer over {MAX_SDP_BYTES} bytes")
+        if not is_valid_room(room):
+            raise HTTPException(404, "no such room", headers=_CORS)
+        try:
+            r = rooms.check_key(room, key)
+        except BadKey as exc:
+            metrics.publish_refused.labels(protocol="whip", reason="key").inc()
+            raise HTTPException(401, str(exc), headers={**_CORS, "WWW-Authenticate": "Bearer"}
+                                ) from exc
+        remote = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        try:
+            session = await whip.offer(r, body, remote)
+        except (SdpError, UnsupportedCodec, RoomError) as exc:
+            metrics.whip_sessions.labels(outcome=type(exc).__name__).inc()
+            log.info("whip %s from %s refused: %s", room, remote, exc)
+            return PlainTextResponse(str(exc), status_code=_status(exc), headers=_CORS)
+        metrics.whip_sessions.labels(outcome="created").inc()
+        location = f"/whip/{room}/{session.id}"
+        return Response(session.answer_sdp, status_code=201, media_type="application/sdp",
+                        headers={**_CORS, "Location": location, "ETag": f'"{session.id}"'})
+
+    @app.delete("/whip/{room}/{session_id}", tags=["whip"], status_code=200,
+                summary="WHIP: end a session")
+    async def whip_delete(room: str, session_id: str, request: Request) -> Response:
+        key = stream_key(request)
+        session = whip.get(room, session_id)
+        if session is None:
+            raise HTTPException(404, "no such WHIP session", headers=_CORS)
+        try:
+            rooms.check_key(room, key)
+        except RoomEnded:
+            pass  # the room ended under the session: deleting it is still fine
+        except BadKey as exc:
+            raise HTTPException(401, str(exc), headers=_CORS) from exc
+        await session.close("DELETE by the publisher")
+        return Response(status_code=200, headers=_CORS)
+
+    @app.patch("/whip/{room}/{session_id}", include_in_schema=False)
+    async def whip_patch(room: str, session_id: str) -> Response:
+        # No trickle ICE or ICE restart: every candidate is in the answer (RFC 9725 §4.3).
+        return Response("trickle ICE is not supported", status_code=405,
+                        headers={**_CORS, "Allow": "DELETE, OPTIONS"})
+
+    # --- page, health, metrics -------------------------------------------------------
+    @app.get("/broadcast/{room}", response_class=HTMLResponse, tags=["page"],
+             summary="The broadcaster page: microphone → WHIP")
+    async def broadcast_page(room: str) -> HTMLResponse:
+        room_or_404(room)
+        return HTMLResponse(_page(), headers={"Cache-Control": "no-store"})
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "ok",
+                               "rooms_live": sum(r.state == "live" for r in rooms.all()),
+                               "whip_sessions": len(whip.sessions)}
+        if health is not None:
+            out.update(health())
+        return out
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+_CORS = {"Access-Control-Allow-Origin": "*",
+         "Access-Control-Allow-Headers": "Authorization, Content-Type",
+         "Access-Control-Expose-Headers": "Location, ETag"}
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, RoomNotFound):
+        return 404
+    if isinstance(exc, RoomExists):
+        return 409
+    if isinstance(exc, (RoomEnded,)):
+        return 410
+    if isinstance(exc, RoomFull):
+        return 503
+    if isinstance(exc, BadKey):
+        return 401
+    if isinstance(exc, UnsupportedCodec):
+        return 406
+    if isinstance(exc, SdpError):
+        return 400
+    return 400
+
+
+_PAGE: str | None = None
+
+
+def _page() -> str:
+    global _PAGE
+    if _PAGE is None:
+        _PAGE = resources.files("ingest").joinpath("static/broadcast.html").read_text("utf-8")
+    return _PAGE

@@ -1,0 +1,100 @@
+"""`ingest.service.run`: the control API, WHIP, the broadcaster page and RTMP, until cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ingest.api import PublicUrls, build_app
+from ingest.errors import ConfigError
+from ingest.metrics import IngestMetrics
+from ingest.rooms import RoomPolicy, Rooms
+from ingest.rtmp.server import RtmpServer
+from ingest.settings import IngestSettings
+from ingest.whip import WhipEndpoint, allow_loopback_candidates
+from townsquare.serving import http_server, serve_http
+
+log = logging.getLogger("townsquare.ingest")
+MIN_ADMIN_TOKEN = 16
+
+
+def check_settings(settings: IngestSettings) -> str:
+    """The admin token, once every setting ingest relies on has been checked."""
+    token = settings.admin_token or ""
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError(
+            f"TOWNSQUARE_ADMIN_TOKEN must be set to at least {MIN_ADMIN_TOKEN} characters "
+            "(the rooms API hands out stream keys with it); `townsquare up` generates one"
+        )
+    if settings.max_speakers_per_room < 10:
+        raise ConfigError("max_speakers_per_room must be at least 10 (a panel with co-hosts)")
+    if settings.idle_timeout_seconds < 5:
+        raise ConfigError("idle_timeout_seconds must be at least 5 (reconnects take seconds)")
+    return token
+
+
+def public_urls(settings: IngestSettings) -> PublicUrls:
+    host = settings.host
+    show = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in show and not show.startswith("["):
+        show = f"[{show}]"
+    origin = f"http://{show}:{settings.origin_port}"
+    return PublicUrls(
+        control=(settings.public_control_url or f"http://{show}:{settings.control_port}").rstrip("/"),
+        rtmp=(settings.public_rtmp_url or f"rtmp://{show}:{settings.rtmp_port}").rstrip("/"),
+        edge=(settings.public_edge_url or origin).rstrip("/"),
+        origin=origin,
+    )
+
+
+async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None) -> None:
+    """Serve ingest until cancelled; on the way out every live room is ended cleanly."""
+    token = check_settings(settings)
+    metrics = IngestMetrics()
+    policy = RoomPolicy(idle_timeout=settings.idle_timeout_seconds,
+                        max_speakers=settings.max_speakers_per_room)
+    rooms = Rooms(packager, settings.data_dir / "ingest" / "rooms.json", metrics, policy)
+    allow_loopback_candidates(settings.whip_ice_loopback)
+    ice = [u.strip() for u in settings.whip_ice_servers.split(",") if u.strip()]
+    whip = WhipEndpoint(rooms, metrics, ice)
+    rtmp = RtmpServer(rooms, metrics, settings.host, settings.rtmp_port,
+                      max_connections=settings.rtmp_max_connections)
+    try:
+        await rtmp.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen for RTMP on {settings.host}:{settings.rtmp_port}: "
+                          f"{exc.strerror or exc}") from exc
+
+    def health() -> dict[str, Any]:
+        return {"rtmp_port": rtmp.port, "rtmp_connections": rtmp.connections}
+
+    app = build_app(rooms, whip, metrics, token, public_urls(settings), health)
+    server = http_server(app, settings.host, settings.control_port)
+    http_started = asyncio.Event()
+    http = asyncio.create_task(serve_http(server, http_started))
+    try:
+        waiter = asyncio.create_task(http_started.wait())
+        await asyncio.wait([waiter, http], return_when=asyncio.FIRST_COMPLETED)
+        if not http_started.is_set():
+            waiter.cancel()
+            try:
+                http.result()
+            except (SystemExit, OSError) as exc:
+                raise ConfigError(f"cannot serve the control API on {settings.host}:"
+                                  f"{settings.control_port}") from exc
+        log.info("ingest: control API http://%s:%d (docs at /docs), RTMP port %d",
+                 settings.host, settings.control_port, rtmp.port)
+        if started is not None:
+            started.set()
+        await asyncio.shield(http)
+    finally:
+        await rtmp.stop()
+        await whip.close()
+        await rooms.close()
+        if not http.done():
+            http.cancel()
+            try:
+                await http
+            except (asyncio.CancelledError, Exception):
+                pass
