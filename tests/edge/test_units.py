@@ -1,0 +1,143 @@
+"""Pure pieces of the edge: keys, playlist reach, LRU, breaker, listener estimate, entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.breaker import CircuitBreaker
+from edge.entry import Entry, build_fields, default_lifetime, max_age
+from edge.errors import BadDirective
+from edge.keys import parse_target
+from edge.listeners import ListenerEstimate
+from edge.lru import ByteLRU
+from edge.playlist import parse_position
+
+PL = "/live/r/b1/aac96/live.m3u8"
+
+PLAYLIST = b"""#EXTM3U
+#EXT-X-VERSION:9
+#EXT-X-TARGETDURATION:2
+#EXT-X-PART-INF:PART-TARGET=0.21334
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.65,CAN-SKIP-UNTIL=12
+#EXT-X-MEDIA-SEQUENCE:7
+#EXT-X-MAP:URI="init.mp4"
+#EXTINF:1.92,
+s7.m4s
+#EXT-X-PART:DURATION=0.21333,URI="p8.0.m4s",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.21333,URI="p8.1.m4s",INDEPENDENT=YES
+#EXTINF:1.92,
+s8.m4s
+#EXT-X-PART:DURATION=0.21333,URI="p9.0.m4s",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.21333,URI="p9.1.m4s",INDEPENDENT=YES
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p9.2.m4s"
+"""
+
+
+def test_cache_key_drops_foreign_parameters_and_sorts_directives() -> None:
+    a = parse_target(PL + "?_HLS_skip=YES&x=1&_HLS_part=2&_HLS_msn=9&cb=7")
+    b = parse_target(PL + "?_HLS_msn=9&_HLS_part=2&_HLS_skip=YES")
+    assert a.key == b.key == PL + "?_HLS_msn=9&_HLS_part=2&_HLS_skip=YES"
+    assert a.kind == "blocking_playlist" and a.room == "r"
+    assert parse_target(PL + "?utm=1").key == PL
+    assert parse_target("/live/r/b1/aac96/p9.1.m4s?_HLS_msn=3&r=1").key == "/live/r/b1/aac96/p9.1.m4s"
+
+
+@pytest.mark.parametrize("query", [
+    "_HLS_part=1", "_HLS_msn=-1", "_HLS_msn=abc", "_HLS_msn=1&_HLS_part=x",
+    "_HLS_msn=1&_HLS_msn=2", "_HLS_skip=maybe", "_HLS_msn=99999999999999999",
+])
+def test_malformed_directives_are_refused(query: str) -> None:
+    with pytest.raises(BadDirective):
+        parse_target(PL + "?" + query)
+
+
+def test_kinds_follow_the_origin_names() -> None:
+    kinds = {p: parse_target(p).kind for p in (
+        "/live/r/master.m3u8", "/live/r/b/aac96/live.m3u8", "/live/r/b/aac96/init.mp4",
+        "/live/r/b/aac96/s3.m4s", "/live/r/b/aac96/p3.1.m4s", "/live/r/b/aac96/recording.m3u8")}
+    assert list(kinds.values()) == ["master", "playlist", "init", "segment", "part", "recording"]
+
+
+def test_playlist_position_knows_which_parts_exist() -> None:
+    pos = parse_position(PLAYLIST)
+    assert pos is not None
+    assert (pos.last_msn, pos.part_msn, pos.part_index) == (8, 9, 1)
+    assert pos.contains(9, 1) and pos.contains(8, 5) and pos.contains(8, None)
+    assert not pos.contains(9, 2) and not pos.contains(9, None) and not pos.contains(10, 0)
+    assert pos.too_far(12) and not pos.too_far(11)
+
+
+def test_part_past_a_complete_segment_means_the_next_segment() -> None:
+    closed = PLAYLIST.replace(b'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p9.2.m4s"\n', b"#EXTINF:1.92,\ns9.m4s\n")
+    pos = parse_position(closed)
+    assert pos is not None and (pos.last_msn, pos.part_msn, pos.part_index) == (9, 9, 1)
+    assert pos.contains(9, 1) and not pos.contains(9, 2) and not pos.contains(10, 0)
+
+
+def test_delta_playlist_counts_skipped_segments() -> None:
+    delta = PLAYLIST.replace(b"#EXTINF:1.92,\ns7.m4s\n", b"#EXT-X-SKIP:SKIPPED-SEGMENTS=1\n")
+    pos = parse_position(delta)
+    assert pos is not None and pos.delta and pos.last_msn == 8
+
+
+def test_master_playlist_has_no_position() -> None:
+    assert parse_position(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\na/live.m3u8\n") is None
+
+
+def _entry(n: int) -> Entry:
+    return Entry(200, "part", b"x" * n, build_fields("part", None, b"max-age=60", []), 0.0, 60)
+
+
+def test_lru_evicts_oldest_by_bytes() -> None:
+    lru = ByteLRU(10_000)
+    for i in range(50):
+        lru.put(str(i), _entry(500))
+        assert lru.bytes <= 10_000
+    assert lru.get("49") is not None and lru.peek("0") is None and lru.evictions > 0
+
+
+def test_entry_carries_age_length_and_cors() -> None:
+    e = _entry(4)
+    raw = e.response(now=5.7, gz=False, head_only=False, close=False)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"\r\n\r\nxxxx")
+    for line in (b"Content-Length: 4", b"Age: 5", b"Access-Control-Expose-Headers: Age"):
+        assert line in raw
+    assert e.response(now=5.9, gz=False, head_only=False, close=False) is raw  # memoised
+
+
+def test_lifetimes_follow_appendix_b() -> None:
+    assert max_age(b"public, max-age=12") == 12 and max_age(b"no-store") == 0
+    assert max_age(b"max-age=60, s-maxage=5") == 5 and max_age(None) is None
+    assert default_lifetime("blocking_playlist", 200, 2) == 12
+    assert default_lifetime("playlist", 200, 2) == 1 and default_lifetime("playlist", 404, 2) == 2
+    assert default_lifetime("part", 200, 2) >= 12 and default_lifetime("part", 404, 2) == 2
+
+
+def test_breaker_opens_backs_off_and_closes() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failures=2, backoff_min=1.0, backoff_max=4.0, clock=lambda: now[0])
+    b.failure()
+    assert b.allow()
+    b.failure()
+    assert b.state == "open" and not b.allow()
+    now[0] = 1.3
+    assert b.allow() and b.state == "half_open" and not b.allow()  # one probe only
+    b.failure()
+    assert b.state == "open"
+    now[0] = 2.9
+    assert not b.allow()  # backoff doubled
+    now[0] = 4.0
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.allow()
+
+
+def test_listener_estimate_counts_distinct_clients_in_window() -> None:
+    est = ListenerEstimate(window=30.0)
+    for i in range(3000):
+        for _ in range(3):
+            est.seen("r", hash(("10.0.0.%d" % (i % 250), "ua%d" % i)), now=100.0)
+    n = est.estimate("r", now=101.0)
+    assert 2850 <= n <= 3150
+    assert est.estimate("r", now=140.0) == 0
+    assert est.estimate("other", now=101.0) == 0
