@@ -109,8 +109,10 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        cfg = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3,
-                     read_timeout=10, max_pool_connections=32)
+        # Short timeouts and no botocore retries: StoreWriter retries with its own backoff,
+        # and reads on the origin's request path must fail fast rather than hang.
+        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2,
+                     read_timeout=5, max_pool_connections=32)
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
 
     def describe(self) -> str:

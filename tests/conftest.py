@@ -1,0 +1,50 @@
+"""Fixtures shared by every test package: an S3-compatible server (moto in server mode)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.procs import free_port
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+    port: int
+    server: object
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "TOWNSQUARE_S3_BUCKET": self.bucket,
+            "TOWNSQUARE_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 on 127.0.0.1 with one bucket; AWS credentials are dummies."""
+    from moto.server import ThreadedMotoServer
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Server(f"http://127.0.0.1:{port}", "townsquare-test", port, server)
+    s3.client().create_bucket(Bucket=s3.bucket)
+    try:
+        yield s3
+    finally:
+        server.stop()

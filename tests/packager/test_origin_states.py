@@ -1,0 +1,131 @@
+"""Origin behaviour at the edges of a broadcast's life: parts that never come, an ended
+broadcast, and an origin that reads live state from the store written by another process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from packager.origin import HubRooms, build_app
+from packager.pipeline import Packager
+from packager.settings import PackagerSettings
+from tests.support.llhls import check_media_playlist
+from tests.support.procs import free_port, running
+from townsquare.serving import http_server, serve_http
+
+
+@pytest.fixture
+async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]:
+    packager = Packager(PackagerSettings(data_dir=tmp_path))
+    port = free_port()
+    server = http_server(build_app(packager.store, HubRooms(packager.hub)), "127.0.0.1", port)
+    started = asyncio.Event()
+    task = asyncio.create_task(serve_http(server, started))
+    await asyncio.wait_for(started.wait(), 10)
+    try:
+        yield packager, f"http://127.0.0.1:{port}"
+    finally:
+        await packager.close()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(48000 * seconds)) / 48000
+    x = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    return np.vstack([x, x])
+
+
+async def _wait_parts(client: httpx.AsyncClient, url: str, msn: int) -> str:
+    r = await client.get(url, params={"_HLS_msn": msn}, timeout=10)
+    assert r.status_code == 200
+    return r.text
+
+
+async def test_part_that_never_comes_is_503_after_three_target_durations(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    packager, base = packager_origin
+    b = packager.start_broadcast("stalled")
+    url = f"{base}/live/stalled/{b.broadcast_id}/aac96/live.m3u8"
+    async with httpx.AsyncClient() as client:
+        started = time.monotonic()
+        r = await client.get(url, params={"_HLS_msn": 1, "_HLS_part": 0}, timeout=20)
+        waited = time.monotonic() - started
+        assert r.status_code == 503
+        assert waited >= 3 * 2 - 0.1, "held for three target durations before giving up"
+        hinted = await client.get(url.replace("live.m3u8", "p1.0.m4s"), timeout=20)
+        assert hinted.status_code == 503
+
+
+async def test_held_requests_are_released_by_the_part_they_wait_for(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    packager, base = packager_origin
+    b = packager.start_broadcast("held")
+    url = f"{base}/live/held/{b.broadcast_id}/opus64/live.m3u8"
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=300)) as client:
+        waiters = [asyncio.create_task(client.get(url, params={"_HLS_msn": 1, "_HLS_part": 0},
+                                                   timeout=20)) for _ in range(200)]
+        part = asyncio.create_task(client.get(url.replace("live.m3u8", "p1.0.m4s"), timeout=20))
+        await asyncio.sleep(0.5)
+        assert not any(w.done() for w in waiters), "nothing is answered before the part exists"
+        b.feed(_tone(0.3))  # enough for the first 240 ms Opus part
+        responses = await asyncio.gather(*waiters)
+        assert {r.status_code for r in responses} == {200}
+        assert all('URI="p1.0.m4s"' in r.text for r in responses)
+        assert (await part).status_code == 200
+
+
+async def test_ended_broadcast_ignores_directives_and_keeps_its_recording(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    packager, base = packager_origin
+    b = packager.start_broadcast("ended")
+    for _ in range(20):
+        b.feed(_tone(0.25))
+    await b.close()
+    url = f"{base}/live/ended/{b.broadcast_id}/aac96/live.m3u8"
+    async with httpx.AsyncClient() as client:
+        r = await client.get(url, params={"_HLS_msn": 999, "_HLS_part": 3}, timeout=5)
+        assert r.status_code == 200 and r.text.endswith("#EXT-X-ENDLIST\n")
+        check_media_playlist(r.text)
+        rec = await client.get(f"{base}/live/ended/{b.broadcast_id}/aac96/recording.m3u8")
+        assert rec.status_code == 200 and "#EXT-X-ENDLIST" in rec.text
+        assert rec.text.count("#EXTINF") == 3  # 5 s → 1.92 + 1.92 + the rest
+
+
+@pytest.mark.slow
+def test_standalone_origin_serves_a_broadcast_written_by_another_process(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running(["ingest", "--room", "split", "--source", "tone", "--data", data],
+                 tmp_path / "ingest.log", None):
+        with running(["origin", "--port", str(port), "--data", data], tmp_path / "origin.log",
+                     f"{base}/healthz"):
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{base}/live/split/master.m3u8").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            uri = re.search(r"^(\S+/aac96/live\.m3u8)$", httpx.get(f"{base}/live/split/master.m3u8").text, re.M)[1]  # type: ignore[index]
+            url = f"{base}/live/split/{uri}"
+            while "#EXT-X-PART" not in (text := httpx.get(url).text):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            pos = check_media_playlist(text)
+            msn, part = map(int, re.fullmatch(r"p(\d+)\.(\d+)\.m4s", pos.hint).groups())  # type: ignore[union-attr]
+            r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+            assert r.status_code == 200 and f'URI="{pos.hint}"' in r.text
+            part_r = httpx.get(url.replace("live.m3u8", pos.hint), timeout=10)  # type: ignore[arg-type]
+            assert part_r.status_code == 200 and part_r.content[4:8] == b"moof"
