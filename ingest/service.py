@@ -51,6 +51,8 @@ def public_urls(settings: IngestSettings) -> PublicUrls:
 async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None) -> None:
     """Serve ingest until cancelled; on the way out every live room is ended cleanly."""
     token = check_settings(settings)
+    # aioice logs every candidate pair at INFO: pages of noise per browser connecting.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
     metrics = IngestMetrics()
     policy = RoomPolicy(idle_timeout=settings.idle_timeout_seconds,
                         max_speakers=settings.max_speakers_per_room)

@@ -1,0 +1,85 @@
+"""Headless Chromium's fake microphone on the broadcaster page, publishing via WHIP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ingest.support import (
+    ffmpeg_publish, ingest_service, media_playlist, recent_audio, rms_dbfs, tone_db, wait_for,
+)
+from tests.support.browser import CHROMIUM, chromium
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
+    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI"),
+]
+
+# Chromium's fake microphone beeps around 400 Hz with overtones up to ~2 kHz; the RTMP
+# speakers sing far above it, where the beep's spectrum is 45 dB down.
+BEEP = 400.0
+TONES = (5500.0, 7500.0)
+
+
+def test_browser_page_and_two_rtmp_speakers_are_all_in_the_mix(tmp_path: Path) -> None:
+    with ingest_service(tmp_path) as ingest, chromium(fake_mic=True) as browser:
+        room = ingest.create_room("panel")
+        page = browser.new_page()
+        page.goto(room["broadcast_page_url"])
+        assert page.text_content("#state") == "idle"
+        page.fill("#key", room["stream_key"])
+        page.click("#start")
+        page.wait_for_function("document.getElementById('state').textContent === 'connected'",
+                               timeout=20_000)
+        speakers = ingest.room("panel")["speakers"]
+        assert [s["kind"] for s in speakers] == ["whip"]
+
+        # The browser alone: the room's audio decodes and is not silence.
+        start = media_playlist(ingest.origin, "panel").position[0]
+        wait_for(lambda: media_playlist(ingest.origin, "panel").position[0] >= start + 3, 15)
+        alone = recent_audio(ingest.origin, "panel", segments=3)
+        assert rms_dbfs(alone) > -40, "the browser's microphone is not in the room"
+        assert tone_db(alone, BEEP, width=30) > -6
+
+        # Two RTMP co-hosts join: all three are in the program's spectrum.
+        pubs = [ffmpeg_publish(ingest.rtmp_url(room["stream_key"]), f, log=tmp_path / f"{f}.log")
+                for f in TONES]
+        try:
+            wait_for(lambda: len(ingest.room("panel")["speakers"]) == 3, 15, what="3 speakers")
+            start = media_playlist(ingest.origin, "panel").position[0]
+            wait_for(lambda: media_playlist(ingest.origin, "panel").position[0] >= start + 3, 15)
+            mix = recent_audio(ingest.origin, "panel", segments=2)
+            levels = {f: tone_db(mix, f, width=30) for f in (BEEP, *TONES)}
+            assert all(db > -20 for db in levels.values()), levels
+            assert float(abs(mix).max()) <= 0.95, "the limiter let a peak through"
+        finally:
+            for p in pubs:
+                p.send_signal(signal.SIGINT)
+                p.wait(10)
+
+        # Mute from the page: the browser stays connected, its audio leaves the mix.
+        page.click("#mute")
+        assert page.get_attribute("#mute", "aria-pressed") == "true"
+        page.click("#stop")
+        wait_for(lambda: not ingest.room("panel")["speakers"], 10, what="WHIP DELETE")
+        assert page.text_content("#state") == "idle"
+
+
+def test_broadcast_page_reports_a_wrong_key(tmp_path: Path) -> None:
+    with ingest_service(tmp_path) as ingest, chromium(fake_mic=True) as browser:
+        room = ingest.create_room("wrong-key")
+        page = browser.new_page()
+        page.goto(room["broadcast_page_url"])
+        page.fill("#key", "tsk_wrong")
+        page.click("#start")
+        page.wait_for_function("document.getElementById('state').textContent === 'error'",
+                               timeout=15_000)
+        assert "not valid" in (page.text_content("#message") or "")
+        assert ingest.room("wrong-key")["state"] == "waiting"
+        assert httpx.get(f"{ingest.control}/broadcast/no-such-room").status_code == 404
