@@ -165,7 +165,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         lines.append(f"demo room:    {edge_url}/live/{demo}/master.m3u8")
         if edge_proc:
             lines.append(f"listen:       {edge_url}/listen/{demo}")
-        lines.append(f"play it:      ffplay {origin_url}/live/{demo}/master.m3u8")
+        lines.append(f"play it:      ffplay {edge_url}/live/{demo}/master.m3u8")
     print("\n".join(["townsquare is up", *lines]), flush=True)
     try:
         await _until(stop, *tasks)

@@ -1,0 +1,38 @@
+"""`townsquare up` as a new user runs it: every service answers and the demo room plays."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.procs import free_port, running, wait_http
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("control", "origin", "edge", "rtmp")}
+    args = ["up", "--demo", "demo", "--data", str(tmp_path / "data"),
+            "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
+            "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
+    edge = f"http://127.0.0.1:{ports['edge']}"
+    with running(args, tmp_path / "up.log", f"http://127.0.0.1:{ports['origin']}/healthz") as up:
+        wait_http(f"{edge}/healthz", 30, up.proc)
+        wait_http(f"{edge}/live/demo/master.m3u8", 30, up.proc)
+        for port in (ports["control"], ports["origin"], ports["edge"]):
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert "townsquare_" in metrics
+        assert httpx.get(f"{edge}/listen/demo").status_code == 200
+        out = tmp_path / "demo.wav"
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i",
+                        f"{edge}/live/demo/master.m3u8", "-t", "4", "-y", str(out)],
+                       check=True, timeout=60)
+        dur = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                              "-of", "csv=p=0", str(out)], capture_output=True, text=True)
+        assert abs(float(dur.stdout) - 4.0) < 0.05
+        printed = up.output()
+        for needle in ("admin token:", f"{edge}/listen/demo", "rtmp://127.0.0.1:"):
+            assert needle in printed
