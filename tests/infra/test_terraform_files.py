@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
 import re
 from pathlib import Path
 
@@ -81,3 +84,28 @@ def test_readme_documents_every_variable_and_output(module: Path) -> None:
     names += list(blocks(parse(module / "outputs.tf"), "output"))
     missing = [n for n in names if not re.search(rf"`{re.escape(n)}`", readme)]
     assert not missing, f"{_rel(module)}/README.md does not mention {missing}"
+
+
+@pytest.mark.parametrize("module", modules() + examples(), ids=lambda p: p.name)
+def test_readme_tables_match_the_code(module: Path) -> None:
+    spec = importlib.util.spec_from_file_location("tfdoc", REPO / "infra/checks/tfdoc.py")
+    assert spec and spec.loader
+    tfdoc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tfdoc)
+
+    assert (module / "README.md").read_text().endswith(tfdoc.render(module)), (
+        f"regenerate the tables: python infra/checks/tfdoc.py {_rel(module)}"
+    )
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="no terraform binary here")
+def test_tf_files_are_formatted() -> None:
+    # `terraform fmt` needs no providers and no network; run it when a binary happens to exist.
+    run = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-list=true", "infra"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, f"not formatted: {run.stdout}"
