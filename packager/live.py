@@ -29,6 +29,7 @@ class LiveRendition:
     init: bytes | None = None
     recent: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     _rendered: dict[tuple[int, bool], bytes] = field(default_factory=dict)
+    _changed: asyncio.Future[None] | None = None
 
     def remember(self, name: str, data: bytes) -> None:
         self.recent[name] = data
@@ -45,30 +46,28 @@ class LiveRoom:
         self.broadcast_id = broadcast_id
         self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
         self.version = 0
-        self._changed: asyncio.Future[None] | None = None
 
     @property
     def ended(self) -> bool:
         return all(lr.playlist.ended for lr in self.renditions.values())
 
-    def update(self, name: str, playlist: MediaPlaylist) -> None:
-        lr = self.renditions[name]
-        lr.playlist = playlist
-        self.touch()
-
-    def touch(self) -> None:
+    def touch(self, names: set[str] | None = None) -> None:
+        """Record a change and wake the readers of the renditions in `names` (all when
+        None). Every rendition's rendered text is dropped: rendition reports moved."""
         self.version += 1
-        for lr in self.renditions.values():
+        for name, lr in self.renditions.items():
             lr._rendered.clear()
-        fut, self._changed = self._changed, None
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+            if names is None or name in names:
+                fut, lr._changed = lr._changed, None
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
-    async def changed(self) -> None:
-        """Return at the next update."""
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._changed)
+    async def changed(self, name: str) -> None:
+        """Return at the next change of rendition `name`."""
+        lr = self.renditions[name]
+        if lr._changed is None:
+            lr._changed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(lr._changed)
 
     def reports_for(self, name: str) -> tuple[RenditionReport, ...]:
         out = []

@@ -112,10 +112,13 @@ class StoreRooms:
                     self._rooms[room] = fresh
                     current.touch()
                     continue
+                changed = set()
                 for name, lr in fresh.renditions.items():
-                    current.renditions[name].playlist = lr.playlist
+                    if current.renditions[name].playlist != lr.playlist:
+                        current.renditions[name].playlist = lr.playlist
+                        changed.add(name)
                 current.version = fresh.version - 1
-                current.touch()
+                current.touch(changed)
         finally:
             self._rooms.pop(room, None)
             self._tasks.pop(room, None)
@@ -179,7 +182,7 @@ class Origin:
                 if remaining <= 0:
                     return False
                 try:
-                    await asyncio.wait_for(live.changed(), remaining)
+                    await asyncio.wait_for(live.changed(name), remaining)
                 except TimeoutError:
                     return False
             return True

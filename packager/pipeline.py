@@ -194,7 +194,7 @@ class Broadcast:
                 writer.put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
                 SEGMENTS_CUT.labels(name).inc()
             lr.playlist = pl
-        self.live.touch()
+        self.live.touch({name for name, _ in events})
         self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
 
     def _end(self) -> None:
