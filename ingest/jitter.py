@@ -4,7 +4,7 @@ Audio arrives in bursts (an AAC frame every 21 ms over TCP, behind video keyfram
 every 20 ms over UDP) on the publisher's clock; the program takes fixed blocks on ours.
 The buffer first fills to `target`, then plays. Its level is steered back to the target by
 consuming slightly more or fewer input samples per output block (linear interpolation,
-0.5 % normally, 2 % when far off): a publisher whose clock runs fast no longer grows the
+in proportion to how far off it is, at most 2 %): a publisher whose clock runs fast no longer grows the
 latency, one that runs slow no longer runs dry every few minutes. Beyond `max_level` the
 oldest audio is dropped outright (a burst after a stall). An empty buffer goes back to
 filling, and the program hears silence meanwhile.
@@ -65,7 +65,8 @@ class JitterBuffer:
         excess = self._smoothed - self.target
         take = n
         if abs(excess) > self.band:
-            step = max(1, n // 50) if abs(excess) > 3 * self.band else max(1, n // 200)
+            # Proportional: remove the excess over ~5 s, at most 2 % faster or slower.
+            step = min(max(1, int(abs(excess) * n / (5 * SAMPLE_RATE))), n // 50)
             take = n + step if excess > 0 else n - step
             self.stats.corrected_blocks += 1
         if self._level < take:
