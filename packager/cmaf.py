@@ -8,6 +8,7 @@ comes from the count of samples already written, never from a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import av
 import numpy as np
@@ -57,7 +58,7 @@ class RenditionEncoder:
         self.frame_size = rendition.frame_size
         layout = "stereo" if rendition.channels == 2 else "mono"
         try:
-            ctx = av.CodecContext.create(rendition.encoder_name, "w")
+            ctx = cast(av.AudioCodecContext, av.CodecContext.create(rendition.encoder_name, "w"))
             ctx.sample_rate = SAMPLE_RATE
             ctx.layout = layout
             ctx.format = "fltp" if rendition.codec == "aac" else "flt"

@@ -9,7 +9,8 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
@@ -17,6 +18,7 @@ from packager.errors import StoreError, StoreUnavailable
 from packager.settings import StoreSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STORE_WRITES = Counter("townsquare_store_writes_total", "Objects written to the store", ["result"])
 STORE_PENDING = Gauge("townsquare_store_pending_objects", "Objects waiting to be written")
@@ -134,10 +136,9 @@ class S3Store:
         await self._call(self._put, key, data, cache_control)
 
     async def get(self, key: str) -> bytes | None:
-        result: bytes | None = await self._call(self._get, key)
-        return result
+        return await self._call(self._get, key)
 
-    async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
         try:

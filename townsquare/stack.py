@@ -128,13 +128,9 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     tasks: list[asyncio.Task[Any]] = []
     origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
     tasks.append(asyncio.create_task(serve_http(origin)))
-    try:
-        from ingest.service import run as run_ingest
-    except ImportError:
-        run_ingest = None
-        log.warning("ingest service not available in this build: only the origin runs")
-    if run_ingest is not None:
-        tasks.append(asyncio.create_task(run_ingest(settings, packager)))
+    from ingest.service import run as run_ingest
+
+    tasks.append(asyncio.create_task(run_ingest(settings, packager)))
 
     show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     edge_proc = None
