@@ -1,0 +1,257 @@
+"""The rooms API, WHIP and room lifecycle in-process, against a recording packager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ingest.api import PublicUrls, build_app
+from ingest.errors import BadKey, RoomEnded
+from ingest.keys import hash_key
+from ingest.metrics import IngestMetrics
+from ingest.rooms import RoomPolicy, Rooms
+from ingest.whip import WhipEndpoint, allow_loopback_candidates
+from tests.ingest.twins import RecordingPackager, ToneTrack, whip_answer, whip_offer
+
+TOKEN = "test-admin-token-0123456789"
+URLS = PublicUrls("http://ctl", "rtmp://ingest:1935", "http://edge", "http://origin")
+
+
+class Stack:
+    def __init__(self, tmp: Path, idle_timeout: float = 600.0) -> None:
+        self.packager = RecordingPackager()
+        self.metrics = IngestMetrics()
+        self.state_file = tmp / "rooms.json"
+        self.rooms = Rooms(self.packager, self.state_file, self.metrics,
+                           RoomPolicy(idle_timeout=idle_timeout))
+        self.whip = WhipEndpoint(self.rooms, self.metrics, connect_timeout=10)
+        self.app = build_app(self.rooms, self.whip, self.metrics, TOKEN, URLS)
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                                      base_url="http://ctl")
+        self.admin = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def create(self, name: str) -> dict[str, str]:
+        r = await self.http.post("/rooms", json={"name": name}, headers=self.admin)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def close(self) -> None:
+        await self.whip.close()
+        await self.rooms.close()
+        await self.http.aclose()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    allow_loopback_candidates(True)
+    s = Stack(tmp_path)
+    yield s
+    await s.close()
+
+
+# --- admin API ------------------------------------------------------------------------
+
+async def test_rooms_api_requires_the_admin_token(stack: Stack) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+        r = await stack.http.post("/rooms", json={"name": "a"}, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert (await stack.http.get("/rooms", headers={})).status_code == 401
+    assert (await stack.http.get("/healthz")).status_code == 200
+    assert (await stack.http.get("/docs")).status_code == 200
+    spec = (await stack.http.get("/openapi.json")).json()
+    assert "/rooms/{room}/end" in spec["paths"] and "/whip/{room}" in spec["paths"]
+
+
+async def test_create_shows_the_key_once_and_stores_only_its_hash(stack: Stack) -> None:
+    room = await stack.create("town-hall")
+    key = room["stream_key"]
+    assert key.startswith("tsk_") and len(key) - 4 >= 32  # ≥ 192 bits of token_urlsafe
+    assert room["rtmp_url"] == "rtmp://ingest:1935/live"
+    assert room["rtmp_publish_url"] == f"rtmp://ingest:1935/live/{key}"
+    assert room["whip_url"] == "http://ctl/whip/town-hall"
+    assert room["listener_url"] == "http://edge/listen/town-hall"
+    assert room["playlist_url"] == "http://origin/live/town-hall/master.m3u8"
+    state = (await stack.http.get("/rooms/town-hall", headers=stack.admin)).json()
+    assert key not in json.dumps(state)
+    saved = stack.state_file.read_text()
+    assert key not in saved and hash_key(key) in saved
+    # A restarted service still knows the key by its hash.
+    again = Rooms(RecordingPackager(), stack.state_file)
+    assert again.by_key(key).name == "town-hall"
+    two = await stack.create("other")
+    assert two["stream_key"] != key
+
+
+async def test_create_refuses_duplicates_and_bad_names(stack: Stack) -> None:
+    await stack.create("dup")
+    r = await stack.http.post("/rooms", json={"name": "dup"}, headers=stack.admin)
+    assert r.status_code == 409
+    for bad in ("Caps", "-dash", "a" * 65, "sp ace", "../etc"):
+        r = await stack.http.post("/rooms", json={"name": bad}, headers=stack.admin)
+        assert r.status_code == 422, bad
+    r = await stack.http.post("/rooms", headers=stack.admin)
+    assert r.status_code == 201 and r.json()["name"].startswith("room-")
+    assert (await stack.http.get("/rooms/nope", headers=stack.admin)).status_code == 404
+
+
+async def test_oversized_bodies_get_413(stack: Stack) -> None:
+    r = await stack.http.post("/rooms", content=b"{" + b" " * 100_000 + b"}",
+                              headers={**stack.admin, "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_end_room_closes_the_broadcast_and_kills_the_key(stack: Stack) -> None:
+    room = await stack.create("ending")
+    r = stack.rooms.get("ending")
+    stack.rooms.join(r, "rtmp", "test")
+    await asyncio.sleep(0.1)
+    res = await stack.http.post("/rooms/ending/end", headers=stack.admin)
+    assert res.status_code == 200
+    body = res.json()
+    assert body["state"] == "ended" and body["ended_at"] and body["duration_seconds"] > 0
+    assert stack.packager.broadcasts[0].closed
+    with pytest.raises(BadKey):
+        stack.rooms.by_key(room["stream_key"])
+    with pytest.raises(RoomEnded):
+        stack.rooms.check_key("ending", room["stream_key"])
+    # The name is free again, with a new key and a new broadcast.
+    await stack.create("ending")
+
+
+async def test_mute_and_remove_a_speaker(stack: Stack) -> None:
+    await stack.create("panel")
+    room = stack.rooms.get("panel")
+    dropped = asyncio.Event()
+
+    async def disconnect() -> None:
+        dropped.set()
+
+    speaker = stack.rooms.join(room, "rtmp", "test", disconnect)
+    url = f"/rooms/panel/speakers/{speaker.id}"
+    r = await stack.http.post(url + "/mute", json={"muted": True}, headers=stack.admin)
+    assert r.status_code == 200 and r.json()["muted"] is True and speaker.input.muted
+    r = await stack.http.post(url + "/mute", json={"muted": False}, headers=stack.admin)
+    assert r.json()["muted"] is False
+    assert (await stack.http.delete(url, headers=stack.admin)).status_code == 204
+    assert dropped.is_set() and not room.speakers
+    assert (await stack.http.delete(url, headers=stack.admin)).status_code == 404
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+def tone(freq: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * 48_000)) / 48_000
+    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.vstack([x, x])
+
+
+async def test_reconnect_is_heard_on_the_same_timeline(stack: Stack) -> None:
+    await stack.create("again")
+    room = stack.rooms.get("again")
+    first = stack.rooms.join(room, "rtmp", "a")
+    first.push(tone(440, 0.5))
+    await asyncio.sleep(0.6)
+    stack.rooms.leave(room, first)
+    await asyncio.sleep(0.5)  # nobody: silence keeps the timeline going
+    second = stack.rooms.join(room, "rtmp", "a")
+    second.push(tone(880, 0.5))
+    await asyncio.sleep(0.8)
+    assert len(stack.packager.broadcasts) == 1, "a reconnect must not start a new broadcast"
+    b = stack.packager.broadcasts[0]
+    pcm = b.audio()[0]
+    assert abs(b.samples / 48_000 - 1.9) < 0.25  # fed at real time, whatever happened
+    blocks = pcm[: len(pcm) // 960 * 960].reshape(-1, 960)
+    loud = np.abs(blocks).max(axis=1) > 0.05
+    # tone, then a silent gap, then tone again
+    first_on = np.argmax(loud)
+    gap = np.argmax(~loud[first_on:]) + first_on
+    back = np.argmax(loud[gap:]) + gap
+    assert first_on < gap < back and back - gap >= 20
+
+
+async def test_idle_room_ends_by_itself(tmp_path: Path) -> None:
+    s = Stack(tmp_path, idle_timeout=0.5)
+    try:
+        await s.create("quiet")
+        room = s.rooms.get("quiet")
+        sp = s.rooms.join(room, "whip", "x")
+        s.rooms.leave(room, sp)
+        for _ in range(40):
+            if room.state == "ended":
+                break
+            await asyncio.sleep(0.1)
+        assert room.state == "ended" and "idle" in (room.end_reason or "")
+        assert s.packager.broadcasts[0].closed
+        assert "townsquare_ingest_rooms_ended_total{reason=\"idle\"} 1.0" in s.metrics.render().decode()
+    finally:
+        await s.close()
+
+
+# --- WHIP -----------------------------------------------------------------------------
+
+async def test_whip_publish_answer_audio_and_delete(stack: Stack) -> None:
+    room = await stack.create("whip-room")
+    pc, offer = await whip_offer(ToneTrack(1500))
+    try:
+        r = await stack.http.post("/whip/whip-room", content=offer, headers={
+            "Content-Type": "application/sdp", "Authorization": f"Bearer {room['stream_key']}"})
+        assert r.status_code == 201, r.text
+        assert r.headers["content-type"] == "application/sdp"
+        location = r.headers["location"]
+        assert location.startswith("/whip/whip-room/")
+        assert r.text.startswith("v=0") and "a=recvonly" in r.text and "opus" in r.text.lower()
+        await whip_answer(pc, r.text)
+        for _ in range(100):
+            if pc.connectionState == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert pc.connectionState == "connected"
+        await asyncio.sleep(1.5)
+        heard = stack.packager.broadcasts[0].audio(last_seconds=1.0)
+        spec = np.abs(np.fft.rfft(heard[0]))
+        assert abs(np.argmax(spec) * 48_000 / heard.shape[1] - 1500) < 5
+        speakers = stack.rooms.get("whip-room").speakers
+        assert [s.kind for s in speakers.values()] == ["whip"]
+
+        patch = await stack.http.patch(location, content="a=end-of-candidates")
+        assert patch.status_code == 405
+        bad = await stack.http.delete(location, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        r = await stack.http.delete(location,
+                                    headers={"Authorization": f"Bearer {room['stream_key']}"})
+        assert r.status_code == 200
+        assert not stack.rooms.get("whip-room").speakers
+        again = await stack.http.delete(location,
+                                        headers={"Authorization": f"Bearer {room['stream_key']}"})
+        assert again.status_code == 404
+    finally:
+        await pc.close()
+
+
+async def test_whip_refusals_have_clear_statuses(stack: Stack) -> None:
+    room = await stack.create("strict")
+    good = {"Content-Type": "application/sdp", "Authorization": f"Bearer {room['stream_key']}"}
+    pc, offer = await whip_offer(ToneTrack(440))
+    await pc.close()
+    cases = [
+        ({**good, "Content-Type": "application/json"}, offer, 415),
+        ({**good, "Authorization": "Bearer wrong"}, offer, 401),
+        ({"Content-Type": "application/sdp"}, offer, 401),
+        (good, "hello", 400),
+        (good, "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 406),
+        (good, "v=0\r\n" + "a=x\r\n" * 20_000, 413),
+    ]
+    for headers, body, status in cases:
+        r = await stack.http.post("/whip/strict", content=body, headers=headers)
+        assert r.status_code == status, (status, r.text)
+    r = await stack.http.post("/whip/no-room", content=offer, headers=good)
+    assert r.status_code == 401  # a room that does not exist looks like a wrong key
+    opts = await stack.http.options("/whip/strict")
+    assert opts.status_code == 204 and opts.headers["accept-post"] == "application/sdp"
+    assert not stack.packager.broadcasts, "a refused offer must not start the room"
