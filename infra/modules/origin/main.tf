@@ -32,6 +32,7 @@ locals {
     TOWNSQUARE_HOST                 = "0.0.0.0"
     TOWNSQUARE_CONTROL_PORT         = local.control_port
     TOWNSQUARE_RTMP_PORT            = local.rtmp_port
+    TOWNSQUARE_ORIGIN_PORT          = local.origin_port
     TOWNSQUARE_DATA_DIR             = "/data"
     TOWNSQUARE_S3_BUCKET            = var.s3_bucket
     TOWNSQUARE_S3_PREFIX            = var.s3_key_prefix
@@ -41,6 +42,9 @@ locals {
     TOWNSQUARE_PUBLIC_EDGE_URL      = var.public_edge_url
     TOWNSQUARE_LADDER               = var.ladder
     TOWNSQUARE_IDLE_TIMEOUT_SECONDS = var.idle_timeout_seconds
+    # Fargate's public IP is a 1:1 NAT the task cannot see: STUN finds it for ICE.
+    TOWNSQUARE_WHIP_ICE_SERVERS  = var.assign_public_ip ? var.whip_ice_servers : null
+    TOWNSQUARE_WHIP_ICE_LOOPBACK = false
   }
 
   container_secrets = {

@@ -63,6 +63,12 @@ variable "whip_udp_port_range" {
   default     = { from = 32768, to = 60999 }
 }
 
+variable "whip_ice_servers" {
+  description = "STUN/TURN URLs for WHIP's ICE agent, comma separated (TOWNSQUARE_WHIP_ICE_SERVERS). The task sees only its private address, so without a STUN server browsers get no reachable candidate."
+  type        = string
+  default     = "stun:stun.l.google.com:19302"
+}
+
 variable "certificate_arn" {
   description = "ACM certificate (same region) for the control API's HTTPS listener (WHIP, rooms API, broadcaster page)."
   type        = string
