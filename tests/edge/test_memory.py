@@ -1,0 +1,59 @@
+"""The LRU bound holds while far more distinct objects pass through than fit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.edge.conftest import ROOM, Node, gauge, media_path
+from tests.edge.rawhttp import Connection
+
+BOUND = 512 * 1024
+OBJECTS = 10_000
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise LookupError("no VmRSS")
+
+
+def test_memory_stays_bounded_over_10000_distinct_objects(
+        origin: Node, edge_factory: Callable[..., Node]) -> None:
+    edge = edge_factory(origin.url, env={"TOWNSQUARE_EDGE_CACHE_BYTES": str(BOUND)})
+    playlist = media_path(origin.url, ROOM)
+    folder = playlist.rsplit("/", 1)[0]
+    # Real media (segments and parts still on the origin) mixed with misses for unknown objects,
+    # which the edge caches as short-lived 404s: every one is a distinct cache entry.
+    targets = [f"{folder}/s{m}.m4s" for m in range(1, 40)]
+    targets += [f"{folder}/p{m}.{n}.m4s" for m in range(1, 40) for n in range(9)]
+    targets += [f"/live/{ROOM}/gone-{i}" for i in range(OBJECTS - len(targets))]
+    peak = 0.0
+    rss_start = _rss_kib(edge.svc.proc.pid)
+
+    async def worker(queue: list[str]) -> None:
+        conn = await Connection.open(edge.port)
+        while queue:
+            r = await conn.get(queue.pop())
+            assert r.status in (200, 404)
+        await conn.close()
+
+    for start in range(0, len(targets), 2000):
+        batch = targets[start:start + 2000]
+        asyncio.run(_run_workers(worker, batch))
+        held = gauge(edge.url, "townsquare_edge_cache_bytes")
+        peak = max(peak, held)
+        assert held <= BOUND
+    assert gauge(edge.url, "townsquare_edge_cache_evictions") > 0
+    assert len(targets) == OBJECTS
+    # The process itself: the whole 10 000 objects are ~10× the bound; growth stays far below.
+    growth_kib = _rss_kib(edge.svc.proc.pid) - rss_start
+    assert growth_kib < 24 * 1024, f"edge RSS grew {growth_kib} KiB"
+    assert peak > BOUND / 2
+
+
+async def _run_workers(worker: Callable[[list[str]], object], batch: list[str]) -> None:
+    queue = list(batch)
+    await asyncio.gather(*(worker(queue) for _ in range(16)))  # type: ignore[misc]
