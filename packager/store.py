@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +34,15 @@ CONTENT_TYPES = {
 
 def content_type_for(key: str) -> str:
     return CONTENT_TYPES.get(os.path.splitext(key)[1], "application/octet-stream")
+
+
+_LIVE_ONLY = re.compile(r"(^|/)(p\d+\.\d+\.m4s|live\.m3u8|state\.json)$")
+
+
+def retention_for(key: str) -> str:
+    """`live` for objects only useful while a broadcast is on air (parts, live playlists,
+    state), `recording` for what the recording is made of. S3 lifecycle rules key on it."""
+    return "live" if _LIVE_ONLY.search(key) else "recording"
 
 
 class Store(Protocol):
@@ -122,7 +132,8 @@ class S3Store:
 
     def _put(self, key: str, data: bytes, cache_control: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + _check_key(key), Body=data,
-                               ContentType=content_type_for(key), CacheControl=cache_control)
+                               ContentType=content_type_for(key), CacheControl=cache_control,
+                               Tagging=f"townsquare-retention={retention_for(key)}")
 
     def _get(self, key: str) -> bytes | None:
         try:

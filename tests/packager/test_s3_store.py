@@ -28,6 +28,13 @@ async def test_objects_keep_content_type_and_cache_control(s3_server: S3Server) 
     head = s3_server.client().head_object(Bucket=s3_server.bucket,
                                           Key="meta-test/live/r/b/aac96/p1.0.m4s")
     assert head["ContentType"] == "audio/mp4"
+    tags = s3_server.client().get_object_tagging(Bucket=s3_server.bucket,
+                                                 Key="meta-test/live/r/b/aac96/p1.0.m4s")
+    assert tags["TagSet"] == [{"Key": "townsquare-retention", "Value": "live"}]
+    await store.put("live/r/b/aac96/s1.m4s", b"segment", "public, max-age=86400, immutable")
+    tags = s3_server.client().get_object_tagging(Bucket=s3_server.bucket,
+                                                 Key="meta-test/live/r/b/aac96/s1.m4s")
+    assert tags["TagSet"] == [{"Key": "townsquare-retention", "Value": "recording"}]
 
 
 async def test_store_outage_delays_writes_but_loses_none(s3_server: S3Server) -> None:

@@ -1,7 +1,5 @@
 locals {
-  live_key_prefix       = "${var.key_prefix}${var.live_prefix}"
-  recordings_key_prefix = "${var.key_prefix}${var.recordings_prefix}"
-  objects_arn           = "${aws_s3_bucket.this.arn}/${var.key_prefix}*"
+  objects_arn = "${aws_s3_bucket.this.arn}/${var.key_prefix}*"
 }
 
 resource "aws_s3_bucket" "this" {
@@ -71,8 +69,14 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     id     = "live-window"
     status = "Enabled"
 
+    # The packager tags what only matters while a broadcast is live (parts, live
+    # playlists, state files) townsquare-retention=live; segments, init segments and
+    # recording playlists carry townsquare-retention=recording.
     filter {
-      prefix = local.live_key_prefix
+      and {
+        prefix = var.key_prefix
+        tags   = { "townsquare-retention" = "live" }
+      }
     }
 
     expiration {
@@ -89,7 +93,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     status = "Enabled"
 
     filter {
-      prefix = local.recordings_key_prefix
+      and {
+        prefix = var.key_prefix
+        tags   = { "townsquare-retention" = "recording" }
+      }
     }
 
     dynamic "transition" {
@@ -167,6 +174,7 @@ data "aws_iam_policy_document" "writer" {
     actions = [
       "s3:GetObject",
       "s3:PutObject",
+      "s3:PutObjectTagging",
       "s3:DeleteObject",
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",

@@ -14,18 +14,6 @@ variable "key_prefix" {
   }
 }
 
-variable "live_prefix" {
-  description = "Folder, below key_prefix, where the packager writes the live window (parts, segments, live playlists)."
-  type        = string
-  default     = "live/"
-}
-
-variable "recordings_prefix" {
-  description = "Folder, below key_prefix, where finished broadcasts (VOD playlists and their segments) are kept."
-  type        = string
-  default     = "recordings/"
-}
-
 variable "live_expiration_days" {
   description = "Days after which live-window objects expire. A live window is ~30 s, so a day is ample for late readers and debugging."
   type        = number
