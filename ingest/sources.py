@@ -7,6 +7,7 @@ capture loop owns the clock) and returns None once it has nothing more.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Protocol
 
@@ -133,3 +134,55 @@ def open_source(spec: str, seconds: float | None = None) -> Source:
     if spec in ("tone", "test", "demo"):
         return TestSignal(seconds)
     return MediaSource(spec)
+
+
+class MicrophoneSource(MediaSource):
+    """The host's microphone through ALSA (PulseAudio and PipeWire answer as ALSA `default`).
+
+    The device comes from `TOWNSQUARE_MIC_DEVICE` (e.g. `hw:1,0`, `plughw:CARD=USB`) and
+    defaults to `default`. PyAV's wheels bundle their own alsa-lib, which looks for its
+    configuration under the path it was built in; pointing `ALSA_CONFIG_PATH` at the
+    system's file (when the user has not) is what makes device names resolve at all.
+    """
+
+    def __init__(self, device: str | None = None):
+        import av
+
+        device = device or os.environ.get("TOWNSQUARE_MIC_DEVICE") or "default"
+        if "ALSA_CONFIG_PATH" not in os.environ and os.path.exists(_SYSTEM_ALSA_CONF):
+            os.environ["ALSA_CONFIG_PATH"] = _SYSTEM_ALSA_CONF
+        self.name = f"microphone {device}"
+        self.may_block = True
+        try:
+            self._container = av.open(device, format="alsa", timeout=5.0,
+                                      options={"sample_rate": str(RATE)})
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise SourceError(_no_microphone(device, exc)) from exc
+        if not self._container.streams.audio:
+            self._container.close()
+            raise SourceError(f"ALSA device {device!r} has no audio stream")
+        self._stream = self._container.streams.audio[0]
+        self._frames = self._container.decode(self._stream)
+        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._done = False
+
+
+_SYSTEM_ALSA_CONF = "/usr/share/alsa/alsa.conf"
+
+
+def _no_microphone(device: str, exc: Exception) -> str:
+    why = f"cannot open the microphone (ALSA device {device!r}): {exc}"
+    if not os.path.exists("/dev/snd") and not os.environ.get("PULSE_SERVER"):
+        why += ". This machine has no sound devices (/dev/snd is missing)"
+    elif not os.path.exists(_SYSTEM_ALSA_CONF) and "ALSA_CONFIG_PATH" not in os.environ:
+        why += f". No ALSA configuration at {_SYSTEM_ALSA_CONF} (apt-get install libasound2)"
+    return why + ("; pick another device with TOWNSQUARE_MIC_DEVICE (see `arecord -L`), "
+                  "or broadcast a file or URL with --source PATH|URL, or a test tone with "
+                  "--source tone")
+
+
+def open_microphone(device: str | None = None) -> Source:
+    """The host microphone as a Source; SourceError with the way out when there is none."""
+    return MicrophoneSource(device)
