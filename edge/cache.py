@@ -185,6 +185,7 @@ class CoalescingCache:
                     entry = self._fallback(t, self._entry(t, r))
                 else:
                     self.breaker.success()
+                    self._detach(flight)  # its own waiters get this answer, not a local copy
                     entry = self._store(t, r)
         except Exception:  # never leave waiters hanging, whatever went wrong
             entry = edge_error(502, "edge failed to relay the upstream answer")
@@ -192,7 +193,7 @@ class CoalescingCache:
             raise
         self._finish(flight, entry)
 
-    def _finish(self, flight: Flight, entry: Entry) -> None:
+    def _detach(self, flight: Flight) -> None:
         t = flight.target
         if self.flights.get(t.key) is flight:
             del self.flights[t.key]
@@ -202,10 +203,16 @@ class CoalescingCache:
                 group.discard(flight)
                 if not group:
                     del self._blocking[t.path]
+
+    def _finish(self, flight: Flight, entry: Entry) -> None:
+        self._detach(flight)
         waiters, flight.waiters = flight.waiters, []
         self.waiting -= len(waiters)
+        start = time.perf_counter()
         for deliver in waiters:
             deliver(entry)
+        if len(waiters) > 1:
+            self.metrics.last_fanout = (len(waiters), time.perf_counter() - start)
 
     def _entry(self, t: Target, r: UpstreamResponse) -> Entry:
         now = time.monotonic()

@@ -24,6 +24,8 @@ class EdgeMetrics:
         self.rejected: defaultdict[str, int] = defaultdict(int)
         self.bytes_out = 0
         self.connections_total = 0
+        # (waiters, seconds) of the most recent answer handed to more than one client.
+        self.last_fanout: tuple[int, float] = (0, 0.0)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.room_gauge: Callable[[], dict[str, int]] = dict
         self._registry = CollectorRegistry(auto_describe=False)
@@ -79,6 +81,12 @@ class _Collector:
         yield CounterMetricFamily(
             "townsquare_edge_connections", "Client connections accepted",
             value=m.connections_total)
+        yield GaugeMetricFamily(
+            "townsquare_edge_last_fanout_waiters", "Clients answered by the last shared answer",
+            value=m.last_fanout[0])
+        yield GaugeMetricFamily(
+            "townsquare_edge_last_fanout_seconds", "Time to write the last shared answer to all",
+            value=m.last_fanout[1])
         for name, (doc, read) in m.gauges.items():
             yield GaugeMetricFamily(name, doc, value=read())
         g = GaugeMetricFamily(
