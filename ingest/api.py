@@ -15,7 +15,14 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.errors import (
-    BadKey, IngestError, RoomEnded, RoomError, RoomExists, RoomFull, RoomNotFound, SdpError,
+    BadKey,
+    IngestError,
+    RoomEnded,
+    RoomError,
+    RoomExists,
+    RoomFull,
+    RoomNotFound,
+    SdpError,
     UnsupportedCodec,
 )
 from ingest.metrics import IngestMetrics
@@ -120,7 +127,7 @@ def build_app(
     )
     bearer = HTTPBearer(auto_error=False)
 
-    def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         given = creds.credentials if creds is not None else ""
         if not hmac.compare_digest(given.encode(), admin_token.encode()):
             raise HTTPException(401, "admin token required (Authorization: Bearer …)",

@@ -70,4 +70,6 @@ class AacDecoder:
             return np.zeros((2, 0), np.float32)
         pcm = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         # A hostile stream can decode to NaN/inf or huge values; the mixer must never see them.
-        return np.clip(np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0), -4.0, 4.0)
+        clean: np.ndarray = np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0)
+        clipped: np.ndarray = np.clip(clean, -4.0, 4.0)
+        return clipped

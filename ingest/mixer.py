@@ -161,7 +161,7 @@ class ProgramClock:
         for _ in range(n):
             try:
                 block = self._render(BLOCK)
-            except Exception:  # one bad block must not end the broadcast's timeline
+            except Exception:
                 log.exception("program clock: rendering a block failed; feeding silence")
                 block = np.zeros((2, BLOCK), np.float32)
             self._sink(block)
@@ -174,7 +174,7 @@ class ProgramClock:
         while True:
             try:
                 self.tick()
-            except Exception as exc:  # the sink refused (broadcast closed under us): stop
+            except Exception as exc:  # noqa: BLE001 - the broadcast refused audio: stop
                 log.warning("program clock stopped: the broadcast refused audio: %s", exc)
                 return
             next_at = self.stats.started_monotonic + (self.stats.samples + BLOCK) / SAMPLE_RATE

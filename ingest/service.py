@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -96,7 +97,5 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
         await rooms.close()
         if not http.done():
             http.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await http
-            except (asyncio.CancelledError, Exception):
-                pass

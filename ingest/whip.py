@@ -24,7 +24,11 @@ from typing import Any, Literal
 
 import aioice.ice
 from aiortc import (
-    MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription,
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
@@ -71,7 +75,7 @@ def check_offer(body: bytes) -> str:
     if not audio:
         raise UnsupportedCodec("SDP offer has no audio m-line")
     for m in audio:  # session-level ICE and DTLS attributes are copied into each media
-        if not m.ice.usernameFragment or not m.ice.password:
+        if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
             raise SdpError("SDP offer has no ICE credentials (a=ice-ufrag/a=ice-pwd)")
         if m.dtls is None or not m.dtls.fingerprints:
             raise SdpError("SDP offer has no DTLS fingerprint")
@@ -149,7 +153,7 @@ class WhipSession:
                 task.cancel()
         try:
             await asyncio.wait_for(self.pc.close(), 5.0)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - closing must finish whatever aiortc raises
             log.debug("whip %s: closing the peer connection: %s", self.id, exc)
         self._on_closed(self)
 

@@ -26,7 +26,7 @@ MAX_ITEMS = 1024
 class _Undefined:
     _instance: _Undefined | None = None
 
-    def __new__(cls) -> _Undefined:
+    def __new__(cls) -> _Undefined:  # noqa: PYI034 - a singleton
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

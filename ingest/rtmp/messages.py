@@ -9,8 +9,14 @@ from typing import Any
 from ingest.errors import ProtocolError
 from ingest.rtmp import amf0
 from ingest.rtmp.chunk import (
-    ACKNOWLEDGEMENT, COMMAND_AMF0, COMMAND_AMF3, SET_CHUNK_SIZE, SET_PEER_BANDWIDTH,
-    USER_CONTROL, WINDOW_ACK_SIZE, Message,
+    ACKNOWLEDGEMENT,
+    COMMAND_AMF0,
+    COMMAND_AMF3,
+    SET_CHUNK_SIZE,
+    SET_PEER_BANDWIDTH,
+    USER_CONTROL,
+    WINDOW_ACK_SIZE,
+    Message,
 )
 
 # Chunk stream ids by convention (ffmpeg, nginx-rtmp): 2 for control, 3 for commands.

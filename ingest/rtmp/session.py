@@ -19,20 +19,40 @@ from typing import Literal
 
 from ingest.decoder import AacDecoder
 from ingest.errors import (
-    BadKey, DecodeError, LimitExceeded, ProtocolError, RoomEnded, RoomFull, UnsupportedCodec,
+    BadKey,
+    DecodeError,
+    LimitExceeded,
+    ProtocolError,
+    RoomEnded,
+    RoomFull,
+    UnsupportedCodec,
 )
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, Rooms, Speaker
 from ingest.rtmp import handshake
 from ingest.rtmp.amf0 import UNDEFINED
 from ingest.rtmp.chunk import (
-    AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, USER_CONTROL, WINDOW_ACK_SIZE, ChunkDecoder,
-    Limits, Message, encode_message,
+    AUDIO,
+    COMMAND_AMF0,
+    COMMAND_AMF3,
+    DATA_AMF0,
+    USER_CONTROL,
+    WINDOW_ACK_SIZE,
+    ChunkDecoder,
+    Limits,
+    Message,
+    encode_message,
 )
 from ingest.rtmp.flv import AudioSpecificConfig, AudioTag
 from ingest.rtmp.messages import (
-    Command, acknowledgement, on_status, set_chunk_size, set_peer_bandwidth, status,
-    stream_begin, window_ack_size,
+    Command,
+    acknowledgement,
+    on_status,
+    set_chunk_size,
+    set_peer_bandwidth,
+    status,
+    stream_begin,
+    window_ack_size,
 )
 
 log = logging.getLogger("townsquare.ingest.rtmp")

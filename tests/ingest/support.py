@@ -82,8 +82,10 @@ def ffmpeg_publish(url: str, freq: float, seconds: float = 60.0, video: bool = F
         args += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "50",
                  "-pix_fmt", "yuv420p"]
     args += ["-f", "flv", url]
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    if log is None:
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
 
 # --- listening --------------------------------------------------------------------------

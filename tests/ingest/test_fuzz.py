@@ -109,7 +109,7 @@ async def test_rtmp_server_survives_malformed_streams_and_still_takes_a_publishe
     packager = RecordingPackager()
     metrics = IngestMetrics()
     rooms = Rooms(packager, None, metrics)
-    room, key = rooms.create("fuzzed")
+    room, _ = rooms.create("fuzzed")
     room.key_hash = hash_key(GOLDEN_KEY)  # mutants that keep the key reach publish and audio
     server = RtmpServer(rooms, metrics, "127.0.0.1", 0, handshake_timeout=5, idle_timeout=5)
     await server.start()

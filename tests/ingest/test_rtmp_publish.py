@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -11,12 +12,18 @@ from pathlib import Path
 import pytest
 
 from tests.ingest.support import (
-    Ingest, ffmpeg_publish, ingest_service, media_playlist, recent_audio, rms_dbfs, tone_db,
+    Ingest,
+    ffmpeg_publish,
+    ingest_service,
+    media_playlist,
+    recent_audio,
+    rms_dbfs,
+    tone_db,
     wait_for,
 )
 
 pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "ffmpeg"], capture_output=True).returncode != 0,
+    shutil.which("ffmpeg") is None,
     reason="needs the ffmpeg CLI (apt-get install ffmpeg)",
 )
 

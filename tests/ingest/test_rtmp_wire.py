@@ -10,7 +10,14 @@ import pytest
 from ingest.errors import AmfError, LimitExceeded, ProtocolError, UnsupportedCodec
 from ingest.rtmp import amf0, handshake
 from ingest.rtmp.chunk import (
-    AUDIO, COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO, ChunkDecoder, ChunkHeader, Limits, Message,
+    AUDIO,
+    COMMAND_AMF0,
+    SET_CHUNK_SIZE,
+    VIDEO,
+    ChunkDecoder,
+    ChunkHeader,
+    Limits,
+    Message,
     encode_message,
 )
 from ingest.rtmp.flv import AudioSpecificConfig, AudioTag

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from tests.ingest.support import (
-    ffmpeg_publish, ingest_service, media_playlist, recent_audio, rms_dbfs, tone_db, wait_for,
+    ffmpeg_publish,
+    ingest_service,
+    media_playlist,
+    recent_audio,
+    rms_dbfs,
+    tone_db,
+    wait_for,
 )
 from tests.support.browser import CHROMIUM, chromium
 
