@@ -132,9 +132,11 @@ class CoalescingCache:
                     self.metrics.hits[t.kind] += 1
                     return local
                 pos = pinned.full_pos
-                # Refuse far-future requests here, but only against a playlist that is current.
-                if pos is not None and pos.too_far(t.msn) and now - pinned.touched < 2 * self.td:
-                    return edge_error(400, f"_HLS_msn={t.msn} is more than 2 segments ahead")
+                # Refuse far-future requests here, allowing for how far the live edge may have
+                # moved since our copy was made (players add segments for a CDN's Age).
+                slack = 1 + int((now - pinned.touched) / self.td)
+                if pos is not None and pos.too_far(t.msn, slack):
+                    return edge_error(400, f"_HLS_msn={t.msn} is too far ahead of the live edge")
         return None
 
     # -- misses ------------------------------------------------------------------------------

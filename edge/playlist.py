@@ -31,9 +31,9 @@ class PlaylistPosition:
         # lexicographic comparison below gives exactly that.
         return msn < self.part_msn or (msn == self.part_msn and part <= self.part_index)
 
-    def too_far(self, msn: int) -> bool:
-        """Whether the origin must refuse `msn` with 400 (more than two segments ahead)."""
-        return not self.ended and msn > self.part_msn + 2
+    def too_far(self, msn: int, slack: int = 0) -> bool:
+        """Whether `msn` is more than two segments (plus `slack`) past this playlist (→ 400)."""
+        return not self.ended and msn > self.part_msn + 2 + slack
 
     def newer_than(self, other: PlaylistPosition) -> bool:
         if self.ended != other.ended:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.edge.conftest import ROOM, Node
+from tests.edge.conftest import ROOM, Node, counters
 from tests.support.browser import chromium
 
 pytestmark = pytest.mark.browser
@@ -43,9 +43,14 @@ def test_chromium_plays_through_the_edge_and_the_chain(
     with chromium() as browser:
         results = {name: _listen(browser, f"{node.url}/listen/{ROOM}")
                    for name, node in (("edge", edge), ("chain", lower))}
+    for name, node in (("edge", edge), ("chain", lower)):
+        results[name]["edge_requests"] = counters(node.url, "townsquare_edge_requests_total")
+        results[name]["upstream"] = counters(node.url, "townsquare_edge_upstream_requests_total")
+    print(results)
     for name, r in results.items():
         assert r["fatal"] is None, (name, r)
         assert r["advanced"] > 6.0, (name, r)
         assert r["latency"] is not None and 0 < r["latency"] < 2.0, (name, r)
         assert r["state"] == "playing", (name, r)
+        assert not [k for k in r["edge_requests"] if k[1].startswith("4") and k[0] != "other"], r
         assert r["listeners"] == 1, (name, r)
