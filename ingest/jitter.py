@@ -7,7 +7,9 @@ consuming slightly more or fewer input samples per output block (linear interpol
 in proportion to how far off it is, at most 2 %): a publisher whose clock runs fast no longer grows the
 latency, one that runs slow no longer runs dry every few minutes. Beyond `max_level` the
 oldest audio is dropped outright (a burst after a stall). An empty buffer goes back to
-filling, and the program hears silence meanwhile.
+filling, and the program hears silence meanwhile; that silence is owed: audio arriving
+late after it (the event loop or the network stalled, then everything comes at once) is
+skipped by the same amount above the target, so a stall costs a gap, never lasting latency.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class JitterBuffer:
         self._offset = 0  # samples already taken from _chunks[0]
         self._level = 0
         self._smoothed = 0.0
+        self._debt = 0  # silence played in place of audio that may still arrive
+        self._played = False  # has ever played: before that, silence is not a debt
         self.playing = False
 
     @property
@@ -49,6 +53,11 @@ class JitterBuffer:
             return
         self._chunks.append(pcm.astype(np.float32, copy=False))
         self._level += pcm.shape[1]
+        if self._debt and self._level > self.target:
+            late = min(self._debt, self._level - self.target)
+            self._skip(late)
+            self._debt -= late
+            self.stats.dropped_samples += late
         if self._level > self.max_level:
             excess = self._level - self.target
             self._skip(excess)
@@ -58,8 +67,10 @@ class JitterBuffer:
         """n samples of this speaker, or None while filling (the mixer adds nothing)."""
         if not self.playing:
             if self._level < self.target:
+                if self._played:
+                    self._debt = min(self._debt + n, self.max_level)
                 return None
-            self.playing = True
+            self.playing = self._played = True
             self._smoothed = float(self._level)
         self._smoothed += 0.05 * (self._level - self._smoothed)
         excess = self._smoothed - self.target
@@ -74,6 +85,7 @@ class JitterBuffer:
             got = self._take(self._level)
             self.playing = False
             self.stats.underruns += 1
+            self._debt = min(self._debt + n - got.shape[1], self.max_level)
             out = np.zeros((2, n), np.float32)
             out[:, : got.shape[1]] = got[:, :n]
             return out
@@ -84,7 +96,7 @@ class JitterBuffer:
 
     def clear(self) -> None:
         self._chunks.clear()
-        self._offset = self._level = 0
+        self._offset = self._level = self._debt = 0
         self.playing = False
 
     def _take(self, n: int) -> np.ndarray:

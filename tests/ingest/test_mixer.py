@@ -167,3 +167,17 @@ def test_clock_feeds_silence_when_rendering_fails() -> None:
     clock.now += 0.1
     assert pc.tick() == 5
     assert len(fed) == 5 and not any(b.any() for b in fed)
+
+
+def test_a_stall_costs_a_gap_not_lasting_latency() -> None:
+    buf = JitterBuffer(target_ms=100)
+    buf.push(tone(440, 4800))
+    for _ in range(5):
+        assert buf.pull(BLOCK) is not None
+    # The loop stalls: half a second of program is rendered before any input is read.
+    for _ in range(25):
+        buf.pull(BLOCK)
+    assert buf.stats.underruns == 1
+    buf.push(tone(440, 24_000 + 4800))  # everything that piled up arrives at once
+    assert buf.level <= buf.target + 960  # back at the target at once, not 600 ms behind
+    assert buf.stats.dropped_samples > 20_000
