@@ -1,7 +1,8 @@
 """Speakers mixed into one program, and the program clock that feeds it to the broadcast.
 
 `Mixer.render(n)` is pure arithmetic: pull n samples from every speaker's jitter buffer,
-sum the unmuted ones, apply fixed headroom, then a look-ahead peak limiter. The limiter
+sum the unmuted ones (or the hold audio, when configured and nobody is connected), apply
+fixed headroom, then a look-ahead peak limiter. The limiter
 delays the program by one block (20 ms) so that its gain is already down when a peak
 arrives: the gain ramps linearly across a block between two values that are each low
 enough for the block, so no sample passes the ceiling and no gain step clicks.
@@ -50,6 +51,7 @@ class Mixer:
         headroom_db: float = -3.0,
         ceiling_dbfs: float = -1.0,
         release_ms: float = 250.0,
+        hold: np.ndarray | None = None,
     ) -> None:
         self.headroom = 10 ** (headroom_db / 20)
         self.ceiling = 10 ** (ceiling_dbfs / 20)
@@ -59,6 +61,10 @@ class Mixer:
         self.stats = MixerStats()
         self._pending = np.zeros((2, BLOCK), np.float32)  # the look-ahead block
         self._gain = 1.0
+        # Hold audio loops while nobody is connected, fading in and out over 200 ms.
+        self._hold = hold if hold is not None and hold.ndim == 2 and hold.shape[1] else None
+        self._hold_pos = 0
+        self._hold_gain = 0.0
 
     def add(self, speaker_id: str, buffer: JitterBuffer) -> MixerInput:
         inp = MixerInput(buffer)
@@ -81,7 +87,23 @@ class Mixer:
             inp.level_dbfs = db if db > inp.level_dbfs else 0.8 * inp.level_dbfs + 0.2 * db
             if not inp.muted:
                 mix += block * (inp.gain * self.headroom)
+        if self._hold is not None:
+            self._add_hold(mix)
         return self._limit(mix)
+
+    def _add_hold(self, mix: np.ndarray) -> None:
+        target = 0.0 if self.inputs else 1.0
+        start = self._hold_gain
+        end = min(1.0, start + 0.1) if target > start else max(0.0, start - 0.1)
+        self._hold_gain = end
+        if start == 0.0 and end == 0.0:
+            return
+        assert self._hold is not None
+        n = mix.shape[1]
+        idx = (np.arange(n) + self._hold_pos) % self._hold.shape[1]
+        self._hold_pos = int((self._hold_pos + n) % self._hold.shape[1])
+        ramp = np.linspace(start, end, n, dtype=np.float32) * self.headroom
+        mix += self._hold[:, idx] * ramp
 
     def _limit(self, current: np.ndarray) -> np.ndarray:
         out = self._pending

@@ -119,6 +119,7 @@ class Room:
 @dataclass(frozen=True)
 class RoomPolicy:
     idle_timeout: float = 600.0
+    hold: np.ndarray | None = None  # program audio looped while nobody is connected
     max_speakers: int = 16
     jitter_ms: dict[str, float] = field(
         default_factory=lambda: {"rtmp": 200.0, "whip": 100.0, "local": 100.0}
@@ -277,7 +278,7 @@ class Rooms:
         broadcast = self.packager.start_broadcast(room.name)
         room._broadcast = broadcast
         room.broadcast_id = getattr(broadcast, "broadcast_id", None)
-        room._mixer = Mixer()
+        room._mixer = Mixer(hold=self.policy.hold)
         room._clock = ProgramClock(
             room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room)
         )

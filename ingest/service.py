@@ -7,12 +7,15 @@ import contextlib
 import logging
 from typing import Any
 
+import numpy as np
+
 from ingest.api import PublicUrls, build_app
 from ingest.errors import ConfigError
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
 from ingest.settings import IngestSettings
+from ingest.sources import MediaSource, SourceError
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from townsquare.serving import http_server, serve_http
 
@@ -35,6 +38,26 @@ def check_settings(settings: IngestSettings) -> str:
     return token
 
 
+def load_hold_audio(spec: str | None, max_seconds: float) -> np.ndarray | None:
+    """The hold audio as program PCM, or None; ConfigError names the file that failed."""
+    if not spec:
+        return None
+    try:
+        source = MediaSource(spec)
+    except SourceError as exc:
+        raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {exc}") from exc
+    try:
+        pcm = source.read(int(max_seconds * 48_000))
+    except SourceError as exc:
+        raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {exc}") from exc
+    finally:
+        source.close()
+    if pcm is None or pcm.shape[1] < 4800:
+        raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {spec} holds less than 0.1 s of audio")
+    log.info("hold audio: %s (%.1f s, looped)", spec, pcm.shape[1] / 48_000)
+    return np.ascontiguousarray(pcm, dtype=np.float32)
+
+
 def public_urls(settings: IngestSettings) -> PublicUrls:
     host = settings.host
     show = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -55,8 +78,9 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     # aioice logs every candidate pair at INFO: pages of noise per browser connecting.
     logging.getLogger("aioice").setLevel(logging.WARNING)
     metrics = IngestMetrics()
+    hold = load_hold_audio(settings.hold_audio, settings.hold_audio_max_seconds)
     policy = RoomPolicy(idle_timeout=settings.idle_timeout_seconds,
-                        max_speakers=settings.max_speakers_per_room)
+                        max_speakers=settings.max_speakers_per_room, hold=hold)
     rooms = Rooms(packager, settings.data_dir / "ingest" / "rooms.json", metrics, policy)
     allow_loopback_candidates(settings.whip_ice_loopback)
     ice = [u.strip() for u in settings.whip_ice_servers.split(",") if u.strip()]

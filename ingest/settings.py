@@ -19,6 +19,10 @@ class IngestSettings(PackagerSettings):
     public_rtmp_url: str | None = None
     public_control_url: str | None = None
     public_edge_url: str | None = None
+    # A file or URL looped into a room while nobody is connected (hold music); silence when
+    # unset. Decoded once at start, at most `hold_audio_max_seconds` of it (memory bound).
+    hold_audio: str | None = None
+    hold_audio_max_seconds: float = 120.0
     # Speakers one room mixes at once (each its own RTMP or WHIP connection).
     max_speakers_per_room: int = 16
     # Publisher connections the RTMP port holds at once; more are closed on accept.

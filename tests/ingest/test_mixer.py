@@ -181,3 +181,15 @@ def test_a_stall_costs_a_gap_not_lasting_latency() -> None:
     buf.push(tone(440, 24_000 + 4800))  # everything that piled up arrives at once
     assert buf.level <= buf.target + 960  # back at the target at once, not 600 ms behind
     assert buf.stats.dropped_samples > 20_000
+
+
+def test_hold_audio_loops_while_nobody_is_connected_and_fades_for_a_speaker() -> None:
+    hold = tone(300, 4800, 0.5)
+    mixer = Mixer(hold=hold)
+    quiet = np.concatenate([mixer.render() for _ in range(30)], axis=1)
+    assert np.abs(quiet[:, -BLOCK:]).max() > 0.3  # faded in, looping
+    mixer.add("host", _filled(tone(2000, RATE, 0.3)))
+    with_host = np.concatenate([mixer.render() for _ in range(30)], axis=1)[:, -10 * BLOCK:]
+    spec = np.abs(np.fft.rfft(with_host[0]))
+    freqs = np.fft.rfftfreq(with_host.shape[1], 1 / RATE)
+    assert spec[np.abs(freqs - 300) < 20].max() < spec.max() * 1e-3  # faded out
