@@ -71,5 +71,9 @@ class RtmpServer:
         self._tasks.add(task)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # stop() cancels sessions; end this handler normally, or asyncio's stream
+            # callback logs the cancellation as an error for every open connection.
+            pass
         finally:
             self._tasks.discard(task)
