@@ -61,6 +61,10 @@ State = Literal["handshake", "connecting", "connected", "publishing", "closed"]
 APP = "live"
 OUT_CHUNK_SIZE = 4096
 WINDOW = 2_500_000
+# After telling a client why it is refused, keep the socket open this long (reading and
+# discarding): a publisher mid-stream reads the status only between its own writes, and
+# an immediate close turns the reason into "Broken pipe".
+LINGER_SECONDS = 1.0
 # A publisher whose audio keeps failing to decode is sending something we cannot use.
 MAX_CONSECUTIVE_DECODE_ERRORS = 50
 
@@ -120,6 +124,7 @@ class RtmpSession:
                 await self._acknowledge()
         except SessionClosed as exc:
             outcome = str(exc)
+            await self._linger(LINGER_SECONDS)
         except TimeoutError:
             outcome = "timeout"
             self._metrics.rtmp_errors.labels(kind="timeout").inc()
@@ -156,6 +161,17 @@ class RtmpSession:
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
         except (TimeoutError, ConnectionError, OSError):
             pass
+
+    async def _linger(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        try:
+            await self._writer.drain()
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(self._reader.read(65_536), left):
+                    return
+        except (TimeoutError, ConnectionError, OSError):
+            return
 
     # --- handshake ------------------------------------------------------------------
     async def _handshake(self) -> None:

@@ -113,6 +113,11 @@ async def test_rtmp_server_survives_malformed_streams_and_still_takes_a_publishe
     room.key_hash = hash_key(GOLDEN_KEY)  # mutants that keep the key reach publish and audio
     server = RtmpServer(rooms, metrics, "127.0.0.1", 0, handshake_timeout=5, idle_timeout=5)
     await server.start()
+    # Another room on air through it all: its program must keep real time.
+    steady, _ = rooms.create("steady")
+    rooms.join(steady, "local", "test")
+    on_air = asyncio.get_running_loop().time()
+    steady_broadcast = packager.broadcasts[-1]
     try:
         mutants = list(rtmp_mutants(20261123, RTMP_CASES))
         closed = 0
@@ -130,16 +135,19 @@ async def test_rtmp_server_survives_malformed_streams_and_still_takes_a_publishe
         assert 'outcome="internal"' not in text
         assert server.connections == 0
         assert not room.speakers, "a fuzzed publisher stayed in the room"
+        elapsed = asyncio.get_running_loop().time() - on_air
+        assert abs(steady_broadcast.samples / 48_000 - elapsed) < 0.3
 
         if shutil.which("ffmpeg") is None:
             pytest.skip("ffmpeg CLI missing for the final real publisher")
-        before = len(packager.broadcasts[0].blocks) if packager.broadcasts else 0
+        fuzzed = next(b for b in packager.broadcasts if b.room == "fuzzed")
+        before = len(fuzzed.blocks)
         proc = await asyncio.create_subprocess_exec(
             "ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
             "-i", "sine=frequency=2000:sample_rate=48000", "-t", "2.5", "-c:a", "aac",
             "-f", "flv", f"rtmp://127.0.0.1:{server.port}/live/{GOLDEN_KEY}")
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-        heard = np.concatenate(packager.broadcasts[0].blocks[before:], axis=1)[0]
+        heard = np.concatenate(fuzzed.blocks[before:], axis=1)[0]
         spec = np.abs(np.fft.rfft(heard))
         assert abs(np.argmax(spec) * 48_000 / len(heard) - 2000) < 5
     finally:

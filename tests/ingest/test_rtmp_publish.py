@@ -123,3 +123,30 @@ def ingest_metrics(ingest: Ingest) -> str:
     import httpx
 
     return httpx.get(f"{ingest.control}/metrics", timeout=5).text
+
+
+def test_unsupported_codec_is_refused_and_other_rooms_keep_streaming(
+    ingest: Ingest, tmp_path: Path,
+) -> None:
+    good = ingest.create_room("rtmp-steady")
+    bad = ingest.create_room("rtmp-mp3")
+    steady = ffmpeg_publish(ingest.rtmp_url(good["stream_key"]), 1200, log=tmp_path / "ok.log")
+    try:
+        wait_for(lambda: ingest.room("rtmp-steady")["speakers"], 15)
+        start = media_playlist(ingest.origin, "rtmp-steady").position
+        log = tmp_path / "mp3.log"
+        mp3 = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-f", "lavfi",
+             "-i", "sine=frequency=700:sample_rate=44100", "-t", "5", "-c:a", "libmp3lame",
+             "-f", "flv", ingest.rtmp_url(bad["stream_key"])],
+            capture_output=True, text=True, timeout=30, check=False)
+        log.write_text(mp3.stderr)
+        assert mp3.returncode != 0
+        assert "MP3 audio is not accepted; publish AAC" in mp3.stderr
+        assert not ingest.room("rtmp-mp3")["speakers"]
+        wait_for(lambda: media_playlist(ingest.origin, "rtmp-steady").position[0] >= start[0] + 2,
+                 10, what="the other room still advancing")
+        assert steady.poll() is None
+        assert tone_db(recent_audio(ingest.origin, "rtmp-steady"), 1200) > -3
+    finally:
+        _stop(steady)
