@@ -26,7 +26,9 @@ async def play(source: Source, broadcast: Broadcast, stop: asyncio.Event | None 
     t0 = time.monotonic()
     try:
         while stop is None or not stop.is_set():
-            due = int((time.monotonic() - t0) * RATE) + BLOCK
+            # Stay one block ahead of the wall clock, in whole blocks.
+            elapsed = int((time.monotonic() - t0) * RATE)
+            due = (elapsed // BLOCK + 2) * BLOCK
             while sent < due:
                 want = min(due - sent, RATE // 5)
                 block = (await asyncio.to_thread(source.read, want) if source.may_block
@@ -35,7 +37,8 @@ async def play(source: Source, broadcast: Broadcast, stop: asyncio.Event | None 
                     return sent
                 broadcast.feed(block)
                 sent += block.shape[1]
-            await asyncio.sleep(max(0.0, t0 + sent / RATE - BLOCK / RATE - time.monotonic()))
+            # Wake when the wall clock has used up one block of the lead.
+            await asyncio.sleep(max(0.005, t0 + (sent - BLOCK) / RATE - time.monotonic()))
     finally:
         source.close()
     return sent
