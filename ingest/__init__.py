@@ -1,0 +1,9 @@
+"""Ingest: hosts' audio in, one program per room out to the packager.
+
+    RTMP publishers (OBS, ffmpeg) ─┐
+    WHIP publishers (browser page) ─┼─▶ decoder ─▶ jitter buffer ─▶ Mixer ─▶ ProgramClock
+    local capture (--source)  ──────┘   (48 kHz)    (per speaker)            └▶ Broadcast.feed
+
+`ingest.service.run(settings, packager)` serves the rooms API, WHIP, the broadcaster page
+and RTMP; `ingest.capture.play` feeds one local source straight into a broadcast.
+"""
