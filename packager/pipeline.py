@@ -90,6 +90,7 @@ class Broadcast:
         self._queue: deque[np.ndarray] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        self._announced = False
         self.closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -123,7 +124,6 @@ class Broadcast:
             enc = self._encoders[r.name]
             self.live.renditions[r.name].init = enc.init
             self._media[r.name].put(f"{self.base}/{r.name}/init.mp4", enc.init, IMMUTABLE)
-        self._write_masters()
         BROADCASTS_LIVE.inc()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"broadcast-{self.room}")
 
@@ -195,9 +195,17 @@ class Broadcast:
                 SEGMENTS_CUT.labels(name).inc()
             lr.playlist = pl
         self.live.touch({name for name, _ in events})
+        if not self._announced and all(b.playlist.segments for b in self._builders.values()):
+            # The room's entry point appears once every rendition has a whole segment:
+            # players that ignore parts (ffmpeg, older ones) cannot start on less.
+            self._announced = True
+            self._write_masters()
         self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
 
     def _end(self) -> None:
+        if not self._announced:
+            self._announced = True
+            self._write_masters()
         for name, b in self._builders.items():
             pl = b.end()
             self.live.renditions[name].playlist = pl

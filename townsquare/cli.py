@@ -110,9 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from townsquare import stack
 
+        from ingest.errors import ConfigError
+
         if args.command == "up" and not os.environ.get("TOWNSQUARE_ADMIN_TOKEN"):
             os.environ["TOWNSQUARE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-        run_until_signalled(lambda stop: stack.run_stack(args, stop))
+        try:
+            run_until_signalled(lambda stop: stack.run_stack(args, stop))
+        except ConfigError as exc:
+            raise SystemExit(f"townsquare {args.command}: {exc}") from None
 
 
 def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:

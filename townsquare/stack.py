@@ -121,29 +121,33 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """`townsquare ingest` (servers) and `townsquare up` (the same plus an edge)."""
-    settings = IngestSettings(**_store_overrides(args),
-                              **_pick(args, "host", "control_port", "origin_port", "rtmp_port"))
-    packager = Packager(settings)
-    store = packager.store
-    tasks: list[asyncio.Task[Any]] = []
-    origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
-    tasks.append(asyncio.create_task(serve_http(origin)))
     from ingest.service import run as run_ingest
 
-    tasks.append(asyncio.create_task(run_ingest(settings, packager)))
-
-    show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    edge_proc = None
+    with_edge = args.command == "up" and not args.no_edge
     edge_port = getattr(args, "edge_port", None) or 8080
-    if args.command == "up" and not args.no_edge:
+    settings = IngestSettings(**_store_overrides(args),
+                              **_pick(args, "host", "control_port", "origin_port", "rtmp_port"))
+    show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    if with_edge and settings.public_edge_url is None:
+        # Rooms hand out listener URLs on the edge, not on the origin.
+        settings = settings.model_copy(update={"public_edge_url": f"http://{show}:{edge_port}"})
+    packager = Packager(settings)
+    store = packager.store
+    origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
+    origin_task = asyncio.create_task(serve_http(origin))
+    ingest_started = asyncio.Event()
+    ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started))
+    await _until_started(ingest_started, ingest_task)
+
+    edge_proc = None
+    if with_edge:
         from townsquare.cli import spawn_edge
 
         edge_proc = spawn_edge(f"http://127.0.0.1:{settings.origin_port}", settings.host, edge_port)
 
     demo_stop = asyncio.Event()
     demo = getattr(args, "demo", None)
-    if demo:
-        tasks.append(asyncio.create_task(_demo(packager, demo, demo_stop)))
+    demo_task = asyncio.create_task(_demo(packager, demo, demo_stop)) if demo else None
 
     origin_url = f"http://{show}:{settings.origin_port}"
     edge_url = f"http://{show}:{edge_port}" if edge_proc else origin_url
@@ -164,13 +168,28 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         lines.append(f"play it:      ffplay {edge_url}/live/{demo}/master.m3u8")
     print("\n".join(["townsquare is up", *lines]), flush=True)
     try:
-        await _until(stop, *tasks)
+        await _until(stop, origin_task, ingest_task, *([demo_task] if demo_task else []))
     finally:
+        # Speakers first (their rooms end cleanly), then the packager drains to the store,
+        # then the servers go.
         demo_stop.set()
+        await _shutdown(ingest_task)
+        if demo_task is not None:
+            with contextlib.suppress(Exception):
+                await demo_task
+        await packager.close()
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
-        await packager.close()
-        await _shutdown(*tasks)
+        await _shutdown(origin_task)
         if edge_proc is not None:
             with contextlib.suppress(Exception):
                 edge_proc.wait(5)
+
+
+async def _until_started(started: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Wait for a service to report it is listening; re-raise its start-up error."""
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():
+        waiter.cancel()
+        task.result()
