@@ -40,7 +40,7 @@ class PinnedPlaylist:
     It answers blocking requests locally and is the last good copy served while the upstream fails.
     """
 
-    __slots__ = ("full", "full_pos", "delta", "delta_pos", "touched")
+    __slots__ = ("full", "full_pos", "delta", "delta_pos", "touched", "reach", "reach_born")
 
     def __init__(self) -> None:
         self.full: Entry | None = None
@@ -48,10 +48,16 @@ class PinnedPlaylist:
         self.delta: Entry | None = None
         self.delta_pos: PlaylistPosition | None = None
         self.touched = 0.0
+        # The furthest position any held copy (full or delta) reached, and when that copy
+        # was made: far-future checks must measure against the newest knowledge we have.
+        self.reach: PlaylistPosition | None = None
+        self.reach_born = 0.0
 
     def update(self, entry: Entry, pos: PlaylistPosition | None, now: float) -> bool:
         """Keep `entry` if it reaches further than what is held; True if it was kept."""
         self.touched = now
+        if pos is not None and (self.reach is None or not self.reach.newer_than(pos)):
+            self.reach, self.reach_born = pos, now
         if pos is not None and pos.delta:
             if self.delta_pos is None or not self.delta_pos.newer_than(pos):
                 self.delta, self.delta_pos = entry, pos
@@ -131,10 +137,10 @@ class CoalescingCache:
                     self.metrics.local_answers += 1
                     self.metrics.hits[t.kind] += 1
                     return local
-                pos = pinned.full_pos
+                pos = pinned.reach
                 # Refuse far-future requests here, allowing for how far the live edge may have
                 # moved since our copy was made (players add segments for a CDN's Age).
-                slack = 1 + int((now - pinned.touched) / self.td)
+                slack = 1 + int((now - pinned.reach_born) / self.td)
                 if pos is not None and pos.too_far(t.msn, slack):
                     return edge_error(400, f"_HLS_msn={t.msn} is too far ahead of the live edge")
         return None

@@ -141,3 +141,21 @@ def test_listener_estimate_counts_distinct_clients_in_window() -> None:
     assert 2850 <= n <= 3150
     assert est.estimate("r", now=140.0) == 0
     assert est.estimate("other", now=101.0) == 0
+
+
+def test_far_future_check_measures_against_the_newest_delta_too() -> None:
+    from edge.cache import PinnedPlaylist
+
+    pinned = PinnedPlaylist()
+    old = parse_position(PLAYLIST)
+    assert old is not None
+    pinned.update(_entry(1), old, 100.0)
+    # Players that switch to delta updates keep only the delta copy fresh.
+    newer = PLAYLIST.replace(b"MEDIA-SEQUENCE:7", b"MEDIA-SEQUENCE:12").replace(
+        b"#EXTINF:1.92,\ns7.m4s\n", b"#EXT-X-SKIP:SKIPPED-SEGMENTS=1\n")
+    fresh = parse_position(newer)
+    assert fresh is not None and fresh.delta
+    pinned.update(_entry(1), fresh, 130.0)
+    assert pinned.reach == fresh and pinned.reach_born == 130.0
+    assert not pinned.reach.too_far(16)
+    assert pinned.reach.too_far(40)
