@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -76,15 +77,18 @@ class MediaSource:
     """Any file or URL that FFmpeg (through PyAV) can open, decoded and resampled to
     48 kHz stereo. Reading is as fast as decoding; the capture loop paces it."""
 
-    def __init__(self, url: str, options: dict[str, str] | None = None):
+    def __init__(self, url: str, options: dict[str, str] | None = None,
+                 format: str | None = None, timeout: float = 10.0,
+                 describe_failure: Callable[[Exception], str] | None = None):
         import av
 
         self.name = url
         self.may_block = True
         try:
-            self._container = av.open(url, options=options or {}, timeout=10.0)
-        except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open {url}: {exc}") from exc
+            self._container = av.open(url, format=format, options=options or {}, timeout=timeout)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            why = describe_failure(exc) if describe_failure else f"cannot open {url}: {exc}"
+            raise SourceError(why) from exc
         if not self._container.streams.audio:
             self._container.close()
             raise SourceError(f"{url} has no audio stream")
@@ -146,27 +150,12 @@ class MicrophoneSource(MediaSource):
     """
 
     def __init__(self, device: str | None = None):
-        import av
-
         device = device or os.environ.get("TOWNSQUARE_MIC_DEVICE") or "default"
         if "ALSA_CONFIG_PATH" not in os.environ and os.path.exists(_SYSTEM_ALSA_CONF):
             os.environ["ALSA_CONFIG_PATH"] = _SYSTEM_ALSA_CONF
+        super().__init__(device, {"sample_rate": str(RATE)}, format="alsa", timeout=5.0,
+                         describe_failure=lambda exc: _no_microphone(device, exc))
         self.name = f"microphone {device}"
-        self.may_block = True
-        try:
-            self._container = av.open(device, format="alsa", timeout=5.0,
-                                      options={"sample_rate": str(RATE)})
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise SourceError(_no_microphone(device, exc)) from exc
-        if not self._container.streams.audio:
-            self._container.close()
-            raise SourceError(f"ALSA device {device!r} has no audio stream")
-        self._stream = self._container.streams.audio[0]
-        self._frames = self._container.decode(self._stream)
-        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
-        self._buffer: list[np.ndarray] = []
-        self._buffered = 0
-        self._done = False
 
 
 _SYSTEM_ALSA_CONF = "/usr/share/alsa/alsa.conf"
