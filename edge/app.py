@@ -10,7 +10,7 @@ from importlib import resources
 from edge.cache import CoalescingCache, edge_error
 from edge.entry import Entry, local_response
 from edge.errors import BadDirective
-from edge.keys import LIVE_PREFIX, Target, parse_target
+from edge.keys import Target, parse_target
 from edge.listeners import ListenerEstimate
 from edge.metrics import EdgeMetrics
 from edge.protocol import EdgeProtocol
@@ -89,7 +89,7 @@ class EdgeApp:
         if t.__class__ is not Target:
             self._send(conn, t, "other", None, head_only, close)  # type: ignore[arg-type]
             return
-        target: Target = t  # type: ignore[assignment]
+        target: Target = t
         now = self.clock()
         entry = self.cache.lookup(target, now)
         room = target.room if target.kind in LISTENED_KINDS else None

@@ -29,7 +29,7 @@ class EdgeMetrics:
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.room_gauge: Callable[[], dict[str, int]] = dict
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Collector(self))  # type: ignore[arg-type]
+        self._registry.register(_Collector(self))
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

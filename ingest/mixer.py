@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ingest.jitter import SAMPLE_RATE, JitterBuffer
+from townsquare.tasks import cancel_and_wait
 
 BLOCK = 960  # 20 ms at 48 kHz
 log = logging.getLogger("townsquare.ingest.mixer")
@@ -157,13 +158,8 @@ class ProgramClock:
         self._task = asyncio.create_task(self._run(), name="program-clock")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     @property
     def running(self) -> bool:

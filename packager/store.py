@@ -9,14 +9,15 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
 from packager.errors import StoreError, StoreUnavailable
 from packager.settings import StoreSettings
+from townsquare.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -209,13 +210,8 @@ class StoreWriter:
 
     async def close(self) -> None:
         await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

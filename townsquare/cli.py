@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import secrets
@@ -108,9 +107,8 @@ def main(argv: list[str] | None = None) -> None:
 
         run_until_signalled(lambda stop: stack.run_capture(args, stop))
     else:
-        from townsquare import stack
-
         from ingest.errors import ConfigError
+        from townsquare import stack
 
         if args.command == "up" and not os.environ.get("TOWNSQUARE_ADMIN_TOKEN"):
             os.environ["TOWNSQUARE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)

@@ -18,6 +18,7 @@ from packager.pipeline import Packager
 from packager.settings import OriginSettings, PackagerSettings
 from packager.store import open_store
 from townsquare.serving import http_server, serve_http
+from townsquare.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare")
 
@@ -50,12 +51,7 @@ async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
             raise t.exception()  # type: ignore[misc]
 
 
-async def _shutdown(*tasks: asyncio.Task[Any]) -> None:
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+
 
 
 async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -82,7 +78,7 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
         demo_stop.set()
         if packager is not None:
             await packager.close()
-        await _shutdown(*tasks, http)
+        await cancel_and_wait(*tasks, http)
 
 
 async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -90,7 +86,7 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
     packager = Packager(settings)
     try:
         if args.source == "mic":
-            from ingest.sources import open_microphone  # type: ignore[attr-defined]
+            from ingest.sources import open_microphone
 
             source = open_microphone()
         else:
@@ -114,7 +110,7 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await play(source, broadcast, local_stop)
     finally:
         await broadcast.close()
-        await _shutdown(timer)
+        await cancel_and_wait(timer)
         print(f"broadcast {broadcast.broadcast_id} ended; recording at "
               f"{broadcast.base}/recording.m3u8", flush=True)
 
@@ -173,14 +169,14 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         # Speakers first (their rooms end cleanly), then the packager drains to the store,
         # then the servers go.
         demo_stop.set()
-        await _shutdown(ingest_task)
+        await cancel_and_wait(ingest_task)
         if demo_task is not None:
             with contextlib.suppress(Exception):
                 await demo_task
         await packager.close()
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
-        await _shutdown(origin_task)
+        await cancel_and_wait(origin_task)
         if edge_proc is not None:
             with contextlib.suppress(Exception):
                 edge_proc.wait(5)

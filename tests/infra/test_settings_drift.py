@@ -8,7 +8,6 @@ instead of being ignored silently in production (the classes use extra="ignore")
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
-import re
 from pathlib import Path
 
 import pytest
