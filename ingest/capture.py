@@ -1,4 +1,4 @@
-"""Local capture: a source played into a broadcast at real time, no server involved.
+"""Local capture: a source played into a broadcast (or a room's mixer) at real time.
 
 The loop keeps its own sample clock against `time.monotonic()`: it sends 20 ms blocks and
 sleeps until the wall clock catches up with the samples sent, so it neither drifts nor
@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+
+import numpy as np
 
 from ingest.sources import RATE, Source
-from packager.pipeline import Broadcast
 
 log = logging.getLogger(__name__)
 
 BLOCK = 960  # 20 ms
 
 
-async def play(source: Source, broadcast: Broadcast, stop: asyncio.Event | None = None) -> int:
-    """Feed `source` into `broadcast` at real time until it ends or `stop` is set.
-    Returns the number of samples fed; the caller closes the broadcast."""
+async def play(source: Source, feed: Callable[[np.ndarray], None],
+               stop: asyncio.Event | None = None) -> int:
+    """Hand `source` to `feed` (a broadcast's or a speaker's) at real time until it ends or
+    `stop` is set. Returns the number of samples fed; the caller closes what it fed."""
     sent = 0
     t0 = time.monotonic()
     try:
@@ -35,7 +38,7 @@ async def play(source: Source, broadcast: Broadcast, stop: asyncio.Event | None 
                          else source.read(want))
                 if block is None:
                     return sent
-                broadcast.feed(block)
+                feed(block)
                 sent += block.shape[1]
             # Wake when the wall clock has used up one block of the lead.
             await asyncio.sleep(max(0.005, t0 + (sent - BLOCK) / RATE - time.monotonic()))

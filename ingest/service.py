@@ -5,22 +5,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ingest.api import PublicUrls, build_app
-from ingest.errors import ConfigError
+from ingest.capture import play
+from ingest.errors import ConfigError, RoomExists
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
 from ingest.settings import IngestSettings
-from ingest.sources import MediaSource, SourceError
+from ingest.sources import MediaSource, SourceError, TestSignal
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from townsquare.serving import http_server, serve_http
+from townsquare.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare.ingest")
 MIN_ADMIN_TOKEN = 16
+
+
+@dataclass
+class DemoRoom:
+    """A room opened at start with the generated test signal as its first speaker, so a
+    new user hears something at once; `key` is filled in so others can join as co-hosts."""
+
+    name: str
+    key: str | None = None
+
+
+async def _open_demo(rooms: Rooms, demo: DemoRoom) -> asyncio.Task[int]:
+    try:
+        room, key = rooms.create(demo.name)
+    except RoomExists:
+        await rooms.end(rooms.get(demo.name), "replaced by a new demo")
+        room, key = rooms.create(demo.name)
+    demo.key = key
+    speaker = rooms.join(room, "local", "test signal")
+    return asyncio.create_task(play(TestSignal(), speaker.push), name=f"demo-{demo.name}")
 
 
 def check_settings(settings: IngestSettings) -> str:
@@ -72,7 +95,8 @@ def public_urls(settings: IngestSettings) -> PublicUrls:
     )
 
 
-async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None) -> None:
+async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None,
+              demo: DemoRoom | None = None) -> None:
     """Serve ingest until cancelled; on the way out every live room is ended cleanly."""
     token = check_settings(settings)
     # aioice logs every candidate pair at INFO: pages of noise per browser connecting.
@@ -100,6 +124,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     server = http_server(app, settings.host, settings.control_port)
     http_started = asyncio.Event()
     http = asyncio.create_task(serve_http(server, http_started))
+    demo_task: asyncio.Task[int] | None = None
     try:
         waiter = asyncio.create_task(http_started.wait())
         await asyncio.wait([waiter, http], return_when=asyncio.FIRST_COMPLETED)
@@ -112,10 +137,13 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
                                   f"{settings.control_port}") from exc
         log.info("ingest: control API http://%s:%d (docs at /docs), RTMP port %d",
                  settings.host, settings.control_port, rtmp.port)
+        if demo is not None:
+            demo_task = await _open_demo(rooms, demo)
         if started is not None:
             started.set()
         await asyncio.shield(http)
     finally:
+        await cancel_and_wait(demo_task)
         await rtmp.stop()
         await whip.close()
         await rooms.close()

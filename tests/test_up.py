@@ -19,7 +19,9 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
             "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
             "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
     edge = f"http://127.0.0.1:{ports['edge']}"
-    with running(args, tmp_path / "up.log", f"http://127.0.0.1:{ports['origin']}/healthz") as up:
+    token = "test-admin-token-0123456789"
+    with running(args, tmp_path / "up.log", f"http://127.0.0.1:{ports['origin']}/healthz",
+                 env={"TOWNSQUARE_ADMIN_TOKEN": token}) as up:
         wait_http(f"{edge}/healthz", 30, up.proc)
         wait_http(f"{edge}/live/demo/master.m3u8", 30, up.proc)
         for port in (ports["control"], ports["origin"], ports["edge"]):
@@ -33,6 +35,11 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
         dur = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
                               "-of", "csv=p=0", str(out)], capture_output=True, text=True)
         assert abs(float(dur.stdout) - 4.0) < 0.05
+        # The demo is a real room: the test signal is its first speaker, others can join.
+        room = httpx.get(f"http://127.0.0.1:{ports['control']}/rooms/demo",
+                         headers={"Authorization": f"Bearer {token}"}).json()
+        assert room["live"] and [s["kind"] for s in room["speakers"]] == ["local"]
         printed = up.output()
-        for needle in ("admin token:", f"{edge}/listen/demo", "rtmp://127.0.0.1:"):
+        for needle in (f"admin token:  {token}", f"{edge}/listen/demo", "rtmp://127.0.0.1:",
+                       "/broadcast/demo  (stream key tsk_"):
             assert needle in printed

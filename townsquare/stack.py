@@ -36,7 +36,7 @@ def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 async def _demo(packager: Packager, room: str, stop: asyncio.Event) -> None:
     broadcast = packager.start_broadcast(room)
     try:
-        await play(TestSignal(), broadcast, stop)
+        await play(TestSignal(), broadcast.feed, stop)
     finally:
         await broadcast.close()
 
@@ -107,7 +107,7 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     timer = asyncio.create_task(deadline())
     try:
-        await play(source, broadcast, local_stop)
+        await play(source, broadcast.feed, local_stop)
     finally:
         await broadcast.close()
         await cancel_and_wait(timer)
@@ -117,6 +117,7 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """`townsquare ingest` (servers) and `townsquare up` (the same plus an edge)."""
+    from ingest.service import DemoRoom
     from ingest.service import run as run_ingest
 
     with_edge = args.command == "up" and not args.no_edge
@@ -131,8 +132,10 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     store = packager.store
     origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
+    demo_name = getattr(args, "demo", None)
+    demo = DemoRoom(demo_name) if demo_name else None
     ingest_started = asyncio.Event()
-    ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started))
+    ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started, demo))
     await _until_started(ingest_started, ingest_task)
 
     edge_proc = None
@@ -140,10 +143,6 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         from townsquare.cli import spawn_edge
 
         edge_proc = spawn_edge(f"http://127.0.0.1:{settings.origin_port}", settings.host, edge_port)
-
-    demo_stop = asyncio.Event()
-    demo = getattr(args, "demo", None)
-    demo_task = asyncio.create_task(_demo(packager, demo, demo_stop)) if demo else None
 
     origin_url = f"http://{show}:{settings.origin_port}"
     edge_url = f"http://{show}:{edge_port}" if edge_proc else origin_url
@@ -157,22 +156,21 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         lines.append(f"edge:         {edge_url}")
     if args.command == "up":
         lines.append(f"admin token:  {os.environ.get('TOWNSQUARE_ADMIN_TOKEN')}")
-    if demo:
-        lines.append(f"demo room:    {edge_url}/live/{demo}/master.m3u8")
+    if demo is not None:
+        name = demo.name
+        lines.append(f"demo room:    {edge_url}/live/{name}/master.m3u8")
         if edge_proc:
-            lines.append(f"listen:       {edge_url}/listen/{demo}")
-        lines.append(f"play it:      ffplay {edge_url}/live/{demo}/master.m3u8")
+            lines.append(f"listen:       {edge_url}/listen/{name}")
+        lines.append(f"play it:      ffplay {edge_url}/live/{name}/master.m3u8")
+        lines.append(f"join it:      http://{show}:{settings.control_port}/broadcast/{name}"
+                     f"  (stream key {demo.key})")
     print("\n".join(["townsquare is up", *lines]), flush=True)
     try:
-        await _until(stop, origin_task, ingest_task, *([demo_task] if demo_task else []))
+        await _until(stop, origin_task, ingest_task)
     finally:
         # Speakers first (their rooms end cleanly), then the packager drains to the store,
         # then the servers go.
-        demo_stop.set()
         await cancel_and_wait(ingest_task)
-        if demo_task is not None:
-            with contextlib.suppress(Exception):
-                await demo_task
         await packager.close()
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
