@@ -121,7 +121,8 @@ def fragment(sequence: int, base_time: int, samples: list[bytes], durations: lis
     """One `moof` + `mdat` pair carrying `samples`, the first decoded at `base_time`."""
     if not samples or len(samples) != len(durations):
         raise ValueError("a fragment needs at least one sample and one duration per sample")
-    entries = b"".join(struct.pack(">II", d, len(s)) for d, s in zip(durations, samples))
+    entries = b"".join(struct.pack(">II", d, len(s))
+                       for d, s in zip(durations, samples, strict=True))
     # data_offset counts from the moof's first byte to the first sample byte.
     trun_len = 8 + 4 + 8 + len(entries)
     tfhd = full_box(b"tfhd", 0, 0x020000, struct.pack(">I", track_id))

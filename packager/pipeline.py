@@ -114,10 +114,6 @@ class Broadcast:
         if self._task:
             await asyncio.shield(self._task)
 
-    @property
-    def pending_writes(self) -> int:
-        return sum(w.pending for w in self._media.values()) + self._meta.pending
-
     # --- internals ---------------------------------------------------------------------
     def _start(self) -> None:
         for r in self.renditions:

@@ -89,7 +89,7 @@ def test_blocking_request_returns_once_the_next_part_exists_and_contains_it(orig
     assert f'URI="{pos.hint}"' not in before.replace("PRELOAD-HINT:TYPE=PART,URI", "HINT")
     r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
     assert r.status_code == 200
-    assert f'#EXT-X-PART:DURATION=' in r.text and f'URI="{pos.hint}"' in r.text
+    assert '#EXT-X-PART:DURATION=' in r.text and f'URI="{pos.hint}"' in r.text
     assert r.headers["cache-control"] == "public, max-age=12"
     after = check_media_playlist(r.text)
     assert (after.last_msn, after.last_part) >= (msn, part)

@@ -46,12 +46,6 @@ def _tone(seconds: float) -> np.ndarray:
     return np.vstack([x, x])
 
 
-async def _wait_parts(client: httpx.AsyncClient, url: str, msn: int) -> str:
-    r = await client.get(url, params={"_HLS_msn": msn}, timeout=10)
-    assert r.status_code == 200
-    return r.text
-
-
 async def test_part_that_never_comes_is_503_after_three_target_durations(
     packager_origin: tuple[Packager, str]
 ) -> None:
