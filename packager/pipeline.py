@@ -51,6 +51,11 @@ BROADCASTS_LIVE = Gauge("townsquare_packager_broadcasts_live", "Broadcasts on ai
 
 IMMUTABLE = "public, max-age=86400, immutable"
 SHORT = "public, max-age=1"
+# The recording index is rewritten with every segment for ~10 minutes (300 × 1.92 s), then
+# every 30 segments (~1 min): rewriting a three-hour index every two seconds would upload
+# more playlist than audio.
+RECORDING_INDEX_EVERY_SEGMENT_UNTIL = 300
+RECORDING_INDEX_INTERVAL = 30
 
 
 class Broadcast:
@@ -183,10 +188,14 @@ class Broadcast:
                 pl = b.close_segment(uri, b.playlist.preload_hint)
                 lr.remember(uri, ev.data)
                 writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
-                # The recording and a plain live playlist (for anyone serving the bucket
-                # directly) are rewritten per segment, so a crash loses at most one.
-                writer.put(f"{self.base}/{name}/recording.m3u8",
-                           render_media(b.recording()).encode(), SHORT)
+                # A plain live playlist for anyone serving the bucket directly, and the
+                # recording's index. The index grows with the broadcast, so past its first
+                # minutes it is rewritten once a minute instead of every segment; segments
+                # themselves are stored as they are cut whatever happens to the index.
+                n = len(b.all_segments)
+                if n <= RECORDING_INDEX_EVERY_SEGMENT_UNTIL or n % RECORDING_INDEX_INTERVAL == 0:
+                    writer.put(f"{self.base}/{name}/recording.m3u8",
+                               render_media(b.recording()).encode(), SHORT)
                 writer.put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
                 SEGMENTS_CUT.labels(name).inc()
             lr.playlist = pl
