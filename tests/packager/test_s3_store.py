@@ -11,6 +11,7 @@ import av
 import m3u8
 import pytest
 
+from packager.errors import StoreError
 from packager.store import S3Store, StoreWriter
 from tests.conftest import S3Server
 from tests.support.procs import running
@@ -96,3 +97,18 @@ def test_thirty_second_broadcast_to_s3_keeps_a_complete_recording(
             seconds = sum(f.samples for f in c.decode(audio=0)) / 48000
         assert abs(seconds - 30.0) <= 0.24, f"{variant.uri}: {seconds:.3f} s"
         assert abs(sum(s.duration for s in pl.segments) - 30.0) <= 0.24
+
+
+async def test_local_store_writes_whole_readable_files(tmp_path: Path) -> None:
+    from packager.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    await store.put("live/r/b/aac96/p1.0.m4s", b"part", "immutable")
+    path = tmp_path / "live/r/b/aac96/p1.0.m4s"
+    assert path.read_bytes() == b"part"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert await store.get("live/r/b/aac96/missing.m4s") is None
+    for bad in ("../etc/passwd", "/abs", "a//b", "a/./b"):
+        with pytest.raises(StoreError):
+            await store.put(bad, b"x", "no-cache")
