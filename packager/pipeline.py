@@ -205,7 +205,11 @@ class Broadcast:
             # players that ignore parts (ffmpeg, older ones) cannot start on less.
             self._announced = True
             self._write_masters()
-        self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
+        self._put_state()
+
+    def _put_state(self) -> None:
+        if self.packager.settings.publish_state:
+            self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
 
     def _end(self) -> None:
         if not self._announced:
@@ -218,7 +222,7 @@ class Broadcast:
             self._media[name].put(f"{self.base}/{name}/recording.m3u8", rec, IMMUTABLE)
             self._media[name].put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
         self.live.touch()
-        self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
+        self._put_state()
 
     async def _drain(self) -> None:
         writers = [*self._media.values(), self._meta]

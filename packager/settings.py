@@ -40,6 +40,10 @@ class PackagerSettings(StoreSettings):
     live_window_segments: int = 15
     # Segment length in units of 15 360 samples (320 ms); 6 → 1.92 s ≤ the 2 s ceiling.
     segment_units: int = 6
+    # Write each broadcast's playlist state (`state.json`, ~30 KB) with every batch of parts
+    # so that an origin in another process can follow it. An origin in the packager's own
+    # process (the deployed layout) does not need it: turning it off saves ~13 PUTs/s a room.
+    publish_state: bool = True
 
     @field_validator("live_window_segments")
     @classmethod

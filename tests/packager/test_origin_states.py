@@ -123,3 +123,15 @@ def test_standalone_origin_serves_a_broadcast_written_by_another_process(tmp_pat
             assert r.status_code == 200 and f'URI="{pos.hint}"' in r.text
             part_r = httpx.get(url.replace("live.m3u8", pos.hint), timeout=10)  # type: ignore[arg-type]
             assert part_r.status_code == 200 and part_r.content[4:8] == b"moof"
+
+
+async def test_state_file_is_only_written_when_published(tmp_path: Path) -> None:
+    quiet = Packager(PackagerSettings(data_dir=tmp_path / "quiet", publish_state=False))
+    loud = Packager(PackagerSettings(data_dir=tmp_path / "loud"))
+    for p in (quiet, loud):
+        b = p.start_broadcast("state")
+        b.feed(_tone(2.5))
+        await b.close()
+    assert not list((tmp_path / "quiet").rglob("state.json"))
+    assert list((tmp_path / "quiet").rglob("recording.m3u8"))
+    assert len(list((tmp_path / "loud").rglob("state.json"))) == 1

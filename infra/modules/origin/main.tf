@@ -42,6 +42,8 @@ locals {
     TOWNSQUARE_PUBLIC_EDGE_URL      = var.public_edge_url
     TOWNSQUARE_LADDER               = var.ladder
     TOWNSQUARE_IDLE_TIMEOUT_SECONDS = var.idle_timeout_seconds
+    # The origin runs in this task and reads live state in-process: no state.json PUTs.
+    TOWNSQUARE_PUBLISH_STATE = false
     # Fargate's public IP is a 1:1 NAT the task cannot see: STUN finds it for ICE.
     TOWNSQUARE_WHIP_ICE_SERVERS  = var.assign_public_ip ? var.whip_ice_servers : null
     TOWNSQUARE_WHIP_ICE_LOOPBACK = false
