@@ -9,18 +9,20 @@ from importlib import resources
 
 from edge.cache import CoalescingCache, edge_error
 from edge.entry import Entry, local_response
-from edge.errors import BadDirective
-from edge.keys import Target, parse_target
 from edge.listeners import ListenerEstimate
 from edge.metrics import EdgeMetrics
 from edge.protocol import EdgeProtocol
 from edge.settings import EdgeSettings
+from edge.targets import Target, parse_target
 from edge.upstream import Upstream
+from hls.directives import BadDirective
+from hls.http import PREFLIGHT_HEADERS
 
 LISTENED_KINDS = frozenset({"playlist", "blocking_playlist"})
 # Raw request targets remembered with their parsed form; cleared when full so that
 # random query strings cannot grow it without bound.
 MAX_TARGETS = 8192
+PREFLIGHT = "".join(f"{name}: {value}\r\n" for name, value in PREFLIGHT_HEADERS).encode()
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".html": b"text/html; charset=utf-8",
                 ".css": b"text/css; charset=utf-8", ".LICENSE": b"text/plain; charset=utf-8",
                 ".VERSION": b"text/plain; charset=utf-8"}
@@ -128,12 +130,7 @@ class EdgeApp:
     def _other_method(self, conn: EdgeProtocol, method: bytes, close: bool) -> None:
         if method == b"OPTIONS":
             self.metrics.requests[("other", 204)] += 1
-            conn.respond(
-                b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\n"
-                b"Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
-                b"Access-Control-Allow-Headers: *\r\nAccess-Control-Max-Age: 86400\r\n"
-                b"Content-Length: 0\r\n" + (b"Connection: close\r\n\r\n" if close else b"\r\n"),
-                close)
+            conn.respond(local_response(204, b"", extra=PREFLIGHT, close=close), close)
             return
         self.metrics.requests[("other", 405)] += 1
         conn.respond(local_response(405, b"method not allowed\n",

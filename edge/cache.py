@@ -8,14 +8,15 @@ import time
 from collections.abc import Callable
 
 from edge.breaker import CircuitBreaker
-from edge.entry import Entry, build_fields, default_lifetime, max_age
+from edge.entry import Entry, build_fields, max_age
 from edge.errors import UpstreamError, UpstreamTimeout
-from edge.keys import Target
 from edge.lru import ByteLRU
 from edge.metrics import EdgeMetrics
-from edge.playlist import PlaylistPosition, parse_position
 from edge.settings import EdgeSettings
+from edge.targets import Target
 from edge.upstream import Upstream, UpstreamResponse
+from hls.http import default_lifetime
+from hls.reach import PlaylistPosition, parse_position
 
 Deliver = Callable[[Entry], None]
 EXTRA_HEADERS = (("date", b"Date"), ("etag", b"ETag"), ("last-modified", b"Last-Modified"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import gzip
 import re
 
-from edge.keys import CONTENT_TYPES, PLAYLIST_KINDS
+from edge.targets import PLAYLIST_TARGETS
+from hls.http import CORS_HEADERS, content_type_for_kind
 
 REASONS = {
     200: b"OK",
@@ -28,7 +29,7 @@ REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
-CORS = b"Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Age\r\n"
+CORS = "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS).encode()
 # Bookkeeping per entry beyond its bytes (objects, dict slot, key), counted against the bound.
 ENTRY_OVERHEAD = 512
 GZIP_MIN = 256
@@ -48,16 +49,6 @@ def max_age(cache_control: bytes | None) -> float | None:
         return 0.0
     ages = [int(m) for m in _MAX_AGE.findall(cache_control)]
     return float(min(ages)) if ages else None
-
-
-def default_lifetime(kind: str, status: int, target_duration: float) -> float:
-    """Appendix B of LLHLS.md: lifetimes by kind of response, in seconds."""
-    ok = 200 <= status < 300
-    if kind == "blocking_playlist":
-        return (6 if ok else 4) * target_duration
-    if kind in PLAYLIST_KINDS:
-        return (0.5 if ok else 1) * target_duration
-    return (60 if ok else 1) * target_duration
 
 
 class Entry:
@@ -80,7 +71,7 @@ class Entry:
         self.born = born
         self.expires = born + lifetime
         self.gz: bytes | None = None
-        if kind in PLAYLIST_KINDS and len(body) >= GZIP_MIN:
+        if kind in PLAYLIST_TARGETS and len(body) >= GZIP_MIN:
             self.gz = gzip.compress(body, 6, mtime=0)
             self.fields += b"Vary: Accept-Encoding\r\n"
         self.size = len(body) + len(fields) + len(self.gz or b"") + ENTRY_OVERHEAD
@@ -148,7 +139,7 @@ def build_fields(
     kind: str, content_type: bytes | None, cache_control: bytes, extra: list[tuple[bytes, bytes]],
 ) -> bytes:
     lines = [
-        b"Content-Type: " + (content_type or CONTENT_TYPES.get(kind, CONTENT_TYPES["other"])),
+        b"Content-Type: " + (content_type or content_type_for_kind(kind).encode()),
         b"Cache-Control: " + cache_control,
     ]
     lines.extend(name + b": " + value for name, value in extra)

@@ -1,14 +1,13 @@
 """Errors raised inside the edge.
 
     EdgeError
-    ├── BadRequest            the client's request cannot be served (answered 400)
-    │   └── BadDirective      a malformed or contradictory `_HLS_*` query parameter
     └── UpstreamError         the upstream gave no usable answer
         ├── UpstreamUnavailable   connection refused, reset or closed early
         ├── UpstreamTimeout       no complete answer within the upstream timeout
         └── CircuitOpen           not tried: the breaker is open after repeated failures
 
-httpx exceptions are translated into these in `edge.upstream` and never escape it.
+httpx exceptions are translated into these in `edge.upstream` and never escape it. A malformed
+request is `hls.directives.BadDirective`, shared with the origin.
 """
 
 from __future__ import annotations
@@ -16,14 +15,6 @@ from __future__ import annotations
 
 class EdgeError(Exception):
     """Base of every error the edge raises on purpose."""
-
-
-class BadRequest(EdgeError):
-    """A request the edge refuses with 400."""
-
-
-class BadDirective(BadRequest):
-    """A malformed `_HLS_msn`, `_HLS_part` or `_HLS_skip` value."""
 
 
 class UpstreamError(EdgeError):

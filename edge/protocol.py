@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import httptools
 
 from edge.entry import Entry, local_response
-
-if TYPE_CHECKING:
-    from edge.app import EdgeApp
+from edge.listeners import ListenerEstimate
+from edge.metrics import EdgeMetrics
+from edge.settings import EdgeSettings
 
 MAX_URL = 8192
 MAX_HEADERS = 100
@@ -23,6 +24,20 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY = 64 * 1024
 # Pipelined requests queued on one connection before reading pauses.
 MAX_QUEUED = 64
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the application that owns it (`edge.app.EdgeApp`)."""
+
+    settings: EdgeSettings
+    metrics: EdgeMetrics
+    listeners: ListenerEstimate
+    connections: set[EdgeProtocol]
+    clock: Callable[[], float]
+    coarse_now: float
+    too_many_connections: bytes
+
+    def handle(self, conn: EdgeProtocol, url: bytes, method: bytes, close: bool) -> None: ...
 
 
 class Slot:
@@ -56,7 +71,7 @@ class Slot:
 class EdgeProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, app: EdgeApp) -> None:
+    def __init__(self, app: ConnectionHost) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 
 from edge.app import EdgeApp
 from edge.protocol import EdgeProtocol
 from edge.settings import EdgeSettings
+from serving.runner import run_until_signalled
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare.edge")
 # One line per upstream request is noise at edge scale; failures show in /metrics.
@@ -52,20 +53,15 @@ async def run(settings: EdgeSettings, started: asyncio.Event | None = None) -> N
 
 def serve(settings: EdgeSettings) -> None:
     """Run the edge until SIGINT or SIGTERM (uvloop when available)."""
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.Runner()
-    with runner:
-        loop = runner.get_loop()
-        main = loop.create_task(run(settings))
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, main.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            runner.run(_wait(main))
+    run_until_signalled(lambda stop: _serve_until(settings, stop))
 
 
-async def _wait(task: asyncio.Task[None]) -> None:
-    await task
+async def _serve_until(settings: EdgeSettings, stop: asyncio.Event) -> None:
+    edge = asyncio.create_task(run(settings))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([edge, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if edge.done():
+        waiter.cancel()
+        edge.result()  # a start-up error (the port is taken) ends the process with it
+        return
+    await cancel_and_wait(edge)

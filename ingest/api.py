@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hls.names import ROOM_PATTERN, InvalidRoomName, is_valid_room
 from ingest.errors import (
     BadKey,
     IngestError,
@@ -28,7 +29,6 @@ from ingest.errors import (
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, Rooms
 from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
-from townsquare.rooms import ROOM_PATTERN, InvalidRoomName, is_valid_room
 
 log = logging.getLogger("townsquare.ingest.api")
 MAX_BODY = 65_536

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ingest.sources import RATE, Source
+from ingest.sources import Source
+from packager.ladder import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,10 @@ async def play(source: Source, feed: Callable[[np.ndarray], None],
     try:
         while stop is None or not stop.is_set():
             # Stay one block ahead of the wall clock, in whole blocks.
-            elapsed = int((time.monotonic() - t0) * RATE)
+            elapsed = int((time.monotonic() - t0) * SAMPLE_RATE)
             due = (elapsed // BLOCK + 2) * BLOCK
             while sent < due:
-                want = min(due - sent, RATE // 5)
+                want = min(due - sent, SAMPLE_RATE // 5)
                 block = (await asyncio.to_thread(source.read, want) if source.may_block
                          else source.read(want))
                 if block is None:
@@ -41,7 +42,7 @@ async def play(source: Source, feed: Callable[[np.ndarray], None],
                 feed(block)
                 sent += block.shape[1]
             # Wake when the wall clock has used up one block of the lead.
-            await asyncio.sleep(max(0.005, t0 + (sent - BLOCK) / RATE - time.monotonic()))
+            await asyncio.sleep(max(0.005, t0 + (sent - BLOCK) / SAMPLE_RATE - time.monotonic()))
     finally:
         source.close()
     return sent

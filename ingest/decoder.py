@@ -12,8 +12,7 @@ from av.audio.frame import AudioFrame
 
 from ingest.errors import DecodeError
 from ingest.rtmp.flv import AudioSpecificConfig
-
-PROGRAM_RATE = 48_000
+from packager.ladder import SAMPLE_RATE
 
 
 class ProgramResampler:
@@ -32,7 +31,7 @@ class ProgramResampler:
         mono = frame.layout.nb_channels == 1
         if self._resampler is None or mono != self._mono:
             layout = "mono" if mono else "stereo"
-            self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=PROGRAM_RATE)
+            self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
             self._mono = mono
         try:
             out = self._resampler.resample(frame)

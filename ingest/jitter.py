@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 48_000
+from packager.ladder import SAMPLE_RATE
 
 
 @dataclass(slots=True)
@@ -93,11 +93,6 @@ class JitterBuffer:
         if take != n:
             block = _stretch(block, n)
         return block
-
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._offset = self._level = self._debt = 0
-        self.playing = False
 
     def _take(self, n: int) -> np.ndarray:
         parts = []

@@ -36,6 +36,15 @@ class IngestMetrics:
             "townsquare_ingest_program_seconds", "Program audio fed to broadcasts", registry=r)
         self.jitter_underruns = Counter(
             "townsquare_ingest_jitter_underruns", "Speaker buffers that ran dry", registry=r)
+        self.jitter_dropped = Counter(
+            "townsquare_ingest_jitter_dropped_samples",
+            "Samples speaker buffers dropped (late audio, or over their bound)", registry=r)
+        self.jitter_corrected = Counter(
+            "townsquare_ingest_jitter_corrected_blocks",
+            "Blocks stretched or squeezed to follow a speaker's clock drift", registry=r)
+        self.late_blocks = Counter(
+            "townsquare_ingest_program_late_blocks",
+            "Program blocks rendered late to catch up after the loop was held up", registry=r)
         self.limited_blocks = Counter(
             "townsquare_ingest_limited_blocks", "20 ms program blocks the limiter reduced",
             registry=r)

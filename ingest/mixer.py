@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.jitter import SAMPLE_RATE, JitterBuffer
-from townsquare.tasks import cancel_and_wait
+from ingest.jitter import JitterBuffer
+from packager.ladder import SAMPLE_RATE
+from serving.tasks import cancel_and_wait
 
 BLOCK = 960  # 20 ms at 48 kHz
 log = logging.getLogger("townsquare.ingest.mixer")
@@ -41,9 +42,7 @@ class MixerInput:
 
 @dataclass(slots=True)
 class MixerStats:
-    blocks: int = 0
-    limited_blocks: int = 0
-    peak_gain_reduction_db: float = 0.0
+    limited_blocks: int = 0  # read and reset once a second into the metrics
 
 
 class Mixer:
@@ -119,12 +118,8 @@ class Mixer:
             ramp = np.linspace(start, end, out.shape[1], dtype=np.float32)
             out = out * ramp
             self.stats.limited_blocks += 1
-            self.stats.peak_gain_reduction_db = min(
-                self.stats.peak_gain_reduction_db, 20 * math.log10(max(min(start, end), 1e-6))
-            )
         self._gain = end
         self._pending = current
-        self.stats.blocks += 1
         return np.clip(out, -1.0, 1.0)
 
 
@@ -132,7 +127,6 @@ class Mixer:
 class ClockStats:
     samples: int = 0
     late_blocks: int = 0  # blocks rendered to catch up after a late wake-up
-    max_lag_ms: float = 0.0
     started_monotonic: float = field(default=0.0)
 
 
@@ -161,10 +155,6 @@ class ProgramClock:
         await cancel_and_wait(self._task)
         self._task = None
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     def due_blocks(self) -> int:
         """Blocks the wall clock says should have been rendered and have not been."""
         elapsed = self._clock() - self.stats.started_monotonic
@@ -175,7 +165,6 @@ class ProgramClock:
         n = self.due_blocks()
         if n > 1:
             self.stats.late_blocks += n - 1
-            self.stats.max_lag_ms = max(self.stats.max_lag_ms, (n - 1) * BLOCK / 48.0)
         for _ in range(n):
             try:
                 block = self._render(BLOCK)

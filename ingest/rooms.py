@@ -7,7 +7,8 @@ room ends on request or once nobody has spoken for `idle_timeout` (`ended`: ENDL
 recording kept); an ended room's key is dead, and its name may be used again.
 
 Rooms are remembered in `{data_dir}/ingest/rooms.json` (names and key hashes, never keys),
-so a restart does not void the keys hosts have pasted into OBS.
+so a restart on the same disk keeps the keys hosts have pasted into OBS. A disk that does not
+outlive the process (a Fargate task's) forgets them.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from hls.names import check_room
 from ingest.errors import BadKey, RoomEnded, RoomExists, RoomFull, RoomNotFound
 from ingest.jitter import JitterBuffer
-from ingest.keys import hash_key, key_matches, new_key
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
-from townsquare.rooms import check_room
+from ingest.stream_keys import hash_key, key_matches, new_key
+from packager.ladder import SAMPLE_RATE
 
 log = logging.getLogger("townsquare.ingest.rooms")
 
@@ -71,7 +73,7 @@ class Speaker:
             "connected_at": _iso(self.connected_at),
             "muted": self.input.muted,
             "level_dbfs": round(self.input.level_dbfs, 1),
-            "buffer_ms": round(buf.level / 48.0, 1),
+            "buffer_ms": round(buf.level * 1000 / SAMPLE_RATE, 1),
             "underruns": buf.stats.underruns,
         }
 
@@ -92,6 +94,7 @@ class Room:
     _broadcast: Any = None
     _seq: int = 0
     _last_voice: float = 0.0  # monotonic time a speaker was last connected
+    _late_reported: int = 0  # late program blocks already counted in the metrics
 
     def describe(self) -> dict[str, Any]:
         now = time.time()
@@ -100,7 +103,7 @@ class Room:
             duration = round((self.ended_at or now) - self.started_at, 3)
         program = None
         if self._clock is not None:
-            program = round(self._clock.stats.samples / 48_000, 3)
+            program = round(self._clock.stats.samples / SAMPLE_RATE, 3)
         return {
             "name": self.name,
             "state": self.state,
@@ -218,7 +221,10 @@ class Rooms:
             return
         if room._mixer is not None:
             room._mixer.remove(speaker.id)
-        self.metrics.jitter_underruns.inc(speaker.input.buffer.stats.underruns)
+        stats = speaker.input.buffer.stats
+        self.metrics.jitter_underruns.inc(stats.underruns)
+        self.metrics.jitter_dropped.inc(stats.dropped_samples)
+        self.metrics.jitter_corrected.inc(stats.corrected_blocks)
         room._last_voice = time.monotonic()
         self.metrics.speakers.dec()
         log.info("room %s: speaker %s left", room.name, speaker.id)
@@ -294,12 +300,14 @@ class Rooms:
         self.metrics.program_seconds.inc(0.02)
         clock = room._clock
         assert clock is not None
-        if clock.stats.samples % 48_000:
+        if clock.stats.samples % SAMPLE_RATE:
             return  # the rest once a second
         if room._mixer is not None:
             limited = room._mixer.stats.limited_blocks
             self.metrics.limited_blocks.inc(limited)
             room._mixer.stats.limited_blocks = 0
+        self.metrics.late_blocks.inc(clock.stats.late_blocks - room._late_reported)
+        room._late_reported = clock.stats.late_blocks
         idle = time.monotonic() - room._last_voice
         if not room.speakers and idle >= self.policy.idle_timeout and room.state == "live":
             task = asyncio.get_running_loop().create_task(

@@ -19,8 +19,9 @@ from ingest.rtmp.server import RtmpServer
 from ingest.settings import IngestSettings
 from ingest.sources import MediaSource, SourceError, TestSignal
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
-from townsquare.serving import http_server, serve_http
-from townsquare.tasks import cancel_and_wait
+from packager.ladder import SAMPLE_RATE
+from serving.http import http_server, serve_http
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare.ingest")
 MIN_ADMIN_TOKEN = 16
@@ -70,14 +71,14 @@ def load_hold_audio(spec: str | None, max_seconds: float) -> np.ndarray | None:
     except SourceError as exc:
         raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {exc}") from exc
     try:
-        pcm = source.read(int(max_seconds * 48_000))
+        pcm = source.read(int(max_seconds * SAMPLE_RATE))
     except SourceError as exc:
         raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {exc}") from exc
     finally:
         source.close()
     if pcm is None or pcm.shape[1] < 4800:
         raise ConfigError(f"TOWNSQUARE_HOLD_AUDIO: {spec} holds less than 0.1 s of audio")
-    log.info("hold audio: %s (%.1f s, looped)", spec, pcm.shape[1] / 48_000)
+    log.info("hold audio: %s (%.1f s, looped)", spec, pcm.shape[1] / SAMPLE_RATE)
     return np.ascontiguousarray(pcm, dtype=np.float32)
 
 

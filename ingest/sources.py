@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-RATE = 48_000
+from packager.ladder import SAMPLE_RATE
 
 
 class SourceError(Exception):
@@ -42,7 +42,7 @@ class TestSignal:
 
     def __init__(self, seconds: float | None = None, frequency: float = 220.0,
                  start_time: float | None = None):
-        self.total = None if seconds is None else int(seconds * RATE)
+        self.total = None if seconds is None else int(seconds * SAMPLE_RATE)
         self.frequency = frequency
         self.pos = 0
         self.phase = 0.0
@@ -54,10 +54,10 @@ class TestSignal:
             if n <= 0:
                 return None
         idx = np.arange(self.pos, self.pos + n, dtype=np.float64)
-        t = idx / RATE
+        t = idx / SAMPLE_RATE
         # Pitch glides ±15 % at 0.7 Hz; loudness rises and falls four times a second.
         f = self.frequency * (1 + 0.15 * np.sin(2 * math.pi * 0.7 * t))
-        phase = self.phase + 2 * math.pi * np.cumsum(f) / RATE
+        phase = self.phase + 2 * math.pi * np.cumsum(f) / SAMPLE_RATE
         self.phase = float(phase[-1] % (2 * math.pi))
         voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
         envelope = 0.25 + 0.2 * np.sin(2 * math.pi * 4 * t) ** 2
@@ -94,7 +94,7 @@ class MediaSource:
             raise SourceError(f"{url} has no audio stream")
         self._stream = self._container.streams.audio[0]
         self._frames = self._container.decode(self._stream)
-        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
+        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=SAMPLE_RATE)
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._done = False
@@ -153,7 +153,7 @@ class MicrophoneSource(MediaSource):
         device = device or os.environ.get("TOWNSQUARE_MIC_DEVICE") or "default"
         if "ALSA_CONFIG_PATH" not in os.environ and os.path.exists(_SYSTEM_ALSA_CONF):
             os.environ["ALSA_CONFIG_PATH"] = _SYSTEM_ALSA_CONF
-        super().__init__(device, {"sample_rate": str(RATE)}, format="alsa", timeout=5.0,
+        super().__init__(device, {"sample_rate": str(SAMPLE_RATE)}, format="alsa", timeout=5.0,
                          describe_failure=lambda exc: _no_microphone(device, exc))
         self.name = f"microphone {device}"
 

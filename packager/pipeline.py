@@ -4,14 +4,7 @@
 encodes every rendition of the ladder off the event loop, publishes each part to the hub
 the moment it is cut, and queues every object for the store through `StoreWriter`s that
 retry until the store takes them.
-
-Store layout (keys double as origin paths):
-    live/{room}/master.m3u8               points at the current broadcast
-    live/{room}/room.json                 current broadcast id
-    live/{room}/{bid}/state.json          playlist models (read by a standalone origin)
-    live/{room}/{bid}/recording.m3u8      multivariant playlist of the recording
-    live/{room}/{bid}/{rendition}/init.mp4, p{msn}.{i}.m4s, s{msn}.m4s,
-                                  live.m3u8, recording.m3u8
+Objects are named by `hls.names`, whose docstring draws the store layout.
 """
 
 from __future__ import annotations
@@ -26,6 +19,19 @@ from collections import deque
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from hls.http import IMMUTABLE, SHORT
+from hls.names import (
+    INIT,
+    LIVE_PLAYLIST,
+    MASTER,
+    RECORDING_PLAYLIST,
+    ROOM_INFO,
+    STATE,
+    check_room,
+    part_name,
+    room_key,
+    segment_name,
+)
 from packager.cmaf import PartReady, RenditionEncoder, SegmentReady
 from packager.errors import BroadcastClosed
 from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
@@ -41,7 +47,6 @@ from packager.playlist import (
 )
 from packager.settings import PackagerSettings
 from packager.store import Store, StoreWriter, open_store
-from townsquare.rooms import check_room
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,6 @@ PARTS_CUT = Counter("townsquare_packager_parts_total", "Parts cut", ["rendition"
 SEGMENTS_CUT = Counter("townsquare_packager_segments_total", "Segments cut", ["rendition"])
 BROADCASTS_LIVE = Gauge("townsquare_packager_broadcasts_live", "Broadcasts on air")
 
-IMMUTABLE = "public, max-age=86400, immutable"
-SHORT = "public, max-age=1"
 # The recording index is rewritten with every segment for ~10 minutes (300 × 1.92 s), then
 # every 30 segments (~1 min): rewriting a three-hour index every two seconds would upload
 # more playlist than audio.
@@ -73,7 +76,7 @@ class Broadcast:
         self.room = room
         self.broadcast_id = broadcast_id
         self.renditions: list[Rendition] = s.renditions()
-        self.base = f"live/{room}/{broadcast_id}"
+        self.base = room_key(room, broadcast_id)
         self.started_at = time.time()
         self.samples_fed = 0
         segment_seconds = s.segment_units * GRID_SAMPLES / SAMPLE_RATE
@@ -81,7 +84,7 @@ class Broadcast:
         self._encoders = {r.name: RenditionEncoder(r, s.segment_units) for r in self.renditions}
         self._builders = {
             r.name: PlaylistBuilder(
-                MediaPlaylist(td, PART_TARGET_SECONDS, "init.mp4", preload_hint="p1.0.m4s"),
+                MediaPlaylist(td, PART_TARGET_SECONDS, INIT, preload_hint=part_name(1, 0)),
                 s.live_window_segments,
             )
             for r in self.renditions
@@ -124,18 +127,18 @@ class Broadcast:
         for r in self.renditions:
             enc = self._encoders[r.name]
             self.live.renditions[r.name].init = enc.init
-            self._media[r.name].put(f"{self.base}/{r.name}/init.mp4", enc.init, IMMUTABLE)
+            self._media[r.name].put(f"{self.base}/{r.name}/{INIT}", enc.init, IMMUTABLE)
         BROADCASTS_LIVE.inc()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"broadcast-{self.room}")
 
     def _write_masters(self) -> None:
-        live = render_multivariant([Variant(r, f"{self.broadcast_id}/{r.name}/live.m3u8")
+        live = render_multivariant([Variant(r, f"{self.broadcast_id}/{r.name}/{LIVE_PLAYLIST}")
                                     for r in self.renditions]).encode()
-        rec = render_multivariant([Variant(r, f"{r.name}/recording.m3u8")
+        rec = render_multivariant([Variant(r, f"{r.name}/{RECORDING_PLAYLIST}")
                                    for r in self.renditions]).encode()
-        self._meta.put(f"{self.base}/recording.m3u8", rec, SHORT)
-        self._meta.put(f"live/{self.room}/master.m3u8", live, SHORT)
-        self._meta.put(f"live/{self.room}/room.json",
+        self._meta.put(f"{self.base}/{RECORDING_PLAYLIST}", rec, SHORT)
+        self._meta.put(room_key(self.room, MASTER), live, SHORT)
+        self._meta.put(room_key(self.room, ROOM_INFO),
                        json.dumps({"broadcast_id": self.broadcast_id,
                                    "started_at": self.started_at}).encode(), "no-cache")
 
@@ -176,15 +179,15 @@ class Broadcast:
             lr = self.live.renditions[name]
             writer = self._media[name]
             if isinstance(ev, PartReady):
-                uri = f"p{ev.msn}.{ev.index}.m4s"
-                nxt = f"p{ev.msn + 1}.0.m4s" if ev.last_in_segment else f"p{ev.msn}.{ev.index + 1}.m4s"
+                uri = part_name(ev.msn, ev.index)
+                nxt = part_name(ev.msn + 1, 0) if ev.last_in_segment else part_name(ev.msn, ev.index + 1)
                 pl = b.add_part(Part(ev.samples / SAMPLE_RATE, uri),
                                 self.started_at + ev.start_sample / SAMPLE_RATE, nxt)
                 lr.remember(uri, ev.data)
                 writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
                 PARTS_CUT.labels(name).inc()
             else:
-                uri = f"s{ev.msn}.m4s"
+                uri = segment_name(ev.msn)
                 pl = b.close_segment(uri, b.playlist.preload_hint)
                 lr.remember(uri, ev.data)
                 writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
@@ -194,9 +197,9 @@ class Broadcast:
                 # themselves are stored as they are cut whatever happens to the index.
                 n = len(b.all_segments)
                 if n <= RECORDING_INDEX_EVERY_SEGMENT_UNTIL or n % RECORDING_INDEX_INTERVAL == 0:
-                    writer.put(f"{self.base}/{name}/recording.m3u8",
+                    writer.put(f"{self.base}/{name}/{RECORDING_PLAYLIST}",
                                render_media(b.recording()).encode(), SHORT)
-                writer.put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
+                writer.put(f"{self.base}/{name}/{LIVE_PLAYLIST}", render_media(pl).encode(), SHORT)
                 SEGMENTS_CUT.labels(name).inc()
             lr.playlist = pl
         self.live.touch({name for name, _ in events})
@@ -209,7 +212,7 @@ class Broadcast:
 
     def _put_state(self) -> None:
         if self.packager.settings.publish_state:
-            self._meta.put(f"{self.base}/state.json", dumps_state(self.live), "no-cache")
+            self._meta.put(f"{self.base}/{STATE}", dumps_state(self.live), "no-cache")
 
     def _end(self) -> None:
         if not self._announced:
@@ -219,8 +222,8 @@ class Broadcast:
             pl = b.end()
             self.live.renditions[name].playlist = pl
             rec = render_media(b.recording()).encode()
-            self._media[name].put(f"{self.base}/{name}/recording.m3u8", rec, IMMUTABLE)
-            self._media[name].put(f"{self.base}/{name}/live.m3u8", render_media(pl).encode(), SHORT)
+            self._media[name].put(f"{self.base}/{name}/{RECORDING_PLAYLIST}", rec, IMMUTABLE)
+            self._media[name].put(f"{self.base}/{name}/{LIVE_PLAYLIST}", render_media(pl).encode(), SHORT)
         self.live.touch()
         self._put_state()
 

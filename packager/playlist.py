@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from hls.reach import PlaylistPosition
 from packager.ladder import Rendition
 
 
@@ -82,26 +83,22 @@ class MediaPlaylist:
             return last.msn, max(len(last.parts), 1) - 1
         return -1, -1
 
+    def position(self) -> PlaylistPosition:
+        """How far this playlist reaches, in the terms the containment rule uses."""
+        last_msn = self.segments[-1].msn if self.segments else self.next_msn - 1
+        if self.partial:
+            part_msn, part_index = self.next_msn, len(self.partial) - 1
+        elif self.segments:
+            part_msn, part_index = last_msn, len(self.segments[-1].parts) - 1
+        else:
+            part_msn, part_index = last_msn, -1
+        return PlaylistPosition(last_msn, part_msn, part_index, self.ended,
+                                float(self.target_duration), False)
+
     def has_part(self, msn: int, part: int | None) -> bool:
-        """Whether the playlist already lists part `part` of segment `msn` (or the whole
-        segment when `part` is None). A part index past a complete segment's last part
-        stands for part 0 of the next segment (draft §6.2.5.2)."""
-        if part is None:
-            if self.ended:
-                return True
-            return bool(self.segments) and self.segments[-1].msn >= msn
-        if self.ended:
-            return True
-        for seg in reversed(self.segments):
-            if seg.msn == msn:
-                if part < len(seg.parts):
-                    return True
-                return self.has_part(msn + 1, 0)
-            if seg.msn < msn:
-                break
-        if msn == self.next_msn:
-            return part < len(self.partial)
-        return bool(self.segments) and msn < self.media_sequence
+        """Whether the playlist already holds part `part` of segment `msn` (or the whole
+        segment when `part` is None): the rule of `hls.reach`."""
+        return self.position().contains(msn, part)
 
     def with_reports(self, reports: tuple[RenditionReport, ...]) -> MediaPlaylist:
         return replace(self, rendition_reports=reports)

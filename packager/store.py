@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,9 +14,11 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from hls.http import content_type_for_key
+from hls.names import LIVE_ROOT, kind_of
 from packager.errors import StoreError, StoreUnavailable
 from packager.settings import StoreSettings
-from townsquare.tasks import cancel_and_wait
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,25 +26,14 @@ T = TypeVar("T")
 STORE_WRITES = Counter("townsquare_store_writes_total", "Objects written to the store", ["result"])
 STORE_PENDING = Gauge("townsquare_store_pending_objects", "Objects waiting to be written")
 
-CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".m4s": "audio/mp4",
-    ".mp4": "audio/mp4",
-    ".json": "application/json",
-}
-
-
-def content_type_for(key: str) -> str:
-    return CONTENT_TYPES.get(os.path.splitext(key)[1], "application/octet-stream")
-
-
-_LIVE_ONLY = re.compile(r"(^|/)(p\d+\.\d+\.m4s|live\.m3u8|state\.json)$")
+_LIVE_ONLY = frozenset({"part", "playlist", "state"})
 
 
 def retention_for(key: str) -> str:
     """`live` for objects only useful while a broadcast is on air (parts, live playlists,
     state), `recording` for what the recording is made of. S3 lifecycle rules key on it."""
-    return "live" if _LIVE_ONLY.search(key) else "recording"
+    below = key.partition("/")[2] if key.startswith(LIVE_ROOT + "/") else key
+    return "live" if kind_of(below) in _LIVE_ONLY else "recording"
 
 
 class Store(Protocol):
@@ -135,7 +125,7 @@ class S3Store:
 
     def _put(self, key: str, data: bytes, cache_control: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + _check_key(key), Body=data,
-                               ContentType=content_type_for(key), CacheControl=cache_control,
+                               ContentType=content_type_for_key(key), CacheControl=cache_control,
                                Tagging=f"townsquare-retention={retention_for(key)}")
 
     def _get(self, key: str) -> bytes | None:

@@ -7,12 +7,10 @@ import argparse
 import logging
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from townsquare.rooms import check_room
+from hls.names import check_room
 
 log = logging.getLogger("townsquare")
 
@@ -20,10 +18,6 @@ log = logging.getLogger("townsquare")
 def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, attr) for attr, field in mapping.items()
             if getattr(args, attr, None) is not None}
-
-
-_STORE_FLAGS = {"data": "data_dir", "s3_bucket": "s3_bucket", "s3_endpoint_url": "s3_endpoint_url",
-                "s3_prefix": "s3_prefix"}
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -96,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                                                "cache_bytes": "edge_cache_bytes"})))
         return
 
-    from townsquare.serving import run_until_signalled
+    from serving.runner import run_until_signalled
 
     if args.command == "origin":
         from townsquare import stack
@@ -117,8 +111,3 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as exc:
             raise SystemExit(f"townsquare {args.command}: {exc}") from None
 
-
-def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:
-    """The edge runs in its own process so that it has a core to itself."""
-    return subprocess.Popen([sys.executable, "-m", "townsquare", "edge", "--upstream", upstream,
-                             "--host", host, "--port", str(port)])

@@ -8,17 +8,19 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 from ingest.capture import play
 from ingest.settings import IngestSettings
 from ingest.sources import SourceError, TestSignal, open_source
-from packager.origin import HubRooms, StoreRooms, build_app
+from packager.origin import HubLive, StoreLive, build_app
 from packager.pipeline import Packager
 from packager.settings import OriginSettings, PackagerSettings
 from packager.store import open_store
-from townsquare.serving import http_server, serve_http
-from townsquare.tasks import cancel_and_wait
+from serving.http import http_server, serve_http
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare")
 
@@ -51,7 +53,10 @@ async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
             raise t.exception()  # type: ignore[misc]
 
 
-
+def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:
+    """The edge runs in its own process so that it has a core to itself."""
+    return subprocess.Popen([sys.executable, "-m", "townsquare", "edge", "--upstream", upstream,
+                             "--host", host, "--port", str(port)])
 
 
 async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -62,10 +67,10 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     tasks: list[asyncio.Task[Any]] = []
     if args.demo:
         packager = Packager(PackagerSettings(**_store_overrides(args)), store)
-        rooms: Any = HubRooms(packager.hub)
+        rooms: Any = HubLive(packager.hub)
         tasks.append(asyncio.create_task(_demo(packager, args.demo, demo_stop)))
     else:
-        rooms = StoreRooms(store, settings.origin_poll_seconds)
+        rooms = StoreLive(store, settings.origin_poll_seconds)
     server = http_server(build_app(store, rooms), settings.host, settings.origin_port)
     http = asyncio.create_task(serve_http(server))
     base = f"http://{settings.host}:{settings.origin_port}"
@@ -130,7 +135,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         settings = settings.model_copy(update={"public_edge_url": f"http://{show}:{edge_port}"})
     packager = Packager(settings)
     store = packager.store
-    origin = http_server(build_app(store, HubRooms(packager.hub)), settings.host, settings.origin_port)
+    origin = http_server(build_app(store, HubLive(packager.hub)), settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
     demo_name = getattr(args, "demo", None)
     demo = DemoRoom(demo_name) if demo_name else None
@@ -140,8 +145,6 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     edge_proc = None
     if with_edge:
-        from townsquare.cli import spawn_edge
-
         edge_proc = spawn_edge(f"http://127.0.0.1:{settings.origin_port}", settings.host, edge_port)
 
     origin_url = f"http://{show}:{settings.origin_port}"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Literal
 
 from ingest.decoder import AacDecoder
@@ -83,13 +82,11 @@ class RtmpSession:
         limits: Limits | None = None,
         handshake_timeout: float = 10.0,
         idle_timeout: float = 30.0,
-        on_state: Callable[[RtmpSession], None] | None = None,
     ) -> None:
         self._reader, self._writer = reader, writer
         self._rooms, self._metrics = rooms, metrics
         self._decoder = ChunkDecoder(limits)
         self._handshake_timeout, self._idle_timeout = handshake_timeout, idle_timeout
-        self._on_state = on_state
         peer = writer.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.state: State = "handshake"
@@ -106,8 +103,6 @@ class RtmpSession:
         if state != self.state:
             log.debug("rtmp %s: %s → %s", self.remote, self.state, state)
             self.state = state
-            if self._on_state is not None:
-                self._on_state(self)
 
     async def run(self) -> None:
         outcome = "closed"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from edge.breaker import CircuitBreaker
-from edge.entry import Entry, build_fields, default_lifetime, max_age
-from edge.errors import BadDirective
-from edge.keys import parse_target
+from edge.entry import Entry, build_fields, max_age
 from edge.listeners import ListenerEstimate
 from edge.lru import ByteLRU
-from edge.playlist import parse_position
+from edge.targets import parse_target
+from hls.directives import BadDirective
+from hls.http import default_lifetime
+from hls.reach import parse_position
 
 PL = "/live/r/b1/aac96/live.m3u8"
 

@@ -13,7 +13,7 @@ import pytest
 
 from ingest.api import PublicUrls, build_app
 from ingest.errors import BadKey, RoomEnded
-from ingest.keys import hash_key
+from ingest.stream_keys import hash_key
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.whip import WhipEndpoint, allow_loopback_candidates

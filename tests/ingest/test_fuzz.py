@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ingest.api import PublicUrls, build_app
-from ingest.keys import hash_key
+from ingest.stream_keys import hash_key
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Rooms
 from ingest.rtmp.chunk import ChunkHeader, Message, encode_message

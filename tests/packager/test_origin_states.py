@@ -13,19 +13,19 @@ import httpx
 import numpy as np
 import pytest
 
-from packager.origin import HubRooms, build_app
+from packager.origin import HubLive, build_app
 from packager.pipeline import Packager
 from packager.settings import PackagerSettings
 from tests.support.llhls import check_media_playlist
 from tests.support.procs import free_port, running
-from townsquare.serving import http_server, serve_http
+from serving.http import http_server, serve_http
 
 
 @pytest.fixture
 async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]:
     packager = Packager(PackagerSettings(data_dir=tmp_path))
     port = free_port()
-    server = http_server(build_app(packager.store, HubRooms(packager.hub)), "127.0.0.1", port)
+    server = http_server(build_app(packager.store, HubLive(packager.hub)), "127.0.0.1", port)
     started = asyncio.Event()
     task = asyncio.create_task(serve_http(server, started))
     await asyncio.wait_for(started.wait(), 10)

@@ -1,10 +1,14 @@
-"""Just enough of a media playlist to answer blocking requests locally.
+"""How far a media playlist reaches, and the rules that compare a request with it.
 
-The edge never renders playlists; it only needs to know how far a cached one reaches.
+`PlaylistPosition.contains` is the one statement of draft §6.2.5.2 ("does this playlist hold
+part N of segment M?"): the origin asks it of the playlist it is building and the edge of the
+text it cached (`parse_position`), so both release a blocking request at the same moment.
+`too_far` and `part_too_far` say which requests are refused at once with 400.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -32,8 +36,9 @@ class PlaylistPosition:
         return msn < self.part_msn or (msn == self.part_msn and part <= self.part_index)
 
     def too_far(self, msn: int, slack: int = 0) -> bool:
-        """Whether `msn` is more than two segments (plus `slack`) past this playlist (→ 400)."""
-        return not self.ended and msn > self.part_msn + 2 + slack
+        """Whether `msn` is more than two segments (plus `slack`) past the segment being
+        written (→ 400; draft §6.2.5.2)."""
+        return not self.ended and msn > max(self.part_msn, self.last_msn + 1) + 2 + slack
 
     def newer_than(self, other: PlaylistPosition) -> bool:
         if self.ended != other.ended:
@@ -43,6 +48,12 @@ class PlaylistPosition:
             other.part_index,
             other.last_msn,
         )
+
+
+def part_too_far(part: int, target_duration: float, part_target: float) -> bool:
+    """Whether a part index is beyond anything a segment can hold: a segment holds about
+    TD / PART-TARGET parts, and twice that is no real request (→ 400)."""
+    return part > 2 * math.ceil(target_duration / part_target)
 
 
 def parse_position(body: bytes) -> PlaylistPosition | None:

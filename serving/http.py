@@ -1,17 +1,14 @@
-"""Running several HTTP services in one event loop, with one place that handles signals."""
+"""ASGI apps served by uvicorn inside a loop that also runs other servers; signals are left
+to the process (`serving.runner`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import signal
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
-
-log = logging.getLogger(__name__)
 
 
 class QuietServer(uvicorn.Server):
@@ -43,23 +40,3 @@ async def serve_http(server: QuietServer, started: asyncio.Event | None = None) 
         server.should_exit = True
         await task
         raise
-
-
-def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run `main(stop)` on uvloop where available; SIGINT/SIGTERM set `stop`."""
-    try:
-        import uvloop
-
-        runner: Callable[..., Any] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-
-    async def wrapper() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(wrapper())

@@ -1,0 +1,70 @@
+"""What an LL-HLS answer carries besides its body: content type, CORS and cache lifetime.
+
+Lifetimes follow Appendix B of LLHLS.md; the origin sets them and the edge falls back on
+`default_lifetime` when an upstream answer names none.
+"""
+
+from __future__ import annotations
+
+import os
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+MEDIA_TYPE = "audio/mp4"
+JSON_TYPE = "application/json"
+OTHER_TYPE = "application/octet-stream"
+
+_BY_SUFFIX = {".m3u8": PLAYLIST_TYPE, ".m4s": MEDIA_TYPE, ".mp4": MEDIA_TYPE, ".json": JSON_TYPE}
+_BY_KIND = {"master": PLAYLIST_TYPE, "playlist": PLAYLIST_TYPE,
+            "blocking_playlist": PLAYLIST_TYPE, "recording": PLAYLIST_TYPE,
+            "part": MEDIA_TYPE, "segment": MEDIA_TYPE, "init": MEDIA_TYPE,
+            "state": JSON_TYPE, "room": JSON_TYPE}
+
+# Players in web pages read Age for their latency estimate.
+CORS_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Expose-Headers", "Age, Content-Length, Date"),
+)
+PREFLIGHT_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+    ("Access-Control-Allow-Headers", "*"),
+    ("Access-Control-Max-Age", "86400"),
+)
+
+# Media objects never change once written: their names are unique.
+IMMUTABLE = "public, max-age=86400, immutable"
+# A playlist with ENDLIST, or a recording that is complete, no longer changes either.
+FINAL = "public, max-age=86400"
+# Answers that must not outlive a part or two: masters, errors of live objects.
+SHORT = "public, max-age=1"
+# Refusals (404, 400) of paths that may become valid: short, so a new room is seen soon.
+REFUSED = "public, max-age=2"
+NO_STORE = "no-store"
+
+
+def content_type_for_key(key: str) -> str:
+    """The content type of a stored object, by its name's suffix."""
+    return _BY_SUFFIX.get(os.path.splitext(key)[1], OTHER_TYPE)
+
+
+def content_type_for_kind(kind: str) -> str:
+    return _BY_KIND.get(kind, OTHER_TYPE)
+
+
+def max_age(seconds: float) -> str:
+    return f"public, max-age={max(0, int(seconds))}"
+
+
+def playlist_lifetime(target_duration: int, blocking: bool) -> int:
+    """Success lifetime of a live media playlist: 6 × TD when it answers a blocking
+    request (its URL is never asked again), ½ × TD (at least 1 s) otherwise."""
+    return 6 * target_duration if blocking else max(1, target_duration // 2)
+
+
+def default_lifetime(kind: str, status: int, target_duration: float) -> float:
+    """Appendix B: the lifetime of an answer by kind and status, in seconds."""
+    ok = 200 <= status < 300
+    if kind == "blocking_playlist":
+        return (6 if ok else 4) * target_duration
+    if kind in ("master", "playlist", "recording"):
+        return (0.5 if ok else 1) * target_duration
+    return (60 if ok else 1) * target_duration
