@@ -1,0 +1,29 @@
+"""Errors the registry raises; nothing from SQLAlchemy or a driver escapes the package.
+
+    RegistryError              an operation failed (also: a legacy room file that cannot be read)
+    ├── RegistryUnavailable    the database cannot be reached: refused, lost, timed out, locked
+    ├── RoomTaken              a room with that name is still open (waiting or live)
+    └── NoSuchRoom             no room has that name
+
+Driver exceptions (SQLAlchemy's `OperationalError`/`InterfaceError`, asyncpg's connection
+errors, `OSError`, timeouts) are translated in `registry.engine.translated` with
+`raise ... from exc`, so the cause stays visible in tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of every error the registry raises."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The database could not be reached or did not answer in time; retrying later may work."""
+
+
+class RoomTaken(RegistryError):
+    """A waiting or live room already has that name."""
+
+
+class NoSuchRoom(RegistryError):
+    """No room has that name."""

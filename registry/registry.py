@@ -1,0 +1,341 @@
+"""`Registry`: rooms and their epochs kept in a database, shared by every node that opens it.
+
+Every method is one short transaction through an async driver and returns immutable records.
+A room's epoch and next media sequence number only ever grow, and each is changed by a single
+conditional UPDATE: concurrent callers (tasks or nodes) are never handed the same epoch, and a
+stale owner is told so instead of overwriting a newer one's progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact, translated
+from registry.errors import NoSuchRoom, RegistryError, RoomTaken
+from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
+from registry.migrate import upgrade as upgrade_schema
+from registry.records import EpochRecord, RoomRecord, RoomState
+from registry.tables import epochs, rooms
+
+
+class Registry:
+    """The room registry on one database. Open with `await Registry.open(url)`."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self._describe = describe(url)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        connect_timeout: float = 3.0,
+        command_timeout: float = 5.0,
+    ) -> Registry:
+        """Connect (and with `migrate`, upgrade the schema to head) or raise RegistryUnavailable.
+
+        `connect_timeout` bounds opening a PostgreSQL connection; `command_timeout` bounds one
+        statement (PostgreSQL) or the wait for SQLite's write lock. A refused connection fails
+        at once; a server that accepts but never answers fails within about the sum of both.
+        """
+        parsed = parse_url(url)
+        engine = make_engine(
+            parsed, connect_timeout=connect_timeout, command_timeout=command_timeout
+        )
+        registry = cls(engine, parsed)
+        try:
+            with translated(f"cannot open registry {redact(parsed)}"):
+                if migrate:
+                    await upgrade_schema(engine)
+                else:
+                    await registry._select_one()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return registry
+
+    async def close(self) -> None:
+        with translated(f"registry {self._describe}: close"):
+            await self._engine.dispose()
+
+    def describe(self) -> str:
+        """Backend and location, never credentials: `postgresql 127.0.0.1:5432/townsquare`."""
+        return self._describe
+
+    async def ping(self) -> None:
+        """Raises RegistryUnavailable when the database cannot be reached."""
+        with translated(f"registry {self._describe}: ping"):
+            await self._select_one()
+
+    # --- rooms ------------------------------------------------------------------------
+    async def create_room(self, name: str, key_hash: str, created_at: float) -> RoomRecord:
+        """A new waiting room, or an ended one reused under the same name (keeping its epoch
+        and next_msn, so the name's URLs and sequence numbers never go backwards).
+
+        Raises RoomTaken when a waiting or live room has that name.
+        """
+        async with self._write(f"create room {name!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.select(rooms.c.state).where(rooms.c.name == name).with_for_update()
+                )
+            ).first()
+            if row is None:
+                try:
+                    await conn.execute(
+                        sa.insert(rooms).values(
+                            name=name, key_hash=key_hash, state="waiting",
+                            created_at=created_at, epoch=0, next_msn=1,
+                        )
+                    )
+                except sa_exc.IntegrityError as exc:  # created by someone else meanwhile
+                    raise RoomTaken(f"room {name!r} already exists") from exc
+                return await self._room(conn, name)
+            if row.state != "ended":
+                raise RoomTaken(f"room {name!r} is {row.state}")
+            return await self._update_room(
+                conn, name,
+                key_hash=key_hash, state="waiting", created_at=created_at,
+                started_at=None, ended_at=None, end_reason=None, broadcast_id=None,
+            )
+
+    async def get_room(self, name: str) -> RoomRecord | None:
+        async with self._read(f"get room {name!r}") as conn:
+            row = (await conn.execute(sa.select(rooms).where(rooms.c.name == name))).first()
+            return None if row is None else _room_record(row)
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        """Every room, ordered by name."""
+        return await self._rooms("list rooms", None)
+
+    async def open_rooms(self) -> list[RoomRecord]:
+        """Waiting and live rooms, ordered by name."""
+        return await self._rooms("list open rooms", rooms.c.state != "ended")
+
+    async def live_rooms(self) -> list[RoomRecord]:
+        """Live rooms, ordered by name: what a restarted service must resume."""
+        return await self._rooms("list live rooms", rooms.c.state == "live")
+
+    async def set_key_hash(self, name: str, key_hash: str) -> RoomRecord:
+        async with self._write(f"set key of room {name!r}") as conn:
+            return await self._update_room(conn, name, key_hash=key_hash)
+
+    async def go_live(self, name: str, broadcast_id: str, started_at: float) -> RoomRecord:
+        async with self._write(f"room {name!r} go live") as conn:
+            return await self._update_room(
+                conn, name, state="live", broadcast_id=broadcast_id, started_at=started_at
+            )
+
+    async def end_room(self, name: str, ended_at: float, reason: str) -> RoomRecord:
+        """The room ends; its broadcast id, epoch and next_msn stay for the record."""
+        async with self._write(f"end room {name!r}") as conn:
+            return await self._update_room(
+                conn, name, state="ended", ended_at=ended_at, end_reason=reason
+            )
+
+    # --- epochs -----------------------------------------------------------------------
+    async def start_epoch(self, name: str, broadcast_id: str, started_at: float) -> EpochRecord:
+        """The room's next epoch, starting at its next_msn. Numbers are never handed out twice:
+        the increment happens in the UPDATE itself, which row locks serialize."""
+        async with self._write(f"start epoch of room {name!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.update(rooms)
+                    .where(rooms.c.name == name)
+                    .values(epoch=rooms.c.epoch + 1)
+                    .returning(rooms.c.epoch, rooms.c.next_msn)
+                )
+            ).first()
+            if row is None:
+                raise NoSuchRoom(f"no room named {name!r}")
+            record = EpochRecord(
+                room=name, epoch=int(row.epoch), broadcast_id=broadcast_id,
+                started_at=started_at, ended_at=None, first_msn=int(row.next_msn), last_msn=None,
+            )
+            await conn.execute(
+                sa.insert(epochs).values(
+                    room=record.room, epoch=record.epoch, broadcast_id=record.broadcast_id,
+                    started_at=record.started_at, ended_at=None,
+                    first_msn=record.first_msn, last_msn=None,
+                )
+            )
+            return record
+
+    async def advance(self, name: str, epoch: int, next_msn: int) -> bool:
+        """Record that the segments below `next_msn` exist. next_msn never moves backwards.
+
+        Returns False, changing nothing, when the room is past `epoch`: a newer owner exists.
+        """
+        async with self._write(f"advance room {name!r}") as conn:
+            moved = await conn.execute(
+                sa.update(rooms)
+                .where(
+                    rooms.c.name == name,
+                    rooms.c.epoch == epoch,
+                    rooms.c.next_msn < next_msn,
+                )
+                .values(next_msn=next_msn)
+            )
+            if moved.rowcount == 1:
+                await conn.execute(
+                    sa.update(epochs)
+                    .where(epochs.c.room == name, epochs.c.epoch == epoch)
+                    .values(last_msn=next_msn - 1)
+                )
+                return True
+            current = await conn.scalar(sa.select(rooms.c.epoch).where(rooms.c.name == name))
+            if current is None:
+                raise NoSuchRoom(f"no room named {name!r}")
+            return int(current) == epoch
+
+    async def end_epoch(self, name: str, epoch: int, ended_at: float) -> None:
+        """Close an epoch; ending one that is already ended keeps the first end time."""
+        async with self._write(f"end epoch {epoch} of room {name!r}") as conn:
+            ended = await conn.execute(
+                sa.update(epochs)
+                .where(
+                    epochs.c.room == name, epochs.c.epoch == epoch, epochs.c.ended_at.is_(None)
+                )
+                .values(ended_at=ended_at)
+            )
+            if ended.rowcount == 1:
+                return
+            found = await conn.scalar(
+                sa.select(epochs.c.epoch).where(epochs.c.room == name, epochs.c.epoch == epoch)
+            )
+            if found is not None:
+                return
+            if await conn.scalar(sa.select(rooms.c.name).where(rooms.c.name == name)) is None:
+                raise NoSuchRoom(f"no room named {name!r}")
+            raise RegistryError(f"room {name!r} has no epoch {epoch}")
+
+    async def epochs(self, name: str, broadcast_id: str | None = None) -> list[EpochRecord]:
+        """The room's epochs (of one broadcast, if given), ordered by epoch."""
+        query = sa.select(epochs).where(epochs.c.room == name).order_by(epochs.c.epoch)
+        if broadcast_id is not None:
+            query = query.where(epochs.c.broadcast_id == broadcast_id)
+        async with self._read(f"list epochs of room {name!r}") as conn:
+            return [_epoch_record(row) for row in await conn.execute(query)]
+
+    # --- the file the registry replaces -----------------------------------------------
+    async def import_legacy(self, path: Path) -> int:
+        """Import rooms from the old `rooms.json`, once: rooms not in the database yet are
+        inserted, then the file is renamed to `rooms.json.imported`. Returns how many.
+
+        A missing file imports nothing. A file that cannot be read or parsed raises
+        RegistryError naming it, and is left where it is.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"cannot read legacy room file {path}: {exc}") from exc
+        try:
+            found = parse_rooms_json(text)
+        except ValueError as exc:
+            raise RegistryError(
+                f"legacy room file {path} is not valid ({exc}); fix or move it, then restart"
+            ) from exc
+        async with self._write(f"import legacy rooms from {path}") as conn:
+            names = [room.name for room in found]
+            known = set(
+                await conn.scalars(sa.select(rooms.c.name).where(rooms.c.name.in_(names)))
+            )
+            new = [room for room in found if room.name not in known]
+            if new:
+                await conn.execute(sa.insert(rooms), [_room_values(room) for room in new])
+        try:
+            path.replace(path.with_name(path.name + IMPORTED_SUFFIX))
+        except OSError as exc:
+            raise RegistryError(f"imported {path} but cannot rename it: {exc}") from exc
+        return len(new)
+
+    # --- internals --------------------------------------------------------------------
+    @asynccontextmanager
+    async def _write(self, action: str) -> AsyncIterator[AsyncConnection]:
+        with translated(f"registry {self._describe}: {action}"):
+            async with self._engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _read(self, action: str) -> AsyncIterator[AsyncConnection]:
+        with translated(f"registry {self._describe}: {action}"):
+            async with self._engine.connect() as conn:
+                await conn.execution_options(**{READ_ONLY: True})
+                yield conn
+
+    async def _select_one(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def _rooms(self, action: str, where: sa.ColumnElement[bool] | None) -> list[RoomRecord]:
+        query = sa.select(rooms).order_by(rooms.c.name)
+        if where is not None:
+            query = query.where(where)
+        async with self._read(action) as conn:
+            return [_room_record(row) for row in await conn.execute(query)]
+
+    async def _room(self, conn: AsyncConnection, name: str) -> RoomRecord:
+        row = (await conn.execute(sa.select(rooms).where(rooms.c.name == name))).first()
+        if row is None:
+            raise NoSuchRoom(f"no room named {name!r}")
+        return _room_record(row)
+
+    async def _update_room(self, conn: AsyncConnection, name: str, **values: Any) -> RoomRecord:
+        row = (
+            await conn.execute(
+                sa.update(rooms).where(rooms.c.name == name).values(**values).returning(*rooms.c)
+            )
+        ).first()
+        if row is None:
+            raise NoSuchRoom(f"no room named {name!r}")
+        return _room_record(row)
+
+
+def _room_record(row: sa.Row[Any]) -> RoomRecord:
+    return RoomRecord(
+        name=row.name,
+        key_hash=row.key_hash,
+        state=cast(RoomState, row.state),
+        created_at=float(row.created_at),
+        started_at=_float(row.started_at),
+        ended_at=_float(row.ended_at),
+        end_reason=row.end_reason,
+        broadcast_id=row.broadcast_id,
+        epoch=int(row.epoch),
+        next_msn=int(row.next_msn),
+    )
+
+
+def _epoch_record(row: sa.Row[Any]) -> EpochRecord:
+    return EpochRecord(
+        room=row.room,
+        epoch=int(row.epoch),
+        broadcast_id=row.broadcast_id,
+        started_at=float(row.started_at),
+        ended_at=_float(row.ended_at),
+        first_msn=int(row.first_msn),
+        last_msn=None if row.last_msn is None else int(row.last_msn),
+    )
+
+
+def _room_values(room: RoomRecord) -> dict[str, Any]:
+    return {field.name: getattr(room, field.name) for field in dataclasses.fields(room)}
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,46 @@
+"""The registry's tables as SQLAlchemy Core sees them at the head migration.
+
+The schema itself is created and changed only by the Alembic revisions in `migrations/`; this
+module mirrors the result so queries are typed. `tests/registry/test_migrations.py` compares the
+two, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+rooms = sa.Table(
+    "rooms",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("end_reason", sa.Text, nullable=True),
+    sa.Column("broadcast_id", sa.String(64), nullable=True),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_msn", sa.BigInteger, nullable=False, server_default="1"),
+    sa.CheckConstraint("state IN ('waiting', 'live', 'ended')", name="rooms_state"),
+)
+
+epochs = sa.Table(
+    "epochs",
+    metadata,
+    sa.Column(
+        "room",
+        sa.String(64),
+        sa.ForeignKey("rooms.name", name="epochs_room_fkey"),
+        nullable=False,
+    ),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("broadcast_id", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("first_msn", sa.BigInteger, nullable=False),
+    sa.Column("last_msn", sa.BigInteger, nullable=True),
+    sa.PrimaryKeyConstraint("room", "epoch", name="epochs_pkey"),
+)
