@@ -1,10 +1,18 @@
 """Errors raised by the packager, the store and the origin.
 
     PackagerError
-    ├── StoreError            a store operation failed (the backend's error is chained)
-    │   └── StoreUnavailable  the backend cannot be reached at all
-    ├── EncodeError           PyAV could not open an encoder or encode a frame
-    └── BroadcastClosed       audio was fed to a broadcast that has ended
+    ├── StoreError              a store operation failed (the backend's error is chained)
+    │   ├── StoreUnavailable    the backend cannot be reached at all; worth retrying
+    │   ├── StoreMisconfigured  the store can never work as configured (no such bucket,
+    │   │                       access denied, a folder that cannot be written): an operator
+    │   │                       must act; the message says what is wrong
+    │   └── ObjectRejected      this object can never be stored (an invalid key): a caller's
+    │                           bug, never retried
+    ├── SpillCorrupt            an object spilled to local disk is torn or unreadable
+    ├── EncodeError             PyAV could not open an encoder or encode a frame
+    └── BroadcastClosed         audio was fed to a broadcast that has ended
+
+Any other `StoreError` is transient: the same write may succeed later.
 """
 
 
@@ -17,6 +25,18 @@ class StoreError(PackagerError):
 
 
 class StoreUnavailable(StoreError):
+    pass
+
+
+class StoreMisconfigured(StoreError):
+    pass
+
+
+class ObjectRejected(StoreError):
+    pass
+
+
+class SpillCorrupt(PackagerError):
     pass
 
 

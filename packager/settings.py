@@ -27,6 +27,24 @@ class StoreSettings(BaseSettings):
     s3_region: str | None = None
     # A store write that fails is retried with exponential backoff up to this delay.
     store_retry_max_seconds: float = 5.0
+    # Objects waiting for the store are held in memory up to this many bytes; the rest is
+    # spilled to disk. A room writes ~52 kB/s (its ladder's parts, then the same audio again
+    # as segments), so 64 MiB holds ~20 min of one room or ~13 s of a hundred: a short S3
+    # blip never touches the disk, a long outage cannot exhaust memory.
+    store_memory_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Where objects that do not fit in memory (or are still unsent at shutdown) wait; they
+    # are uploaded by the next run. None → `{data_dir}/spill`. Keep it on a disk that
+    # survives a restart, and give each process its own.
+    store_spill_dir: Path | None = None
+    # Ending a broadcast or stopping the process waits this long for the store, then spills
+    # what is left: long enough for a healthy S3 to take a backlog of a few seconds, short
+    # enough that shutdown during an outage is not killed by a supervisor (systemd, ECS and
+    # Kubernetes all allow ≥ 30 s).
+    store_drain_seconds: float = Field(default=10.0, ge=0)
+    # Uploads in flight at once: S3 latency (~30 ms a PUT), not bandwidth, bounds a writer.
+    # 8 carry ~250 objects/s, a dozen rooms at ~20 objects/s each; raise it for more rooms.
+    # The S3 client gets twice as many threads, so origin reads never queue behind writes.
+    store_concurrency: int = Field(default=8, ge=1)
 
 
 class PackagerSettings(StoreSettings):

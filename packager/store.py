@@ -1,30 +1,45 @@
-"""Object storage: a tiny `Store` interface, a local-folder and an S3 backend, and the
-writer queue that keeps storage latency and outages away from the encoding loop."""
+"""Object storage: a tiny `Store` interface with a local-folder and an S3 backend.
+
+Backends translate their own failures once, here, into the errors of `packager.errors`,
+so that callers decide on the class alone:
+
+- `StoreMisconfigured`: it will never work until an operator acts (no such bucket, access
+  denied, bad credentials, a folder that cannot be written); the message names the bucket
+  or folder and says what is wrong.
+- `StoreUnavailable`: the backend cannot be reached or is overloaded; retry later.
+- `ObjectRejected`: this one object can never be stored (an invalid key); do not retry.
+- any other `StoreError`: transient, retry.
+
+Each backend runs its blocking calls on its own thread pool, never on asyncio's default
+executor: the encoder uses that one, and a store that hangs must not starve it (nor the
+other way round). Writing with retries, a memory bound and spilling lives in
+`packager.writer`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Counter, Gauge
-
 from hls.http import content_type_for_key
 from hls.names import LIVE_ROOT, kind_of
-from packager.errors import StoreError, StoreUnavailable
+from packager.errors import (
+    ObjectRejected,
+    StoreError,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from packager.settings import StoreSettings
-from serving.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-STORE_WRITES = Counter("townsquare_store_writes_total", "Objects written to the store", ["result"])
-STORE_PENDING = Gauge("townsquare_store_pending_objects", "Objects waiting to be written")
 
 _LIVE_ONLY = frozenset({"part", "playlist", "state"})
 
@@ -43,26 +58,55 @@ class Store(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def check(self) -> None:
+        """Raise `StoreMisconfigured` if the store can never work as configured,
+        `StoreUnavailable` if it cannot be reached now."""
+        ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key starting with `prefix`, sorted (for repair tools, not hot paths)."""
+        ...
+
     def describe(self) -> str: ...
 
 
 def _check_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(f"invalid store key {key!r}")
+        raise ObjectRejected(f"invalid store key {key!r}")
     return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """A listing prefix: a key, a key's start, or a folder ending in `/`; empty is all."""
+    if prefix:
+        _check_key(prefix.removesuffix("/"))
+    return prefix
 
 
 class LocalStore:
     """A folder on disk. Writes go to a temporary file that is renamed into place, so a
     reader never sees half an object and a crash leaves whole files only."""
 
-    def __init__(self, root: Path):
+    # Local disk answers in microseconds; a few threads keep a slow disk from blocking
+    # the writer's other uploads without competing with the encoder for cores.
+    THREADS = 4
+
+    def __init__(self, root: Path, threads: int = THREADS):
         self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Best effort: `check()` reports a folder that cannot be made, in words.
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="townsquare-folder")
 
     def describe(self) -> str:
         return f"folder {self.root}"
+
+    def close(self) -> None:
+        """Stop the store's threads (calls in progress finish)."""
+        self._pool.shutdown(wait=False)
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
@@ -85,10 +129,11 @@ class LocalStore:
             raise
 
     async def put(self, key: str, data: bytes, cache_control: str) -> None:
+        _check_key(key)
         try:
-            await asyncio.to_thread(self._put, key, data)
+            await self._run(self._put, key, data)
         except OSError as exc:
-            raise StoreError(f"could not write {key}: {exc}") from exc
+            raise self._error(f"could not write {key}", exc) from exc
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -97,10 +142,75 @@ class LocalStore:
             return None
 
     async def get(self, key: str) -> bytes | None:
+        _check_key(key)
         try:
-            return await asyncio.to_thread(self._get, key)
+            return await self._run(self._get, key)
         except OSError as exc:
-            raise StoreError(f"could not read {key}: {exc}") from exc
+            raise self._error(f"could not read {key}", exc) from exc
+
+    def _check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-check-")
+        os.close(fd)
+        os.unlink(tmp)
+
+    async def check(self) -> None:
+        try:
+            await self._run(self._check)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno == errno.ENOTDIR:
+                raise StoreMisconfigured(f"folder {self.root} cannot be made: a file is in "
+                                         f"the way ({exc.strerror})") from exc
+            raise StoreMisconfigured(f"folder {self.root} is not writable: {exc.strerror}") from exc
+
+    def _list(self, prefix: str) -> list[str]:
+        # Walk only the deepest folder the prefix names, then match the rest as text, as
+        # S3 does ("live/r" lists "live/r/…" and "live/room/…").
+        folder = self.root / prefix.rpartition("/")[0]
+        keys = []
+        for dirpath, _dirs, files in os.walk(folder):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def list(self, prefix: str) -> list[str]:
+        _check_prefix(prefix)
+        try:
+            return await self._run(self._list, prefix)
+        except OSError as exc:
+            raise self._error(f"could not list {prefix!r}", exc) from exc
+
+    def _error(self, what: str, exc: OSError) -> StoreError:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StoreMisconfigured(f"folder {self.root} is not writable: {exc.strerror}")
+        if exc.errno in (errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR):
+            # The key collides with a folder (or is too long): it will never fit.
+            return ObjectRejected(f"{what}: {exc.strerror}")
+        return StoreError(f"{what}: {exc}")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+# S3 error codes that mean the bucket or the credentials are wrong, not this request.
+_MISCONFIGURED = {
+    "NoSuchBucket": "S3 bucket {bucket!r} does not exist",
+    "InvalidBucketName": "{bucket!r} is not a valid S3 bucket name",
+    "AccessDenied": "access to S3 bucket {bucket!r} denied: check the credentials/role",
+    "403": "access to S3 bucket {bucket!r} denied: check the credentials/role",
+    "AllAccessDisabled": "all access to S3 bucket {bucket!r} is disabled",
+    "InvalidAccessKeyId": "S3 does not know the access key used for bucket {bucket!r}: "
+                          "check the credentials/role",
+    "SignatureDoesNotMatch": "S3 rejected the signature of requests to bucket {bucket!r}: "
+                             "check the secret access key",
+}
+# Codes for one object that no retry can fix.
+_REJECTED = frozenset({"KeyTooLongError", "EntityTooLarge", "InvalidObjectName"})
 
 
 class S3Store:
@@ -108,126 +218,105 @@ class S3Store:
     Cache-Control so a CDN can serve the bucket directly."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None):
+                 region: str | None = None, threads: int = 16):
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        # Short timeouts and no botocore retries: StoreWriter retries with its own backoff,
-        # and reads on the origin's request path must fail fast rather than hang.
+        # Short timeouts and no botocore retries: the writer retries with its own backoff,
+        # and reads on the origin's request path must fail fast rather than hang. One
+        # pooled connection per thread.
         cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2,
-                     read_timeout=5, max_pool_connections=32)
+                     read_timeout=5, max_pool_connections=threads)
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="townsquare-s3")
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def close(self) -> None:
+        """Stop the store's threads (calls in progress finish)."""
+        self._pool.shutdown(wait=False)
+
     def _put(self, key: str, data: bytes, cache_control: str) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + _check_key(key), Body=data,
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data,
                                ContentType=content_type_for_key(key), CacheControl=cache_control,
                                Tagging=f"townsquare-retention={retention_for(key)}")
 
     def _get(self, key: str) -> bytes | None:
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self.prefix + _check_key(key))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         except self.client.exceptions.NoSuchKey:
             return None
         body: bytes = obj["Body"].read()
         return body
 
+    def _check(self) -> None:
+        # Not head_bucket: that needs s3:ListBucket without a prefix condition, which the
+        # writer role in infra/modules/storage deliberately lacks, so it would say "access
+        # denied" for a deployment that works. Listing one key under our prefix is allowed
+        # and answers NoSuchBucket / AccessDenied just the same.
+        self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+
+    def _list(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix)
+        skip = len(self.prefix)
+        return sorted(o["Key"][skip:] for page in pages for o in page.get("Contents", []))
+
     async def put(self, key: str, data: bytes, cache_control: str) -> None:
-        await self._call(self._put, key, data, cache_control)
+        await self._call(f"put {key}", self._put, _check_key(key), data, cache_control)
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call(self._get, key)
+        return await self._call(f"get {key}", self._get, _check_key(key))
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    async def check(self) -> None:
+        await self._call("check", self._check)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await self._call(f"list {prefix!r}", self._list, _check_prefix(prefix))
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionClosedError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
-            return await asyncio.to_thread(fn, *args)
-        except EndpointConnectionError as exc:
-            raise StoreUnavailable(f"S3 endpoint unreachable: {exc}") from exc
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreError(f"S3 {fn.__name__.strip('_')} {args[0]} failed: {exc}") from exc
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except ClientError as exc:
+            raise self._client_error(what, exc) from exc
+        except (BotoConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+            raise StoreUnavailable(f"S3 endpoint for bucket {self.bucket!r} unreachable: "
+                                   f"{exc}") from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreMisconfigured(f"no usable AWS credentials for S3 bucket "
+                                     f"{self.bucket!r}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 {what} failed: {exc}") from exc
+
+    def _client_error(self, what: str, exc: Any) -> StoreError:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _MISCONFIGURED:
+            return StoreMisconfigured(_MISCONFIGURED[code].format(bucket=self.bucket))
+        if code in _REJECTED:
+            return ObjectRejected(f"S3 {what} rejected: {code}: {err.get('Message', '')}")
+        if isinstance(status, int) and (status >= 500 or status == 429) or code == "SlowDown":
+            return StoreUnavailable(f"S3 bucket {self.bucket!r} unavailable: {code} ({status})")
+        return StoreError(f"S3 {what} failed: {exc}")
 
 
 def open_store(settings: StoreSettings) -> Store:
     if settings.s3_bucket:
         return S3Store(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url,
-                       settings.s3_region)
+                       settings.s3_region, threads=2 * settings.store_concurrency)
     return LocalStore(settings.data_dir)
 
-
-class StoreWriter:
-    """An ordered write queue in front of a store, drained by one task.
-
-    `put()` returns at once. Failed writes are retried with exponential backoff until
-    they succeed; nothing is dropped. A newer write of a key that is still waiting
-    replaces the older one (playlists and state files are rewritten often)."""
-
-    def __init__(self, store: Store, name: str, retry_max: float = 5.0):
-        self.store = store
-        self.name = name
-        self.retry_max = retry_max
-        self._pending: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self.failures = 0
-
-    def put(self, key: str, data: bytes, cache_control: str) -> None:
-        if key in self._pending:
-            # Keep write order meaningful: a rewritten state file lands after the parts
-            # queued before it.
-            self._pending[key] = (data, cache_control)
-            self._pending.move_to_end(key)
-        else:
-            self._pending[key] = (data, cache_control)
-            STORE_PENDING.inc()
-        self._idle.clear()
-        self._wake.set()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"store-{self.name}")
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    async def drain(self) -> None:
-        """Wait until every queued object is stored."""
-        await self._idle.wait()
-
-    async def close(self) -> None:
-        await self.drain()
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                key, (data, cc) = next(iter(self._pending.items()))
-                delay = 0.1
-                while True:
-                    try:
-                        await self.store.put(key, data, cc)
-                        STORE_WRITES.labels("ok").inc()
-                        break
-                    except StoreError as exc:
-                        self.failures += 1
-                        STORE_WRITES.labels("retry").inc()
-                        log.warning("store %s: %s; retrying in %.1fs (%d queued)",
-                                    self.store.describe(), exc, delay, len(self._pending))
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, self.retry_max)
-                        # A newer version may have arrived while we slept.
-                        data, cc = self._pending.get(key, (data, cc))
-                # Only drop the entry if no newer version replaced what we just wrote.
-                if self._pending.get(key, (None, None))[0] is data:
-                    del self._pending[key]
-                    STORE_PENDING.dec()
-            self._idle.set()
