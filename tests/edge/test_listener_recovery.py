@@ -1,0 +1,238 @@
+"""Fault drills for the listener page: the stack dies under a playing /listen page and comes back.
+
+A: the origin is killed (-9) while the edge stays up, and restarted on the same port and data.
+B: the origin and the edge are both killed, then both restarted on the same ports.
+Either way the page, never reloaded, must say "reconnecting" while nothing plays and play the
+room again on its own once the stack is back.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.edge.conftest import wait_live
+from tests.support.browser import chromium
+from tests.support.procs import Service, free_port, wait_http
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOM = "drill"
+OUTAGE = 6.0      # seconds the stack stays down
+RECOVERY = 20.0   # seconds after the restart within which the page must play again
+PLAYED = 3.0      # seconds of audio the page must play after the restart
+
+PROBE = """() => ({
+    t: document.querySelector('audio').currentTime,
+    state: window.townsquare.state,
+    recoveries: window.townsquare.recoveries,
+    fatal: window.townsquare.fatal,
+})"""
+
+
+@dataclass
+class Sample:
+    at: float        # time.monotonic()
+    t: float         # audio.currentTime
+    state: str
+    recoveries: int
+    fatal: str | None
+    played: float = 0.0  # playback since the previous sample (0 for a stall or a seek)
+
+
+@dataclass
+class Recorder:
+    """Polls the page every 0.25 s; Playwright's sync API lives in this thread only."""
+
+    page: Any
+    samples: list[Sample] = field(default_factory=list)
+    streak: float = 0.0                 # seconds played without a stall of more than 0.75 s
+    streak_from: float | None = None    # when that streak began
+    last_advance: float = float("-inf")
+
+    def poll(self) -> Sample:
+        r = self.page.evaluate(PROBE)
+        s = Sample(time.monotonic(), r["t"], r["state"], r["recoveries"], r["fatal"])
+        if self.samples:
+            prev = self.samples[-1]
+            step = s.t - prev.t
+            # Playback moves at most 1.5× wall time; a bigger jump is a seek to the live edge.
+            if 0 < step <= 2 * (s.at - prev.at) + 0.05:
+                s.played = step
+        if s.played > 0:
+            if self.streak_from is None:
+                self.streak_from = s.at
+            self.streak += s.played
+            self.last_advance = s.at
+        elif s.at - self.last_advance > 0.75:
+            self.streak, self.streak_from = 0.0, None
+        self.samples.append(s)
+        return s
+
+    def run(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.poll()
+            time.sleep(0.25)
+
+    def played_since(self, since: float) -> float:
+        return sum(s.played for s in self.samples if s.at > since)
+
+    def timeline(self, zero: float) -> list[tuple[float, str, float, int]]:
+        """(seconds since `zero`, state, currentTime, recoveries) at every change of state."""
+        out: list[tuple[float, str, float, int]] = []
+        for s in self.samples:
+            if not out or out[-1][1] != s.state or out[-1][3] != s.recoveries:
+                out.append((round(s.at - zero, 2), s.state, round(s.t, 2), s.recoveries))
+        return out
+
+    def states(self, start: float, end: float = float("inf")) -> list[str]:
+        """The state sequence between two moments, repeats folded."""
+        seq: list[str] = []
+        for s in self.samples:
+            if start <= s.at <= end and (not seq or seq[-1] != s.state):
+                seq.append(s.state)
+        return seq
+
+
+class Stack:
+    """An origin with a demo room and an edge in front of it, on ports that survive restarts."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.origin_port, self.edge_port = free_port(), free_port()
+        self.origin_url = f"http://127.0.0.1:{self.origin_port}"
+        self.edge_url = f"http://127.0.0.1:{self.edge_port}"
+        self.services: list[Service] = []
+        self.origin = self.start_origin()
+        self.edge = self.start_edge()
+
+    def _start(self, args: list[str], name: str) -> Service:
+        svc = Service(args, self.tmp / f"{name}-{len(self.services)}.log")
+        self.services.append(svc)
+        return svc
+
+    def start_origin(self) -> Service:
+        self.origin = self._start(["origin", "--demo", ROOM, "--port", str(self.origin_port),
+                                   "--data", str(self.data)], "origin")
+        return self.origin
+
+    def start_edge(self) -> Service:
+        self.edge = self._start(["edge", "--upstream", self.origin_url,
+                                 "--port", str(self.edge_port)], "edge")
+        return self.edge
+
+    def wait_up(self) -> None:
+        wait_http(f"{self.origin_url}/healthz", 60, self.origin.proc)
+        wait_http(f"{self.edge_url}/healthz", 60, self.edge.proc)
+        wait_live(self.origin_url, ROOM)
+
+    @staticmethod
+    def kill(svc: Service) -> None:
+        """kill -9, the whole process group the service leads (its pid is the group id)."""
+        svc.signal(signal.SIGKILL)
+        svc.proc.wait(10)
+
+    def live(self) -> bool:
+        """The origin answers for the room (maybe with the old broadcast) and the edge is up."""
+        try:
+            r = httpx.get(f"{self.origin_url}/live/{ROOM}/master.m3u8", timeout=0.2)
+            return r.status_code == 200 and httpx.get(
+                f"{self.edge_url}/healthz", timeout=0.2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
+
+
+def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
+    stack = Stack(tmp_path)
+    try:
+        stack.wait_up()
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(f"{stack.edge_url}/listen/{ROOM}")
+            page.wait_for_function(
+                "() => document.querySelector('audio').currentTime > 1", timeout=30_000)
+            rec = Recorder(page)
+            rec.run(2.0)
+            assert rec.samples[-1].state == "playing", rec.samples[-1]
+
+            killed_at = time.monotonic()
+            stack.kill(stack.origin)
+            if kill_edge:
+                stack.kill(stack.edge)
+            rec.run(OUTAGE)
+
+            restarted_at = time.monotonic()
+            stack.start_origin()
+            if kill_edge:
+                stack.start_edge()
+            live_at = first_advance = sustained_from = None
+            while time.monotonic() < restarted_at + RECOVERY:
+                s = rec.poll()
+                if live_at is None and stack.live():
+                    live_at = s.at
+                if first_advance is None and s.played > 0:
+                    first_advance = s.at
+                if rec.streak > PLAYED and s.state == "playing":
+                    sustained_from = rec.streak_from
+                    break
+                time.sleep(0.25)
+            rec.run(1.0)
+            final = page.evaluate(
+                "() => ({...window.townsquare, hls: undefined, errors: window.townsquare.errors})")
+    finally:
+        stack.close()
+
+    result = {
+        "kill_edge": kill_edge,
+        "outage_states": rec.states(killed_at, restarted_at),
+        "recovery_states": rec.states(restarted_at),
+        "restart_to_answering_s": None if live_at is None else round(live_at - restarted_at, 2),
+        "restart_to_first_advance_s":
+            None if first_advance is None else round(first_advance - restarted_at, 2),
+        "restart_to_sustained_play_s":
+            None if sustained_from is None else round(sustained_from - restarted_at, 2),
+        "played_after_restart_s": round(rec.played_since(restarted_at), 2),
+        "recoveries": final["recoveries"],
+        "timeline (s since kill, state, currentTime, recoveries)": rec.timeline(killed_at),
+        "fatal": final["fatal"],
+        "errors": sorted(set(final["errors"])),
+        "state": final["state"],
+    }
+    print(result)
+
+    assert "reconnecting" in result["outage_states"], result
+    assert "failed" not in rec.states(killed_at), result
+    # Within RECOVERY s of the restart the page played PLAYED s in one go and said "playing".
+    assert sustained_from is not None, result
+    assert result["state"] == "playing", result
+    assert final["recoveries"] >= 1 or not kill_edge, result
+    assert final["lastProgress"] is not None
+    # "playing" is never shown for long while the playhead stands still: the watchdog ticks
+    # every 0.5 s and gives up on the playhead after 1.5 s.
+    last_played = killed_at - 10
+    for s in rec.samples:
+        if s.played > 0:
+            last_played = s.at
+        elif s.state == "playing":
+            assert s.at - last_played < 2.5, (s, result)
+    return result
+
+
+def test_listener_rides_out_an_origin_restart(tmp_path: Path) -> None:
+    _drill(tmp_path, kill_edge=False)
+
+
+def test_listener_comes_back_after_the_whole_stack_restarts(tmp_path: Path) -> None:
+    _drill(tmp_path, kill_edge=True)
