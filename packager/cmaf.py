@@ -2,7 +2,8 @@
 
 The cutter decides boundaries by counting frames only: a part is `part_frames` encoded
 frames, a segment `segment_frames`; the last part of a segment may be shorter. `tfdt`
-comes from the count of samples already written, never from a clock.
+comes from the count of samples already written (on the grid of media sequence numbers),
+never from a clock.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class RenditionEncoder:
                                  bytes(ctx.extradata or b""), rendition.kbps * 1000)
         self.init = init_segment(self.track)
         self._cut = _Cut(first_msn)
+        # tfdt runs on the room's media-sequence grid, so an epoch that resumes a room at
+        # segment n starts where segment n belongs, not at zero.
+        self._time_base = (first_msn - 1) * self.segment_frames * self.frame_size
         self._sequence = 0
         self._samples_in = 0
         self._samples_out = 0  # samples in emitted packets: the next part's tfdt
@@ -130,7 +134,8 @@ class RenditionEncoder:
         cut = self._cut
         self._sequence += 1
         n = len(cut.packets)
-        data = fragment(self._sequence, self._samples_out, cut.packets, [self.frame_size] * n)
+        data = fragment(self._sequence, self._time_base + self._samples_out, cut.packets,
+                        [self.frame_size] * n)
         part = PartReady(cut.msn, cut.part_index, data, n * self.frame_size, self._samples_out, last)
         self._samples_out += n * self.frame_size
         cut.segment_parts.append(data)

@@ -1,7 +1,7 @@
 """Live state of the rooms on air, shared by the packager (writer) and the origin (reader).
 
-A `LiveRoom` holds each rendition's current playlist model, its init segment and the bytes
-of its recent parts and segments. Readers wait for a change on one future that every
+A `LiveRoom` is one epoch of a room: its master playlist, each rendition's current playlist
+model, its init segment and the bytes of its recent parts and segments. Readers wait for a change on one future that every
 update resolves and replaces, so ten thousand held requests cost one wake-up each and no
 polling.
 """
@@ -38,12 +38,16 @@ class LiveRendition:
 
 
 class LiveRoom:
-    """One broadcast of one room as the origin sees it."""
+    """One epoch of one room as the origin sees it."""
 
-    def __init__(self, room: str, broadcast_id: str, renditions: list[Rendition],
-                 playlists: dict[str, MediaPlaylist]):
+    def __init__(self, room: str, epoch: str, renditions: list[Rendition],
+                 playlists: dict[str, MediaPlaylist], master: bytes = b""):
         self.room = room
-        self.broadcast_id = broadcast_id
+        self.epoch = epoch
+        self.master = master
+        # The master is announced once every rendition has a whole segment: players that
+        # ignore parts (ffmpeg, older ones) cannot start on less.
+        self.announced = False
         self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
         self.version = 0
 
@@ -69,6 +73,13 @@ class LiveRoom:
             lr._changed = asyncio.get_running_loop().create_future()
         await asyncio.shield(lr._changed)
 
+    def release(self) -> None:
+        """Drop the bytes this epoch held (it has stopped and the store has them)."""
+        for lr in self.renditions.values():
+            lr.recent.clear()
+            lr._rendered.clear()
+            lr.init = None
+
     def reports_for(self, name: str) -> tuple[RenditionReport, ...]:
         out = []
         for other, lr in self.renditions.items():
@@ -92,7 +103,8 @@ class LiveRoom:
     def to_state(self) -> dict[str, Any]:
         return {
             "room": self.room,
-            "broadcast_id": self.broadcast_id,
+            "epoch": self.epoch,
+            "master": self.master.decode(),
             "version": self.version,
             "renditions": [asdict(lr.rendition) for lr in self.renditions.values()],
             "playlists": {n: playlist_to_dict(lr.playlist) for n, lr in self.renditions.items()},
@@ -102,7 +114,7 @@ class LiveRoom:
     def from_state(cls, state: dict[str, Any]) -> LiveRoom:
         rends = [Rendition(**r) for r in state["renditions"]]
         pls = {n: playlist_from_dict(d) for n, d in state["playlists"].items()}
-        room = cls(state["room"], state["broadcast_id"], rends, pls)
+        room = cls(state["room"], state["epoch"], rends, pls, state.get("master", "").encode())
         room.version = int(state.get("version", 0))
         return room
 
@@ -140,4 +152,10 @@ class Hub:
         old = self.rooms.get(live.room)
         self.rooms[live.room] = live
         if old is not None:
-            old.touch()  # wake readers of the previous broadcast so they re-resolve
+            old.touch()  # wake readers of the previous epoch so they re-resolve
+
+    def remove(self, live: LiveRoom) -> None:
+        """Forget an epoch that has stopped, unless a newer one has taken its place."""
+        if self.rooms.get(live.room) is live:
+            del self.rooms[live.room]
+            live.touch()

@@ -35,10 +35,11 @@ from hls.http import (
     max_age,
     playlist_lifetime,
 )
-from hls.names import LIVE_PLAYLIST, LIVE_ROOT, ROOM_INFO, STATE, parse_object, part_name, room_key
+from hls.names import LIVE_ROOT, STATE, parse_object, part_name, room_key
 from hls.reach import part_too_far
 from packager.errors import StoreError
 from packager.live import Hub, LiveRoom
+from packager.recording import RecordingComposer
 from packager.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ REQUESTS = Counter("townsquare_origin_requests_total", "Origin requests", ["kind
 WAITING = Gauge("townsquare_origin_blocking_waiters", "Requests held for a part or segment")
 
 CORS = dict(CORS_HEADERS)
+# What the origin serves; room.json, state.json, epochs.json and index chunks are for the
+# packager and a following origin only.
+PUBLIC_KINDS = frozenset({"master", "playlist", "recording", "init", "part", "segment"})
+# How long a blocking request waits for a room that has no epoch on air here (it may be
+# resuming after a restart) before the stored playlist answers.
+RESUME_WAIT_SECONDS = 3.0
 
 
 class LiveSource(Protocol):
@@ -79,11 +86,7 @@ class StoreLive:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def _load(self, room: str) -> LiveRoom | None:
-        raw = await self.store.get(room_key(room, ROOM_INFO))
-        if raw is None:
-            return None
-        bid = json.loads(raw)["broadcast_id"]
-        state = await self.store.get(room_key(room, bid, STATE))
+        state = await self.store.get(room_key(room, STATE))
         return LiveRoom.from_state(json.loads(state)) if state else None
 
     async def live(self, room: str) -> LiveRoom | None:
@@ -110,10 +113,10 @@ class StoreLive:
                     log.warning("room %s: state refresh failed: %s", room, exc)
                     continue
                 current = self._rooms[room]
-                if fresh is None or (fresh.broadcast_id == current.broadcast_id
+                if fresh is None or (fresh.epoch == current.epoch
                                      and fresh.version == current.version):
                     continue
-                if fresh.broadcast_id != current.broadcast_id:
+                if fresh.epoch != current.epoch:
                     self._rooms[room] = fresh
                     current.touch()
                     continue
@@ -146,6 +149,7 @@ class Origin:
     def __init__(self, store: Store, rooms: LiveSource):
         self.store = store
         self.rooms = rooms
+        self.recordings = RecordingComposer(store)
 
     async def _wait(self, live: LiveRoom, name: str, msn: int, part: int | None,
                     timeout: float) -> bool:
@@ -164,27 +168,38 @@ class Origin:
         finally:
             WAITING.dec()
 
+    async def _epoch(self, room: str, rendition: str, epoch: str | None) -> LiveRoom | None:
+        """The room's live epoch when it has `rendition` (and is `epoch`, when given)."""
+        live = await self.rooms.live(room)
+        if live is None or rendition not in live.renditions:
+            return None
+        if epoch is not None and live.epoch != epoch:
+            return None
+        return live
+
     async def handle(self, request: Request) -> Response:
         method = request.method
         path = request.path_params["path"]
         obj = parse_object(path)
-        if obj is None or obj.kind in ("room", "state"):
+        if obj is None or obj.kind not in PUBLIC_KINDS:
             return _error(404, "other", "not found", REFUSED, method)
         key = f"{LIVE_ROOT}/{path}"
         if obj.kind == "master":
+            live = await self.rooms.live(obj.room)
+            if live is not None and live.announced:
+                return _resp(live.master, 200, "master", SHORT, PLAYLIST_TYPE, method)
             return await self._object(key, "master", SHORT, method)
         if obj.kind == "recording":
-            # A recording still growing is re-read every couple of seconds; FINAL once ended.
-            return await self._object(key, "recording", max_age(2), method)
-        bid, rend = obj.broadcast, obj.rendition
-        assert bid is not None and rend is not None
+            return await self._recording(obj.room, obj.broadcast, obj.rendition, key, method)
+        rend = obj.rendition
+        assert rend is not None
         if obj.kind == "playlist":
-            return await self._playlist(request, obj.room, bid, rend, method)
+            return await self._playlist(request, obj.room, rend, key, method)
         if obj.kind == "part":
-            assert obj.msn is not None and obj.part is not None
-            return await self._part(obj.room, bid, rend, obj.msn, obj.part, key, method)
-        live = await self.rooms.live(obj.room)
-        if live is not None and live.broadcast_id == bid and rend in live.renditions:
+            assert obj.msn is not None and obj.part is not None and obj.epoch is not None
+            return await self._part(obj.room, rend, obj.epoch, obj.msn, obj.part, key, method)
+        live = await self._epoch(obj.room, rend, obj.epoch)
+        if live is not None:
             lr = live.renditions[rend]
             data = lr.init if obj.kind == "init" else lr.recent.get(path.rsplit("/", 1)[1])
             if data is not None:
@@ -199,22 +214,43 @@ class Origin:
             return _error(503, kind, "storage unavailable", NO_STORE, method)
         if data is None:
             return _error(404, kind, "not found", REFUSED, method)
-        if kind == "recording" and b"#EXT-X-ENDLIST" in data:
-            cache = FINAL
+        if kind in ("recording", "playlist", "blocking_playlist"):
+            # Only a playlist that has ended may live long in caches.
+            cache = FINAL if b"#EXT-X-ENDLIST" in data else cache
         return _resp(data, 200, kind, cache, content_type_for_key(key), method)
 
-    async def _playlist(self, request: Request, room: str, bid: str, name: str,
+    async def _recording(self, room: str, broadcast: str | None, rendition: str | None,
+                         key: str, method: str) -> Response:
+        # A recording still growing is re-read every couple of seconds; FINAL once ended.
+        if rendition is None or broadcast is None:
+            return await self._object(key, "recording", max_age(2), method)
+        try:
+            stored = await self.store.get(key)
+            text = stored if stored is not None else await self.recordings.compose(
+                room, broadcast, rendition)
+        except StoreError as exc:
+            log.warning("recording %s unavailable: %s", key, exc)
+            return _error(503, "recording", "storage unavailable", NO_STORE, method)
+        if text is None:
+            return _error(404, "recording", "not found", REFUSED, method)
+        cache = FINAL if b"#EXT-X-ENDLIST" in text else max_age(2)
+        return _resp(text, 200, "recording", cache, PLAYLIST_TYPE, method)
+
+    async def _playlist(self, request: Request, room: str, name: str, key: str,
                         method: str) -> Response:
         try:
             d = parse_query(request.url.query)
         except BadDirective as exc:
             return _error(400, "playlist", str(exc), REFUSED, method)
         kind = "blocking_playlist" if d.blocking else "playlist"
-        stored = room_key(room, bid, name, LIVE_PLAYLIST)
-        live = await self.rooms.live(room)
-        if live is None or live.broadcast_id != bid or name not in live.renditions:
-            # An older broadcast: its final playlist is in the store.
-            return await self._object(stored, kind, FINAL, method)
+        live = await self._epoch(room, name, None)
+        if live is None and d.msn is not None:
+            # The room may be resuming (a restart): give it the time a part may take.
+            live = await self._await_epoch(room, name, RESUME_WAIT_SECONDS)
+        if live is None:
+            # No epoch on air here: the last playlist the store has (a standalone origin, an
+            # ended room). Without ENDLIST it is a live copy: short-lived.
+            return await self._object(key, kind, SHORT, method)
         pl = live.renditions[name].playlist
         td = pl.target_duration
         if d.msn is not None and not pl.ended:
@@ -224,20 +260,31 @@ class Origin:
                 return _error(400, kind, "_HLS_part is too far in the future", max_age(td),
                               method)
             if not await self._wait(live, name, d.msn, d.part, 3 * td):
-                return _error(503, kind, "the requested part did not appear in time", SHORT,
-                              method)
-            live = await self.rooms.live(room) or live
-            if live.broadcast_id != bid:
-                return await self._object(stored, kind, FINAL, method)
+                newer = await self._epoch(room, name, None)
+                if newer is None or newer is live or not newer.renditions[name].playlist.has_part(
+                        d.msn, d.part):
+                    return _error(503, kind, "the requested part did not appear in time", SHORT,
+                                  method)
+                live = newer
+            live = await self._epoch(room, name, None) or live
         pl = live.renditions[name].playlist
         cache = FINAL if pl.ended else max_age(playlist_lifetime(td, d.blocking))
         skip = d.skip is not None and not pl.ended
         return _resp(live.render(name, skip), 200, kind, cache, PLAYLIST_TYPE, method)
 
-    async def _part(self, room: str, bid: str, name: str, msn: int, part: int, key: str,
+    async def _await_epoch(self, room: str, name: str, timeout: float) -> LiveRoom | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            live = await self._epoch(room, name, None)
+            if live is not None:
+                return live
+        return None
+
+    async def _part(self, room: str, name: str, epoch: str, msn: int, part: int, key: str,
                     method: str) -> Response:
-        live = await self.rooms.live(room)
-        if live is not None and live.broadcast_id == bid and name in live.renditions:
+        live = await self._epoch(room, name, epoch)
+        if live is not None:
             lr = live.renditions[name]
             pl = lr.playlist
             # A hinted part: hold the request until the part exists, then send it whole.

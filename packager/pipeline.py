@@ -1,10 +1,15 @@
 """Live broadcasts: program PCM in, CMAF parts, LL-HLS playlists and a recording out.
 
-`Packager` owns the store and the in-process `Hub` the origin reads. Each `Broadcast`
-encodes every rendition of the ladder off the event loop, publishes each part to the hub
-the moment it is cut, and queues every object for the store through `StoreWriter`s that
-retry until the store takes them.
-Objects are named by `hls.names`, whose docstring draws the store layout.
+`Packager` owns the store writer, the encoder threads and the in-process `Hub` the origin
+reads. Each `Broadcast` is one epoch of a room: it encodes every rendition of the ladder on
+the encoder pool (never behind storage I/O), publishes each part to the hub the moment it is
+cut, and queues every object for the store.
+
+A room's URLs outlive its epochs. `resume_point` reads what the store says about a room (its
+last live window, epoch and broadcast), and `start_broadcast` continues from it: media
+sequence numbers go on, the old window stays in the playlist followed by a discontinuity,
+and the new epoch's objects live under their own epoch folder. Objects are named by
+`hls.names`, whose docstring draws the layout.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
+import os
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from prometheus_client import Counter, Gauge
@@ -24,83 +32,164 @@ from hls.names import (
     INIT,
     LIVE_PLAYLIST,
     MASTER,
-    RECORDING_PLAYLIST,
     ROOM_INFO,
     STATE,
     check_room,
+    epoch_id,
+    epoch_number,
+    new_broadcast_id,
     part_name,
     room_key,
     segment_name,
 )
+from packager.boxes import read_fragment
 from packager.cmaf import PartReady, RenditionEncoder, SegmentReady
-from packager.errors import BroadcastClosed
+from packager.errors import BroadcastClosed, StoreError
 from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
 from packager.live import Hub, LiveRoom, dumps_state
 from packager.playlist import (
     MediaPlaylist,
     Part,
     PlaylistBuilder,
+    PlaylistParseError,
+    Segment,
     Variant,
+    parse_media,
     render_media,
     render_multivariant,
+    resume_window,
     target_duration_for,
 )
+from packager.recording import (
+    BroadcastInfo,
+    EpochInfo,
+    RecordingIndex,
+    epochs_key,
+    finish_cut_segment,
+    read_chunks,
+    recording_key,
+    render_recording,
+    repair_epoch,
+    segment_timing,
+)
+from packager.recording import Entry as RecordingEntry
 from packager.settings import PackagerSettings
-from packager.store import Store, StoreWriter, open_store
+from packager.store import Store, open_store
+from packager.writer import StoreWriter, WriterLimits
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 PARTS_CUT = Counter("townsquare_packager_parts_total", "Parts cut", ["rendition"])
 SEGMENTS_CUT = Counter("townsquare_packager_segments_total", "Segments cut", ["rendition"])
 BROADCASTS_LIVE = Gauge("townsquare_packager_broadcasts_live", "Broadcasts on air")
+PCM_QUEUED = Gauge("townsquare_packager_pcm_queued_seconds",
+                   "Program audio waiting for the encoder, all rooms")
+# Program audio a broadcast holds before it refuses more: the encoder is ~50× real time, so
+# this is only reached when the encoder pool is starved; refusing keeps memory bounded.
+MAX_QUEUED_SECONDS = 30.0
+# An epoch that has stopped is dropped from memory this long after (its objects are stored).
+RELEASE_AFTER_SECONDS = 5.0
 
-# The recording index is rewritten with every segment for ~10 minutes (300 × 1.92 s), then
-# every 30 segments (~1 min): rewriting a three-hour index every two seconds would upload
-# more playlist than audio.
-RECORDING_INDEX_EVERY_SEGMENT_UNTIL = 300
-RECORDING_INDEX_INTERVAL = 30
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a room's timeline stands, as the store tells it."""
+
+    next_msn: int = 1
+    epoch_number: int = 0  # the newest epoch the store has seen for the room (0: none)
+    broadcast: str | None = None  # the broadcast still open (not ended), if any
+    windows: dict[str, MediaPlaylist] = field(default_factory=dict)  # its live windows
+    epochs: tuple[EpochInfo, ...] = ()  # the open broadcast's epochs so far
+
+
+@dataclass(frozen=True, slots=True)
+class EpochPlan:
+    """What a new epoch continues from: decided by the caller (from the registry and the
+    store's resume point) before `start_broadcast`."""
+
+    broadcast: str
+    number: int  # the fencing number: strictly greater than any earlier epoch of the room
+    first_msn: int
+    prior: tuple[EpochInfo, ...] = ()  # earlier epochs of the same broadcast
+    windows: dict[str, MediaPlaylist] = field(default_factory=dict)
+
+
+def plan_epoch(point: ResumePoint, broadcast: str | None = None, number: int | None = None,
+               first_msn: int | None = None,
+               prior: tuple[EpochInfo, ...] | None = None) -> EpochPlan:
+    """The next epoch after `point`, with the registry's numbers where it has them (both only
+    ever grow: the larger wins). Without `broadcast`, the open one is continued, else a new
+    one begins; a new broadcast carries no window and no earlier epochs."""
+    bid = broadcast or point.broadcast or new_broadcast_id(time.time())
+    continuing = bid == point.broadcast
+    return EpochPlan(
+        broadcast=bid,
+        number=max(number or 0, point.epoch_number + 1),
+        first_msn=max(first_msn or 1, point.next_msn),
+        prior=(prior if prior else point.epochs) if continuing or prior else (),
+        windows=point.windows if continuing else {},
+    )
 
 
 class Broadcast:
-    """One live broadcast of one room.
+    """One epoch of one room's broadcast.
 
     `feed()` takes program audio: float32 numpy array shaped (2, n), planar stereo at
     48 kHz, values in [-1, 1]. It never blocks on encoding or storage. The caller owns the
     program clock (it paces feeding at real time); the broadcast counts samples.
     `close()` ends the broadcast: ENDLIST on the live playlists and a complete recording.
+    `suspend()` stops this epoch without ending the broadcast (a restart resumes it).
     """
 
-    def __init__(self, packager: Packager, room: str, broadcast_id: str):
+    def __init__(self, packager: Packager, room: str, plan: EpochPlan,
+                 on_segment: Callable[[int], None] | None = None):
         s = packager.settings
         self.packager = packager
         self.room = room
-        self.broadcast_id = broadcast_id
+        self.broadcast_id = plan.broadcast
         self.renditions: list[Rendition] = s.renditions()
-        self.base = room_key(room, broadcast_id)
         self.started_at = time.time()
+        self.epoch = EpochInfo(epoch_id(plan.number, plan.broadcast), self.started_at, plan.first_msn)
+        self.info = BroadcastInfo(room, plan.broadcast, [r.name for r in self.renditions],
+                                  target_duration_for(s.segment_units * GRID_SAMPLES / SAMPLE_RATE),
+                                  [*plan.prior, self.epoch])
         self.samples_fed = 0
-        segment_seconds = s.segment_units * GRID_SAMPLES / SAMPLE_RATE
-        td = target_duration_for(segment_seconds)
-        self._encoders = {r.name: RenditionEncoder(r, s.segment_units) for r in self.renditions}
-        self._builders = {
-            r.name: PlaylistBuilder(
-                MediaPlaylist(td, PART_TARGET_SECONDS, INIT, preload_hint=part_name(1, 0)),
-                s.live_window_segments,
-            )
-            for r in self.renditions
-        }
-        self.live = LiveRoom(room, broadcast_id, self.renditions,
-                             {n: b.playlist for n, b in self._builders.items()})
-        retry = s.store_retry_max_seconds
-        self._media = {r.name: StoreWriter(packager.store, f"{room}-{r.name}", retry)
-                       for r in self.renditions}
-        self._meta = StoreWriter(packager.store, f"{room}-meta", retry)
+        self._on_segment = on_segment
+        td = self.info.target_duration
+        self._encoders: dict[str, RenditionEncoder] | None = {
+            r.name: RenditionEncoder(r, s.segment_units, plan.first_msn) for r in self.renditions}
+        self._builders: dict[str, PlaylistBuilder] = {}
+        for r in self.renditions:
+            base = MediaPlaylist(td, PART_TARGET_SECONDS, self._uri(INIT),
+                                 preload_hint=self._uri(part_name(plan.first_msn, 0)))
+            start = resume_window(plan.windows.get(r.name), plan.first_msn, self._uri(INIT), base)
+            self._builders[r.name] = PlaylistBuilder(start, s.live_window_segments)
+        self._index = {r.name: RecordingIndex(room, r.name, self.epoch) for r in self.renditions}
+        master = render_multivariant([Variant(r, f"{r.name}/{LIVE_PLAYLIST}")
+                                      for r in self.renditions]).encode()
+        self.live = LiveRoom(room, self.epoch.id, self.renditions,
+                             {n: b.playlist for n, b in self._builders.items()}, master)
+        self.writer = packager.writer
         self._queue: deque[np.ndarray] = deque()
+        self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self._ending = False
         self._announced = False
         self.closed = False
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def base(self) -> str:
+        """Where the recording of this broadcast lives (its multivariant playlist's folder)."""
+        return room_key(self.room, self.broadcast_id)
+
+    def _uri(self, name: str) -> str:
+        return f"{self.epoch.id}/{name}"
+
+    def _key(self, rendition: str, name: str) -> str:
+        return room_key(self.room, rendition, self.epoch.id, name)
 
     # --- public ------------------------------------------------------------------------
     def feed(self, pcm: np.ndarray) -> None:
@@ -108,41 +197,58 @@ class Broadcast:
             raise BroadcastClosed(f"broadcast {self.broadcast_id} of {self.room} has ended")
         if pcm.ndim != 2 or pcm.shape[0] != 2:
             raise ValueError(f"expected planar stereo (2, n), got shape {pcm.shape}")
+        if self._queued + pcm.shape[1] > MAX_QUEUED_SECONDS * SAMPLE_RATE:
+            raise BroadcastClosed(f"{self.room}: the encoder is {MAX_QUEUED_SECONDS:g} s behind")
         self._queue.append(pcm)
+        self._queued += pcm.shape[1]
+        PCM_QUEUED.inc(pcm.shape[1] / SAMPLE_RATE)
         self.samples_fed += pcm.shape[1]
         self._wake.set()
 
     async def close(self) -> None:
-        if self._closing:
-            if self._task:
-                await asyncio.shield(self._task)
-            return
-        self._closing = True
-        self._wake.set()
+        """End the broadcast: ENDLIST, the whole recording, and everything stored."""
+        await self._stop(end=True)
+
+    async def suspend(self) -> None:
+        """Stop this epoch without ending the broadcast: what was cut is stored, the
+        playlists stay open, and the next start of the room carries on from here."""
+        await self._stop(end=False)
+
+    async def _stop(self, end: bool) -> None:
+        if not self._closing:
+            self._closing = True
+            self._ending = end
+            self._wake.set()
         if self._task:
             await asyncio.shield(self._task)
 
     # --- internals ---------------------------------------------------------------------
     def _start(self) -> None:
+        assert self._encoders is not None
         for r in self.renditions:
             enc = self._encoders[r.name]
             self.live.renditions[r.name].init = enc.init
-            self._media[r.name].put(f"{self.base}/{r.name}/{INIT}", enc.init, IMMUTABLE)
+            self.writer.put(self._key(r.name, INIT), enc.init, IMMUTABLE, live=True)
+        self._write_room_info()
+        self.writer.put(epochs_key(self.room, self.broadcast_id), self.info.dumps(), SHORT)
         BROADCASTS_LIVE.inc()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"broadcast-{self.room}")
 
+    def _write_room_info(self, ended: bool = False) -> None:
+        info = {"broadcast": self.broadcast_id, "epoch": self.epoch.id,
+                "started_at": self.started_at, "ended": ended}
+        self.writer.put(room_key(self.room, ROOM_INFO), json.dumps(info).encode(), "no-cache",
+                        live=True)
+
     def _write_masters(self) -> None:
-        live = render_multivariant([Variant(r, f"{self.broadcast_id}/{r.name}/{LIVE_PLAYLIST}")
-                                    for r in self.renditions]).encode()
-        rec = render_multivariant([Variant(r, f"{r.name}/{RECORDING_PLAYLIST}")
+        rec = render_multivariant([Variant(r, f"{r.name}/recording.m3u8")
                                    for r in self.renditions]).encode()
-        self._meta.put(f"{self.base}/{RECORDING_PLAYLIST}", rec, SHORT)
-        self._meta.put(room_key(self.room, MASTER), live, SHORT)
-        self._meta.put(room_key(self.room, ROOM_INFO),
-                       json.dumps({"broadcast_id": self.broadcast_id,
-                                   "started_at": self.started_at}).encode(), "no-cache")
+        self.writer.put(recording_key(self.room, self.broadcast_id), rec, SHORT)
+        self.writer.put(room_key(self.room, MASTER), self.live.master, SHORT, live=True)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self.packager.encoder_pool
         try:
             while True:
                 await self._wake.wait()
@@ -150,69 +256,97 @@ class Broadcast:
                 if self._queue:
                     blocks = list(self._queue)
                     self._queue.clear()
+                    PCM_QUEUED.dec(self._queued / SAMPLE_RATE)
+                    self._queued = 0
                     pcm = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
-                    events = await asyncio.to_thread(self._encode, pcm)
-                    self._publish(events)
+                    self._publish(await self._encode_all(pcm))
                 if self._closing and not self._queue:
                     break
-            self._publish(await asyncio.to_thread(self._finish))
-            self._end()
-            await self._drain()
+            self._publish(await loop.run_in_executor(pool, self._finish))
+            if self._ending:
+                self._end()
+                # The final recording is read back from the store: let the index land first
+                # (within the drain deadline; the origin composes it anyway).
+                if await self.writer.drain(self.packager.settings.store_drain_seconds):
+                    await self._write_final_recording()
+            else:
+                self._suspend()  # Packager.close drains once for every room
         except Exception:
-            log.exception("broadcast %s/%s failed", self.room, self.broadcast_id)
+            log.exception("broadcast %s/%s failed", self.room, self.epoch.id)
             raise
         finally:
+            self._encoders = None  # the codecs' memory goes with them
             self.closed = True
             BROADCASTS_LIVE.dec()
+            self.packager._release(self)
 
-    def _encode(self, pcm: np.ndarray) -> list[tuple[str, PartReady | SegmentReady]]:
-        return [(n, ev) for n, enc in self._encoders.items() for ev in enc.push(pcm)]
+    async def _encode_all(self, pcm: np.ndarray) -> list[tuple[str, PartReady | SegmentReady]]:
+        """Every rendition encodes the block at once on the encoder pool (the codecs release
+        the GIL); events come back per rendition, in order."""
+        assert self._encoders is not None
+        loop = asyncio.get_running_loop()
+        pool = self.packager.encoder_pool
+        names = list(self._encoders)
+        results = await asyncio.gather(*(loop.run_in_executor(pool, self._encoders[n].push, pcm)
+                                         for n in names))
+        return [(n, ev) for n, events in zip(names, results, strict=True) for ev in events]
 
     def _finish(self) -> list[tuple[str, PartReady | SegmentReady]]:
+        assert self._encoders is not None
         return [(n, ev) for n, enc in self._encoders.items() for ev in enc.finish()]
 
     def _publish(self, events: list[tuple[str, PartReady | SegmentReady]]) -> None:
         if not events:
             return
+        first = self.renditions[0].name
         for name, ev in events:
             b = self._builders[name]
             lr = self.live.renditions[name]
-            writer = self._media[name]
             if isinstance(ev, PartReady):
                 uri = part_name(ev.msn, ev.index)
                 nxt = part_name(ev.msn + 1, 0) if ev.last_in_segment else part_name(ev.msn, ev.index + 1)
-                pl = b.add_part(Part(ev.samples / SAMPLE_RATE, uri),
-                                self.started_at + ev.start_sample / SAMPLE_RATE, nxt)
+                pl = b.add_part(Part(ev.samples / SAMPLE_RATE, self._uri(uri)),
+                                self.started_at + ev.start_sample / SAMPLE_RATE, self._uri(nxt))
                 lr.remember(uri, ev.data)
-                writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
+                self.writer.put(self._key(name, uri), ev.data, IMMUTABLE, live=True)
                 PARTS_CUT.labels(name).inc()
             else:
                 uri = segment_name(ev.msn)
-                pl = b.close_segment(uri, b.playlist.preload_hint)
+                pl = b.close_segment(self._uri(uri), b.playlist.preload_hint)
                 lr.remember(uri, ev.data)
-                writer.put(f"{self.base}/{name}/{uri}", ev.data, IMMUTABLE)
+                self.writer.put(self._key(name, uri), ev.data, IMMUTABLE)
+                entry = RecordingEntry(ev.msn, ev.samples / SAMPLE_RATE,
+                                       self.started_at + ev.start_sample / SAMPLE_RATE)
+                key, chunk = self._index[name].add(entry)
+                self.writer.put(key, chunk, SHORT)
                 # A plain live playlist for anyone serving the bucket directly, and the
-                # recording's index. The index grows with the broadcast, so past its first
-                # minutes it is rewritten once a minute instead of every segment; segments
-                # themselves are stored as they are cut whatever happens to the index.
-                n = len(b.all_segments)
-                if n <= RECORDING_INDEX_EVERY_SEGMENT_UNTIL or n % RECORDING_INDEX_INTERVAL == 0:
-                    writer.put(f"{self.base}/{name}/{RECORDING_PLAYLIST}",
-                               render_media(b.recording()).encode(), SHORT)
-                writer.put(f"{self.base}/{name}/{LIVE_PLAYLIST}", render_media(pl).encode(), SHORT)
+                # window a restart of the room carries on from.
+                self.writer.put(room_key(self.room, name, LIVE_PLAYLIST),
+                                render_media(pl).encode(), SHORT, live=True)
                 SEGMENTS_CUT.labels(name).inc()
+                if name == first and self._on_segment is not None:
+                    self._on_segment(ev.msn + 1)
             lr.playlist = pl
         self.live.touch({name for name, _ in events})
         if not self._announced and all(b.playlist.segments for b in self._builders.values()):
             # The room's entry point appears once every rendition has a whole segment:
             # players that ignore parts (ffmpeg, older ones) cannot start on less.
-            self._announced = True
+            self._announced = self.live.announced = True
             self._write_masters()
         self._put_state()
 
     def _put_state(self) -> None:
         if self.packager.settings.publish_state:
-            self._meta.put(f"{self.base}/{STATE}", dumps_state(self.live), "no-cache")
+            self.writer.put(room_key(self.room, STATE), dumps_state(self.live), "no-cache",
+                            live=True)
+
+    def _suspend(self) -> None:
+        if not self._announced:
+            self._announced = True
+            self._write_masters()
+        self._put_state()
+        log.info("room %s: epoch %s suspended (the room resumes on the next start)",
+                 self.room, self.epoch.id)
 
     def _end(self) -> None:
         if not self._announced:
@@ -221,17 +355,26 @@ class Broadcast:
         for name, b in self._builders.items():
             pl = b.end()
             self.live.renditions[name].playlist = pl
-            rec = render_media(b.recording()).encode()
-            self._media[name].put(f"{self.base}/{name}/{RECORDING_PLAYLIST}", rec, IMMUTABLE)
-            self._media[name].put(f"{self.base}/{name}/{LIVE_PLAYLIST}", render_media(pl).encode(), SHORT)
+            self.writer.put(room_key(self.room, name, LIVE_PLAYLIST), render_media(pl).encode(),
+                            SHORT, live=True)
+        self.info.ended = True
+        self.writer.put(epochs_key(self.room, self.broadcast_id), self.info.dumps(), SHORT)
+        self._write_room_info(ended=True)
         self.live.touch()
         self._put_state()
 
-    async def _drain(self) -> None:
-        writers = [*self._media.values(), self._meta]
-        await asyncio.gather(*(w.drain() for w in writers))
-        for w in writers:
-            await w.close()
+    async def _write_final_recording(self) -> None:
+        """The whole recording, once, for readers of the bucket that do not compose it."""
+        store = self.packager.store
+        for name in self.info.renditions:
+            try:
+                chunks = [(e, await read_chunks(store, self.room, name, e)) for e in self.info.epochs]
+            except StoreError as exc:
+                log.warning("room %s: final recording not written (%s); the origin composes it",
+                            self.room, exc)
+                return
+            text = render_recording(self.info, name, chunks).encode()
+            self.writer.put(recording_key(self.room, self.broadcast_id, name), text, SHORT)
 
 
 class Packager:
@@ -243,22 +386,170 @@ class Packager:
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
         self.hub = hub if hub is not None else Hub()
+        self.writer = StoreWriter(self.store, WriterLimits.from_settings(settings))
+        self.encoder_pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                               thread_name_prefix="encode")
         self.broadcasts: dict[str, Broadcast] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
 
-    def start_broadcast(self, room: str) -> Broadcast:
-        """Begin a new broadcast in `room` (a room has one broadcast on air at a time)."""
+    async def start(self) -> str | None:
+        """Check the store and start writing (objects an earlier run spilled go first).
+        Returns the store's problem in words when it cannot take writes now: rooms go on
+        air anyway, from memory, and what they write waits on disk for the store."""
+        problem = None
+        try:
+            await self.store.check()
+        except StoreError as exc:
+            problem = str(exc)
+            log.error("store %s cannot take writes now: %s. Rooms go on air from memory; "
+                      "their objects wait (spilled to disk past %d MiB) until it can.",
+                      self.store.describe(), exc, self.settings.store_memory_bytes >> 20)
+        if not self._started:
+            self._started = True
+            self.writer.start()
+        return problem
+
+    @property
+    def segment_samples(self) -> int:
+        return self.settings.segment_units * GRID_SAMPLES
+
+    def spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume_point(self, room: str) -> ResumePoint:
+        """What the store says about `room`: where its timeline stands and, when its last
+        broadcast is still open (a crash or a restart), the window and epochs to carry on."""
+        store = self.store
+        try:
+            raw = await store.get(room_key(room, ROOM_INFO))
+            if raw is None:
+                return ResumePoint()
+            info = json.loads(raw)
+            number = epoch_number(str(info["epoch"]))
+            windows: dict[str, MediaPlaylist] = {}
+            next_msn = 1
+            for r in self.settings.renditions():
+                text = await store.get(room_key(room, r.name, LIVE_PLAYLIST))
+                if text is None:
+                    continue
+                try:
+                    pl = parse_media(text.decode())
+                except PlaylistParseError as exc:
+                    log.warning("room %s: stored %s playlist unreadable: %s", room, r.name, exc)
+                    continue
+                next_msn = max(next_msn, pl.next_msn)
+                if not pl.ended:
+                    windows[r.name] = pl
+            if info.get("ended"):
+                return ResumePoint(next_msn, number)
+            bid = str(info["broadcast"])
+            epochs_raw = await store.get(epochs_key(room, bid))
+            epochs = tuple(BroadcastInfo.loads(epochs_raw).epochs) if epochs_raw else ()
+            last = next((e for e in epochs if e.id == info["epoch"]), None)
+            if last is not None and windows:
+                next_msn = await self._complete_windows(room, last, windows, next_msn)
+            return ResumePoint(next_msn, number, bid, windows, epochs)
+        except (StoreError, ValueError, KeyError, TypeError) as exc:
+            log.warning("room %s: cannot read where its timeline stands (%s); "
+                        "starting a new one", room, exc)
+            return ResumePoint()
+
+    async def _complete_windows(self, room: str, epoch: EpochInfo,
+                                windows: dict[str, MediaPlaylist], next_msn: int) -> int:
+        """Bring every rendition's stored window up to what the store holds of the epoch a
+        stop or a crash ended: segments stored after their playlist, then the segment it cut
+        short, made whole from its stored parts. Returns the next media sequence number; the
+        windows are completed in place (a rendition that cannot be is dropped)."""
+        time_base = (epoch.first_msn - 1) * self.segment_samples
+
+        def extended(pl: MediaPlaylist, msn: int, data: bytes,
+                     parts: tuple[Part, ...] = ()) -> MediaPlaylist:
+            tfdt, samples = segment_timing(data)
+            seg = Segment(msn, samples / SAMPLE_RATE, f"{epoch.id}/{segment_name(msn)}",
+                          epoch.started_at + (tfdt - time_base) / SAMPLE_RATE, parts,
+                          map_uri=f"{epoch.id}/{INIT}")
+            return replace(pl, segments=pl.segments + (seg,), next_msn=msn + 1)
+
+        for name in list(windows):
+            pl = windows[name]
+            while pl.next_msn < next_msn:
+                data = await self.store.get(self._epoch_key(room, name, epoch, segment_name(pl.next_msn)))
+                if data is None:
+                    break
+                pl = extended(pl, pl.next_msn, data)
+            windows[name] = pl
+            if pl.next_msn != next_msn:
+                del windows[name]  # not contiguous with the others: it starts afresh
+        cut: dict[str, tuple[bytes, list[bytes]]] = {}
+        for name in windows:
+            found = await finish_cut_segment(self.store, room, name, epoch.id, next_msn)
+            if found is not None:
+                cut[name] = found
+        if not cut:
+            return next_msn
+        for name in list(windows):
+            if name not in cut:
+                del windows[name]
+                continue
+            segment, parts = cut[name]
+            listed = tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
+                                f"{epoch.id}/{part_name(next_msn, i)}") for i, p in enumerate(parts))
+            windows[name] = extended(windows[name], next_msn, segment, listed)
+        # Parts of that segment were heard: its number is taken even where it was lost.
+        return next_msn + 1
+
+    @staticmethod
+    def _epoch_key(room: str, rendition: str, epoch: EpochInfo, name: str) -> str:
+        return room_key(room, rendition, epoch.id, name)
+
+    def start_broadcast(self, room: str, plan: EpochPlan | None = None,
+                        on_segment: Callable[[int], None] | None = None) -> Broadcast:
+        """Begin an epoch of `room` (a room has one on air at a time). Without a plan, a
+        new broadcast starting at media sequence 1 (for rooms with no history)."""
         check_room(room)
         current = self.broadcasts.get(room)
         if current is not None and not current._closing:
             raise BroadcastClosed(f"room {room} already has a broadcast on air")
-        bid = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-        b = Broadcast(self, room, bid)
+        if not self._started:
+            self._started = True
+            self.writer.start()
+        b = Broadcast(self, room, plan or plan_epoch(ResumePoint()), on_segment)
         self.broadcasts[room] = b
         self.hub.put(b.live)
         b._start()
-        log.info("room %s: broadcast %s on air, store %s", room, bid, self.store.describe())
+        log.info("room %s: broadcast %s epoch %s on air from segment %d, store %s", room,
+                 b.broadcast_id, b.epoch.id, b.epoch.first_msn, self.store.describe())
         return b
 
-    async def close(self) -> None:
-        """End every broadcast on air and wait until the store holds all of it."""
-        await asyncio.gather(*(b.close() for b in self.broadcasts.values()))
+    async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int:
+        """Rebuild the recording index of `epochs` from the store (after a crash)."""
+        added = 0
+        for r in self.settings.renditions():
+            for e in epochs:
+                added += await repair_epoch(self.store, room, r.name, e, self.segment_samples)
+        return added
+
+    def _release(self, b: Broadcast) -> None:
+        """An epoch has stopped: forget it once the store has its objects."""
+        if self.broadcasts.get(b.room) is b:
+            del self.broadcasts[b.room]
+        self.spawn(self._forget(b), f"release-{b.room}")
+
+    async def _forget(self, b: Broadcast) -> None:
+        # Answer from memory a little longer: edges may still ask for its last parts.
+        await asyncio.sleep(RELEASE_AFTER_SECONDS)
+        self.hub.remove(b.live)
+        b.live.release()
+
+    async def close(self, suspend: bool = False) -> None:
+        """Stop every epoch on air (ending each broadcast unless `suspend`), and wait until
+        the store holds everything or the drain deadline has passed (the rest stays
+        spilled on disk for the next start)."""
+        await asyncio.gather(*((b.suspend() if suspend else b.close())
+                               for b in list(self.broadcasts.values())))
+        await cancel_and_wait(*self._tasks)  # releases of stopped epochs: moot now
+        await self.writer.close(self.settings.store_drain_seconds)
+        self.encoder_pool.shutdown(wait=False, cancel_futures=True)

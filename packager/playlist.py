@@ -1,15 +1,20 @@
 """LL-HLS playlists as a model and pure renderers.
 
 The model holds what a media playlist says: segments with their parts, the parts of the
-segment being written, the preload hint and the rendition reports. `render_media` turns it
-into text (optionally as a delta update) and `render_multivariant` lists the renditions.
-Nothing here touches a socket or a file.
+segment being written, the preload hint and the rendition reports. A room's live playlist
+outlives the packager that writes it: when a room resumes after a restart, the segments of
+the previous epoch stay in the window, the new epoch starts with `EXT-X-DISCONTINUITY` and
+its own `EXT-X-MAP`, and `EXT-X-DISCONTINUITY-SEQUENCE` counts the gaps that slid out.
+`render_media` turns the model into text (optionally as a delta update), `parse_media`
+reads such text back, and `render_multivariant` lists the renditions. Nothing here touches a
+socket or a file.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from hls.reach import PlaylistPosition
@@ -30,6 +35,8 @@ class Segment:
     uri: str
     start_time: float  # wall-clock seconds since the epoch of its first sample
     parts: tuple[Part, ...] = ()
+    map_uri: str | None = None  # its init segment when not the playlist's own
+    discontinuity: bool = False  # starts a new epoch: timestamps and encoder restart here
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,10 @@ class MediaPlaylist:
     low_latency: bool = True
     # Part tags are kept for segments ending within this many seconds of the live edge.
     part_keep_seconds: float = 8.0
+    # Discontinuities that have slid out of the window.
+    discontinuity_sequence: int = 0
+    # The segment being written starts a new epoch (its parts follow a discontinuity).
+    partial_discontinuity: bool = False
 
     # --- derived positions -------------------------------------------------------------
     @property
@@ -109,18 +120,22 @@ def format_pdt(ts: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def _dur(d: float) -> str:
+def format_duration(d: float) -> str:
     # Five decimals keep 1024/48000-sample parts exact enough; trailing zeros trimmed.
     return f"{d:.5f}".rstrip("0").rstrip(".")
 
 
 def skip_count(pl: MediaPlaylist) -> int:
     """How many of the oldest segments a delta update may replace with EXT-X-SKIP: as many
-    as leave at least CAN-SKIP-UNTIL seconds of playlist after the skip."""
+    as leave at least CAN-SKIP-UNTIL seconds of playlist after the skip, and never a
+    discontinuity (a client must see every epoch change it has not seen yet)."""
     remaining = sum(s.duration for s in pl.segments) + sum(p.duration for p in pl.partial)
     n = 0
-    for seg in pl.segments:
+    for i, seg in enumerate(pl.segments):
         if remaining - seg.duration < pl.can_skip_until:
+            break
+        following = pl.segments[i + 1] if i + 1 < len(pl.segments) else None
+        if following is None or following.discontinuity:
             break
         remaining -= seg.duration
         n += 1
@@ -138,17 +153,20 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
     if pl.playlist_type:
         lines.append(f"#EXT-X-PLAYLIST-TYPE:{pl.playlist_type}")
     lines.append(f"#EXT-X-MEDIA-SEQUENCE:{pl.media_sequence}")
+    if pl.discontinuity_sequence:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{pl.discontinuity_sequence}")
     lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     if ll:
         lines.append(
             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
-            f"PART-HOLD-BACK={_dur(pl.part_hold_back)},CAN-SKIP-UNTIL={_dur(pl.can_skip_until)}"
+            f"PART-HOLD-BACK={format_duration(pl.part_hold_back)},CAN-SKIP-UNTIL={format_duration(pl.can_skip_until)}"
         )
-        lines.append(f"#EXT-X-PART-INF:PART-TARGET={_dur(pl.part_target)}")
-    lines.append(f'#EXT-X-MAP:URI="{pl.map_uri}"')
+        lines.append(f"#EXT-X-PART-INF:PART-TARGET={format_duration(pl.part_target)}")
 
     segments = pl.segments
     skipped = skip_count(pl) if (skip and ll and not pl.ended) else 0
+    current_map = (segments[skipped].map_uri if len(segments) > skipped else None) or pl.map_uri
+    lines.append(f'#EXT-X-MAP:URI="{current_map}"')
     if skipped:
         lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}")
         segments = segments[skipped:]
@@ -158,14 +176,24 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
     elapsed = sum(s.duration for s in pl.segments[:skipped])
     for seg in segments:
         elapsed += seg.duration
+        if seg.discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
+        seg_map = seg.map_uri or pl.map_uri
+        if seg_map != current_map:
+            current_map = seg_map
+            lines.append(f'#EXT-X-MAP:URI="{seg_map}"')
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(seg.start_time)}")
         if ll and total - elapsed <= pl.part_keep_seconds:
             lines.extend(_part_line(p) for p in seg.parts)
-        lines.append(f"#EXTINF:{_dur(seg.duration)},")
+        lines.append(f"#EXTINF:{format_duration(seg.duration)},")
         lines.append(seg.uri)
 
     if ll and not pl.ended:
         if pl.partial:
+            if pl.partial_discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if pl.map_uri != current_map:
+                lines.append(f'#EXT-X-MAP:URI="{pl.map_uri}"')
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(pl.partial_start)}")
             lines.extend(_part_line(p) for p in pl.partial)
         if pl.preload_hint:
@@ -181,7 +209,7 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
 
 def _part_line(p: Part) -> str:
     ind = ",INDEPENDENT=YES" if p.independent else ""
-    return f'#EXT-X-PART:DURATION={_dur(p.duration)},URI="{p.uri}"{ind}'
+    return f'#EXT-X-PART:DURATION={format_duration(p.duration)},URI="{p.uri}"{ind}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +239,11 @@ def target_duration_for(segment_seconds: float) -> int:
 @dataclass(slots=True)
 class PlaylistBuilder:
     """Mutable companion that the packager advances part by part; each call returns the
-    new immutable MediaPlaylist."""
+    new immutable MediaPlaylist. Only the live window is kept: the recording is written
+    elsewhere, segment by segment (`packager.recording`)."""
 
     playlist: MediaPlaylist
     window: int
-    all_segments: list[Segment] = field(default_factory=list)
 
     def add_part(self, part: Part, start_time: float, next_hint: str | None) -> MediaPlaylist:
         pl = self.playlist
@@ -227,19 +255,117 @@ class PlaylistBuilder:
     def close_segment(self, uri: str, next_hint: str | None) -> MediaPlaylist:
         pl = self.playlist
         seg = Segment(pl.next_msn, sum(p.duration for p in pl.partial), uri, pl.partial_start,
-                      pl.partial)
-        self.all_segments.append(seg)
-        segments = (pl.segments + (seg,))[-self.window :]
+                      pl.partial, discontinuity=pl.partial_discontinuity)
+        segments = pl.segments + (seg,)
+        sequence = pl.discontinuity_sequence
+        while len(segments) > self.window:
+            segments = segments[1:]
+            if segments[0].discontinuity:
+                # The gap is now before the window: count it instead of tagging it.
+                sequence += 1
+                segments = (replace(segments[0], discontinuity=False),) + segments[1:]
         self.playlist = replace(pl, segments=segments, partial=(), next_msn=seg.msn + 1,
-                                preload_hint=next_hint)
+                                preload_hint=next_hint, discontinuity_sequence=sequence,
+                                partial_discontinuity=False)
         return self.playlist
 
     def end(self) -> MediaPlaylist:
-        self.playlist = replace(self.playlist, ended=True, preload_hint=None, partial=())
+        self.playlist = replace(self.playlist, ended=True, preload_hint=None, partial=(),
+                                partial_discontinuity=False)
         return self.playlist
 
-    def recording(self) -> MediaPlaylist:
-        """The whole broadcast so far, as an EVENT playlist (with ENDLIST once ended)."""
-        return replace(self.playlist, segments=tuple(self.all_segments), partial=(),
-                       preload_hint=None, playlist_type="EVENT", low_latency=False,
-                       rendition_reports=())
+
+def resume_window(previous: MediaPlaylist | None, first_msn: int, map_uri: str,
+                  base: MediaPlaylist) -> MediaPlaylist:
+    """The playlist a new epoch starts from: `base` (empty, with this epoch's settings)
+    carrying the previous epoch's window when it ends right before `first_msn`, so players
+    polling the same URL see the room go on after a discontinuity."""
+    if previous is None or not previous.segments or previous.segments[-1].msn + 1 != first_msn:
+        gap = 1 if previous is not None and previous.segments else 0
+        sequence = (previous.discontinuity_sequence if previous is not None else 0) + gap
+        return replace(base, next_msn=first_msn, map_uri=map_uri, discontinuity_sequence=sequence)
+    segments = tuple(replace(seg, map_uri=seg.map_uri or previous.map_uri)
+                     for seg in previous.segments)
+    return replace(base, segments=segments, next_msn=first_msn, map_uri=map_uri,
+                   discontinuity_sequence=previous.discontinuity_sequence,
+                   partial_discontinuity=True)
+
+
+class PlaylistParseError(ValueError):
+    """Text that is not a media playlist this module wrote."""
+
+
+def parse_media(text: str) -> MediaPlaylist:
+    """Read back a media playlist written by `render_media` (complete segments only: the
+    parts of an unfinished segment and the hints are dropped)."""
+    target = 0
+    part_target = 0.0
+    sequence = 1
+    dseq = 0
+    map_uri = ""
+    current_map = ""
+    segments: list[Segment] = []
+    parts: list[Part] = []
+    pdt: float | None = None
+    duration: float | None = None
+    disc = False
+    ended = False
+    try:
+        lines = text.splitlines()
+        if not lines or lines[0] != "#EXTM3U":
+            raise PlaylistParseError("not an M3U playlist")
+        for line in lines[1:]:
+            if not line:
+                continue
+            tag, _, value = line.partition(":")
+            if tag == "#EXT-X-TARGETDURATION":
+                target = int(value)
+            elif tag == "#EXT-X-PART-INF":
+                part_target = float(_attrs(value)["PART-TARGET"])
+            elif tag == "#EXT-X-MEDIA-SEQUENCE":
+                sequence = int(value)
+            elif tag == "#EXT-X-DISCONTINUITY-SEQUENCE":
+                dseq = int(value)
+            elif tag == "#EXT-X-MAP":
+                current_map = _attrs(value)["URI"]
+                map_uri = map_uri or current_map
+            elif tag == "#EXT-X-DISCONTINUITY":
+                disc = True
+            elif tag == "#EXT-X-SKIP":
+                raise PlaylistParseError("a delta update does not hold the whole window")
+            elif tag == "#EXT-X-PROGRAM-DATE-TIME":
+                pdt = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            elif tag == "#EXT-X-PART":
+                a = _attrs(value)
+                parts.append(Part(float(a["DURATION"]), a["URI"], a.get("INDEPENDENT") == "YES"))
+            elif tag == "#EXTINF":
+                duration = float(value.split(",")[0])
+            elif tag == "#EXT-X-ENDLIST":
+                ended = True
+            elif not line.startswith("#"):
+                if duration is None or pdt is None:
+                    raise PlaylistParseError(f"segment {line!r} lacks EXTINF or PROGRAM-DATE-TIME")
+                msn = sequence + len(segments)
+                segments.append(Segment(msn, duration, line, pdt, tuple(parts),
+                                        map_uri=current_map if current_map != map_uri else None,
+                                        discontinuity=disc and bool(segments)))
+                parts, duration, disc = [], None, False
+                pdt = None
+    except (KeyError, ValueError) as exc:
+        raise PlaylistParseError(f"unreadable playlist: {exc}") from exc
+    if not target or not map_uri:
+        raise PlaylistParseError("playlist lacks EXT-X-TARGETDURATION or EXT-X-MAP")
+    first_map = map_uri
+    return MediaPlaylist(target, part_target or 1.0, first_map, tuple(segments),
+                         next_msn=sequence + len(segments), ended=ended,
+                         discontinuity_sequence=dseq)
+
+
+def _attrs(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in _ATTR.finditer(value):
+        out[m[1]] = m[2][1:-1] if m[2].startswith('"') else m[2]
+    return out
+
+
+_ATTR = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')

@@ -78,7 +78,7 @@ def media_path(base: str, room: str, rendition: str = "aac96") -> str:
     master = httpx.get(f"{base}/live/{room}/master.m3u8", timeout=5)
     master.raise_for_status()
     for line in master.text.splitlines():
-        if line.endswith(f"/{rendition}/live.m3u8"):
+        if line == f"{rendition}/live.m3u8":
             return f"/live/{room}/{line}"
     raise LookupError(f"no {rendition} in master playlist")
 
@@ -86,10 +86,19 @@ def media_path(base: str, room: str, rendition: str = "aac96") -> str:
 def next_part(base: str, playlist_path: str) -> tuple[int, int, str]:
     """(msn, part, part path) of the playlist's preload hint, read from `base`."""
     text = httpx.get(base + playlist_path, timeout=5).text
-    m = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p(\d+)\.(\d+)\.m4s"', text)
+    m = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="((?:[^"/]+/)?p(\d+)\.(\d+)\.m4s)"', text)
     assert m, text
     folder = playlist_path.rsplit("/", 1)[0]
-    return int(m[1]), int(m[2]), f"{folder}/p{m[1]}.{m[2]}.m4s"
+    return int(m[2]), int(m[3]), f"{folder}/{m[1]}"
+
+
+def media_folder(base: str, playlist_path: str) -> str:
+    """The URL folder of the media the live playlist lists now (its epoch's folder)."""
+    text = httpx.get(base + playlist_path, timeout=5).text
+    m = re.findall(r'#EXT-X-MAP:URI="(?:([^"/]+)/)?init\.mp4"', text)
+    assert m, text
+    folder = playlist_path.rsplit("/", 1)[0]
+    return f"{folder}/{m[-1]}" if m[-1] else folder
 
 
 def counters(base: str, name: str) -> dict[tuple[str, ...], float]:

@@ -9,13 +9,13 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.edge.conftest import ROOM, Node, counters, media_path, next_part
+from tests.edge.conftest import ROOM, Node, counters, media_folder, media_path, next_part
 from tests.edge.rawhttp import Connection, request_bytes
 
 
 def test_parts_carry_age_length_cors_and_origin_cache_control(origin: Node, edge: Node) -> None:
     playlist = media_path(origin.url, ROOM)
-    folder = playlist.rsplit("/", 1)[0]
+    folder = media_folder(origin.url, playlist)
     with httpx.Client(base_url=edge.url, timeout=15) as c:
         first = c.get(f"{folder}/init.mp4")
         time.sleep(1.1)
@@ -49,7 +49,7 @@ def test_playlists_are_gzipped_when_asked(origin: Node, edge: Node) -> None:
 
 def test_pipelined_requests_are_answered_in_order(origin: Node, edge: Node) -> None:
     playlist = media_path(origin.url, ROOM)
-    folder = playlist.rsplit("/", 1)[0]
+    folder = media_folder(origin.url, playlist)
     msn, part, hint = next_part(origin.url, playlist)
 
     async def go() -> list[tuple[int, bytes]]:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.edge.conftest import ROOM, Node, gauge, media_path
+from tests.edge.conftest import ROOM, Node, gauge, media_folder, media_path
 from tests.edge.rawhttp import Connection
 
 BOUND = 512 * 1024
@@ -24,7 +24,7 @@ def test_memory_stays_bounded_over_10000_distinct_objects(
         origin: Node, edge_factory: Callable[..., Node]) -> None:
     edge = edge_factory(origin.url, env={"TOWNSQUARE_EDGE_CACHE_BYTES": str(BOUND)})
     playlist = media_path(origin.url, ROOM)
-    folder = playlist.rsplit("/", 1)[0]
+    folder = media_folder(origin.url, playlist)
     # Real media (segments and parts still on the origin) mixed with misses for unknown objects,
     # which the edge caches as short-lived 404s: every one is a distinct cache entry.
     targets = [f"{folder}/s{m}.m4s" for m in range(1, 40)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.edge.conftest import Node, media_path, wait_live
+from tests.edge.conftest import Node, media_folder, media_path, wait_live
 from tests.support.procs import free_port, running
 
 ROOM = "outage"
@@ -41,12 +41,14 @@ class Listener(threading.Thread):
                     time.sleep(0.5)
                     continue
                 elapsed = time.monotonic() - t0
-                hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="p(\d+)\.(\d+)\.m4s"', r.text)
+                hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="([^"/]+)/p(\d+)\.(\d+)\.m4s"',
+                                 r.text)
                 if r.status_code == 200 and hint:
-                    msn, part = int(hint[1]), int(hint[2])
+                    epoch, msn, part = hint[1], int(hint[2]), int(hint[3])
                     if msn > last:
                         last = msn
-                        c.get(f"{folder}/p{msn}.0.m4s" if part else f"{folder}/s{msn - 1}.m4s")
+                        c.get(f"{folder}/{epoch}/p{msn}.0.m4s" if part
+                              else f"{folder}/{epoch}/s{msn - 1}.m4s")
                     advanced = f"_HLS_msn={msn}&_HLS_part={part}" not in target
                     target = f"{self.playlist}?_HLS_msn={msn}&_HLS_part={part}"
                     if not advanced:
@@ -69,7 +71,7 @@ def test_edge_rides_out_a_10_second_origin_outage(
             wait_live(origin_url, ROOM)
             edge = edge_factory(origin_url)
             playlist = media_path(edge.url, ROOM)
-            folder = playlist.rsplit("/", 1)[0]
+            folder = media_folder(edge.url, playlist)
             init = httpx.get(f"{edge.url}{folder}/init.mp4").content
             listener = Listener(edge.url, playlist)
             listener.start()

@@ -13,7 +13,7 @@ from hls.directives import BadDirective
 from hls.http import default_lifetime
 from hls.reach import parse_position
 
-PL = "/live/r/b1/aac96/live.m3u8"
+PL = "/live/r/aac96/live.m3u8"
 
 PLAYLIST = b"""#EXTM3U
 #EXT-X-VERSION:9
@@ -40,7 +40,8 @@ def test_cache_key_drops_foreign_parameters_and_sorts_directives() -> None:
     assert a.key == b.key == PL + "?_HLS_msn=9&_HLS_part=2&_HLS_skip=YES"
     assert a.kind == "blocking_playlist" and a.room == "r"
     assert parse_target(PL + "?utm=1").key == PL
-    assert parse_target("/live/r/b1/aac96/p9.1.m4s?_HLS_msn=3&r=1").key == "/live/r/b1/aac96/p9.1.m4s"
+    part = "/live/r/aac96/e1-0a1b2c/p9.1.m4s"
+    assert parse_target(part + "?_HLS_msn=3&r=1").key == part
 
 
 @pytest.mark.parametrize("query", [
@@ -54,8 +55,9 @@ def test_malformed_directives_are_refused(query: str) -> None:
 
 def test_kinds_follow_the_origin_names() -> None:
     kinds = {p: parse_target(p).kind for p in (
-        "/live/r/master.m3u8", "/live/r/b/aac96/live.m3u8", "/live/r/b/aac96/init.mp4",
-        "/live/r/b/aac96/s3.m4s", "/live/r/b/aac96/p3.1.m4s", "/live/r/b/aac96/recording.m3u8")}
+        "/live/r/master.m3u8", "/live/r/aac96/live.m3u8", "/live/r/aac96/e1-0a1b2c/init.mp4",
+        "/live/r/aac96/e1-0a1b2c/s3.m4s", "/live/r/aac96/e1-0a1b2c/p3.1.m4s",
+        "/live/r/b20261125T120000Z-0a1b2c/aac96/recording.m3u8")}
     assert list(kinds.values()) == ["master", "playlist", "init", "segment", "part", "recording"]
 
 

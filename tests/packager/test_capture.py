@@ -28,7 +28,8 @@ def test_file_source_is_broadcast_whole_and_recorded(tmp_path: Path) -> None:
     rec = next(data.glob("live/file/*/aac48/recording.m3u8"))
     pl = m3u8.loads(rec.read_text())
     assert pl.is_endlist
-    blob = (rec.parent / "init.mp4").read_bytes() + b"".join(
+    init = pl.segment_map[0].uri
+    blob = (rec.parent / init).read_bytes() + b"".join(
         (rec.parent / s.uri).read_bytes() for s in pl.segments)
     with av.open(io.BytesIO(blob)) as c:
         seconds = sum(f.samples for f in c.decode(audio=0)) / 48000

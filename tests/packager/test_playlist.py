@@ -12,10 +12,13 @@ from packager.playlist import (
     MediaPlaylist,
     Part,
     PlaylistBuilder,
+    PlaylistParseError,
     RenditionReport,
     Variant,
+    parse_media,
     render_media,
     render_multivariant,
+    resume_window,
     skip_count,
     target_duration_for,
 )
@@ -74,16 +77,79 @@ def test_ended_playlist_has_endlist_and_no_hint() -> None:
     check_media_playlist(text)
 
 
-def test_recording_is_an_event_playlist_of_every_segment() -> None:
+def test_the_window_slides_and_keeps_no_more_than_it_shows() -> None:
     b = PlaylistBuilder(MediaPlaylist(2, 0.24, "init.mp4"), window=7)
     for msn in range(1, 21):
         b.add_part(Part(1.92, f"p{msn}.0.m4s"), T0 + msn, None)
         b.close_segment(f"s{msn}.m4s", None)
-    assert len(b.playlist.segments) == 7, "the live window slides"
-    b.end()
-    text = render_media(b.recording())
-    assert text == (GOLDEN / "recording.m3u8").read_text()
-    assert text.count("#EXTINF") == 20 and "#EXT-X-PLAYLIST-TYPE:EVENT" in text
+    assert [s.msn for s in b.playlist.segments] == list(range(14, 21)), "the live window slides"
+    assert not hasattr(b, "all_segments"), "the recording is written elsewhere, not held here"
+
+
+def _resumed(first_msn: int) -> MediaPlaylist:
+    """A room that ran segments 1..3 in epoch e1 and resumes in epoch e2 at `first_msn`."""
+    old = replace(_live(3, 0), map_uri="e1/init.mp4")
+    base = MediaPlaylist(2, 0.24, "e2/init.mp4", preload_hint=f"e2/p{first_msn}.0.m4s")
+    return resume_window(parse_media(render_media(old)), first_msn, "e2/init.mp4", base)
+
+
+def test_a_resumed_room_keeps_its_window_and_marks_the_gap() -> None:
+    b = PlaylistBuilder(_resumed(4), window=15)
+    b.add_part(Part(PART, "e2/p4.0.m4s"), T0 + 100, "e2/p4.1.m4s")
+    text = render_media(b.playlist)
+    pos = check_media_playlist(text.replace("e1/", "").replace("e2/", ""), renditions=1)
+    assert pos.last_msn == 4
+    assert text.index('#EXT-X-MAP:URI="e1/init.mp4"') < text.index("s1.m4s")
+    gap = text.index("#EXT-X-DISCONTINUITY\n")
+    assert text.index("s3.m4s") < gap < text.index('#EXT-X-MAP:URI="e2/init.mp4"') < text.index(
+        "e2/p4.0.m4s")
+    # The segment the parts belong to carries the discontinuity once it is whole.
+    pl = b.close_segment("e2/s4.m4s", "e2/p5.0.m4s")
+    assert pl.segments[-1].discontinuity and text.count("#EXT-X-DISCONTINUITY\n") == 1
+    assert "DISCONTINUITY-SEQUENCE" not in render_media(pl)
+
+
+def test_a_gap_that_slides_out_of_the_window_is_counted() -> None:
+    b = PlaylistBuilder(_resumed(4), window=3)
+    for msn in range(4, 8):
+        b.add_part(Part(1.92, f"e2/p{msn}.0.m4s"), T0 + 100 + msn, None)
+        b.close_segment(f"e2/s{msn}.m4s", None)
+    text = render_media(b.playlist)
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in text and "#EXT-X-DISCONTINUITY\n" not in text
+    assert text.count("#EXT-X-MAP") == 1 and 'URI="e2/init.mp4"' in text
+
+
+def test_resuming_after_lost_segments_starts_a_fresh_window() -> None:
+    pl = _resumed(9)  # segments 4..8 never reached the store
+    assert not pl.segments and pl.next_msn == 9 and pl.discontinuity_sequence == 1
+    assert "#EXT-X-MEDIA-SEQUENCE:9" in render_media(pl)
+
+
+def test_delta_updates_never_skip_a_discontinuity() -> None:
+    b = PlaylistBuilder(_resumed(4), window=15)
+    for msn in range(4, 14):
+        for i in range(9):
+            b.add_part(Part(PART, f"e2/p{msn}.{i}.m4s"), T0 + msn, None)
+        b.close_segment(f"e2/s{msn}.m4s", None)
+    pl = b.playlist
+    n = skip_count(pl)
+    assert n == 2, "the old epoch's segments before its last may go, as far as the gap"
+    assert not any(seg.discontinuity for seg in pl.segments[: n + 1])
+    delta = render_media(pl, skip=True)
+    assert "#EXT-X-SKIP:SKIPPED-SEGMENTS=2" in delta and "#EXT-X-DISCONTINUITY\n" in delta
+    assert delta.index('URI="e1/init.mp4"') < delta.index("#EXT-X-SKIP")
+
+
+def test_parse_media_reads_back_what_render_media_wrote() -> None:
+    pl = _live(5, 3)
+    back = parse_media(render_media(pl))
+    assert [s.msn for s in back.segments] == [s.msn for s in pl.segments]
+    assert [s.uri for s in back.segments] == [s.uri for s in pl.segments]
+    assert all(abs(a.start_time - b.start_time) < 1e-3 for a, b in zip(back.segments, pl.segments,
+                                                                         strict=True))
+    assert back.next_msn == 6 and not back.partial, "an unfinished segment is not carried"
+    with pytest.raises(PlaylistParseError):
+        parse_media(render_media(_live(10, 2), skip=True))
 
 
 @pytest.mark.parametrize("msn,part,expected", [

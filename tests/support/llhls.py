@@ -25,6 +25,10 @@ class Position:
     hint: str | None
 
 
+def _in(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
 def check_media_playlist(text: str, renditions: int = 3) -> Position:
     """Assert every rule a single media playlist can be checked for; return where it ends."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -50,6 +54,7 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
 
     # Walk the lines: MAP first, PDT before each segment's first part, parts ≤ target.
     seen_map = False
+    folder = ""
     pdt_pending = False
     seg_parts: list[float] = []
     independents: set[bool] = set()
@@ -62,6 +67,8 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
         tag = ln.split(":", 1)[0]
         if tag == "#EXT-X-MAP":
             seen_map = True
+            # Media sits beside its init segment: one folder per epoch.
+            folder = attrs(ln)["URI"].rpartition("/")[0]
         elif tag == "#EXT-X-SKIP":
             skipped = int(attrs(ln)["SKIPPED-SEGMENTS"])
             msn += skipped
@@ -78,7 +85,7 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
             seg_parts.append(d)
             independents.add(a.get("INDEPENDENT") == "YES")
             last_msn, last_part = msn, len(seg_parts) - 1
-            assert a["URI"] == f"p{msn}.{len(seg_parts) - 1}.m4s", (a["URI"], msn)
+            assert a["URI"] == _in(folder, f"p{msn}.{len(seg_parts) - 1}.m4s"), (a["URI"], msn)
         elif tag == "#EXTINF":
             assert seen_map
             assert pdt_pending, "every segment carries PROGRAM-DATE-TIME"
@@ -91,7 +98,7 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
                     assert p >= 0.85 * part_target - 1e-9, "parts are ≥ 85 % of PART-TARGET"
                 last_msn, last_part = msn, len(seg_parts) - 1
         elif not ln.startswith("#"):
-            assert ln == f"s{msn}.m4s", (ln, msn)
+            assert ln == _in(folder, f"s{msn}.m4s"), (ln, msn)
             msn += 1
             seg_parts = []
             pdt_pending = False
@@ -106,7 +113,8 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
         assert "#EXT-X-PRELOAD-HINT" not in tags, "no preload hint after ENDLIST"
     else:
         assert hint is not None, "a live playlist names the next part"
-        expected = {f"p{last_msn}.{last_part + 1}.m4s", f"p{last_msn + 1}.0.m4s"}
+        expected = {_in(folder, f"p{last_msn}.{last_part + 1}.m4s"),
+                    _in(folder, f"p{last_msn + 1}.0.m4s")}
         assert hint in expected, (hint, expected)
         reports = [attrs(ln) for ln in lines if ln.startswith("#EXT-X-RENDITION-REPORT:")]
         assert len(reports) == renditions - 1, "a report for every other rendition"
