@@ -24,6 +24,7 @@ from ingest.errors import (
     RoomFull,
     RoomNotFound,
     SdpError,
+    Unavailable,
     UnsupportedCodec,
 )
 from ingest.metrics import IngestMetrics
@@ -166,7 +167,7 @@ def build_app(
               tags=["rooms"], summary="Create a room; its stream key is shown only here")
     async def create_room(body: CreateRoom | None = None) -> RoomCreated:
         try:
-            room, key = rooms.create(body.name if body else None)
+            room, key = await rooms.create(body.name if body else None)
         except InvalidRoomName as exc:
             raise HTTPException(422, str(exc)) from exc
         return created(room, key)
@@ -311,7 +312,7 @@ def _status(exc: Exception) -> int:
         return 409
     if isinstance(exc, (RoomEnded,)):
         return 410
-    if isinstance(exc, RoomFull):
+    if isinstance(exc, (RoomFull, Unavailable)):
         return 503
     if isinstance(exc, BadKey):
         return 401

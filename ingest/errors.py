@@ -2,6 +2,7 @@
 
     IngestError
     ├── ConfigError            a setting that cannot work (checked at start)
+    ├── Unavailable            a service ingest needs (the database) cannot be reached
     ├── RoomError
     │   ├── RoomNotFound       no such room (or no such speaker in it)
     │   ├── RoomExists         a waiting or live room already has that name
@@ -25,6 +26,10 @@ class IngestError(Exception):
 
 
 class ConfigError(IngestError):
+    pass
+
+
+class Unavailable(IngestError):
     pass
 
 

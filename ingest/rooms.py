@@ -6,33 +6,37 @@ not, so speakers come, go and come back with the same key on one continuous time
 room ends on request or once nobody has spoken for `idle_timeout` (`ended`: ENDLIST, the
 recording kept); an ended room's key is dead, and its name may be used again.
 
-Rooms are remembered in `{data_dir}/ingest/rooms.json` (names and key hashes, never keys),
-so a restart on the same disk keeps the keys hosts have pasted into OBS. A disk that does not
-outlive the process (a Fargate task's) forgets them.
+Rooms live in the registry (a database: names, key hashes, state, epochs and the next media
+sequence number, never keys). A restart or a crash does not end a room: `resume` puts every
+room that was live back on air, on the same URLs and timeline, carrying silence or the hold
+audio until its speakers reconnect with the keys they already have. Open rooms are also
+held here in memory, so keys are checked and rooms run while the database is away; what
+changes meanwhile waits in the `Ledger`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from hls.names import check_room
-from ingest.errors import BadKey, RoomEnded, RoomExists, RoomFull, RoomNotFound
+from hls.names import check_room, epoch_id, new_broadcast_id
+from ingest.errors import BadKey, RoomEnded, RoomExists, RoomFull, RoomNotFound, Unavailable
 from ingest.jitter import JitterBuffer
+from ingest.ledger import Ledger
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
 from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
+from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
+from packager.recording import EpochInfo
+from registry import Registry, RegistryError, RoomTaken
 
 log = logging.getLogger("townsquare.ingest.rooms")
 
@@ -41,15 +45,22 @@ SpeakerKind = Literal["rtmp", "whip", "local"]
 
 
 class BroadcastSink(Protocol):
+    broadcast_id: str
+
     def feed(self, pcm: np.ndarray) -> None: ...
 
     async def close(self) -> None: ...
 
+    async def suspend(self) -> None: ...
+
 
 class BroadcastStarter(Protocol):
-    """What rooms need from the packager: `Packager.start_broadcast`."""
+    """What rooms need from the packager (`packager.pipeline.Packager`)."""
 
-    def start_broadcast(self, room: str) -> Any: ...
+    async def resume_point(self, room: str) -> ResumePoint: ...
+
+    def start_broadcast(self, room: str, plan: EpochPlan | None = None,
+                        on_segment: Callable[[int], None] | None = None) -> BroadcastSink: ...
 
 
 @dataclass
@@ -88,10 +99,12 @@ class Room:
     ended_at: float | None = None
     end_reason: str | None = None
     broadcast_id: str | None = None
+    epoch: int = 0  # the last epoch number handed out for this room
+    next_msn: int = 1  # the media sequence number its next segment gets
     speakers: dict[str, Speaker] = field(default_factory=dict)
     _mixer: Mixer | None = None
     _clock: ProgramClock | None = None
-    _broadcast: Any = None
+    _broadcast: BroadcastSink | None = None
     _seq: int = 0
     _last_voice: float = 0.0  # monotonic time a speaker was last connected
     _late_reported: int = 0  # late program blocks already counted in the metrics
@@ -115,6 +128,8 @@ class Room:
             "duration_seconds": duration,
             "program_seconds": program,
             "broadcast_id": self.broadcast_id,
+            "epoch": self.epoch,
+            "next_msn": self.next_msn,
             "speakers": [s.describe() for s in self.speakers.values()],
         }
 
@@ -135,17 +150,62 @@ class Rooms:
     def __init__(
         self,
         packager: BroadcastStarter,
-        state_file: Path | None,
+        registry: Registry | None,
         metrics: IngestMetrics | None = None,
         policy: RoomPolicy | None = None,
     ) -> None:
         self.packager = packager
+        self.registry = registry
         self.policy = policy or RoomPolicy()
         self.metrics = metrics or IngestMetrics()
-        self._state_file = state_file
+        self.ledger = Ledger()
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[None]] = set()
-        self._load()
+
+    # --- start-up ---------------------------------------------------------------------
+    async def load(self) -> list[Room]:
+        """Read the open rooms from the registry; returns those that were live."""
+        if self.registry is None:
+            return []
+        try:
+            records = await self.registry.open_rooms()
+        except RegistryError as exc:
+            raise Unavailable(f"cannot read rooms from {self.registry.describe()}: {exc}") from exc
+        for rec in records:
+            self._rooms[rec.name] = Room(
+                rec.name, rec.key_hash, rec.created_at, state="waiting",
+                started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
+                next_msn=rec.next_msn)
+        return [self._rooms[r.name] for r in records if r.state == "live"]
+
+    async def resume(self, rooms: list[Room]) -> None:
+        """Put rooms that were live back on air where their timeline stopped."""
+        for room in rooms:
+            try:
+                await self._resume(room)
+            except Exception:
+                log.exception("room %s: could not be resumed", room.name)
+
+    async def _resume(self, room: Room) -> None:
+        point = await self.packager.resume_point(room.name)
+        prior: tuple[EpochInfo, ...] = ()
+        if self.registry is not None and room.broadcast_id is not None:
+            try:
+                prior = tuple(EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at,
+                                        e.first_msn)
+                              for e in await self.registry.epochs(room.name, room.broadcast_id))
+            except RegistryError as exc:
+                log.warning("room %s: earlier epochs unknown (%s); using the store's", room.name,
+                            exc)
+        plan = plan_epoch(point, room.broadcast_id, room.epoch + 1, room.next_msn, prior)
+        self._go_live(room, plan, resumed=True)
+        repair = getattr(self.packager, "repair", None)
+        if repair is not None and plan.prior:
+            # The epoch a crash cut short has an index behind its segments: rebuild it.
+            task = asyncio.get_running_loop().create_task(
+                repair(room.name, plan.broadcast, plan.prior), name=f"repair-{room.name}")
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     # --- lookup -----------------------------------------------------------------------
     def get(self, name: str) -> Room:
@@ -178,15 +238,24 @@ class Rooms:
         return room
 
     # --- lifecycle --------------------------------------------------------------------
-    def create(self, name: str | None = None) -> tuple[Room, str]:
+    async def create(self, name: str | None = None) -> tuple[Room, str]:
         name = check_room(name) if name is not None else "room-" + secrets.token_hex(4)
         old = self._rooms.get(name)
         if old is not None and old.state != "ended":
             raise RoomExists(f"room {name!r} already exists ({old.state}); end it first")
         key = new_key()
         room = Room(name=name, key_hash=hash_key(key), created_at=time.time())
+        if self.registry is not None:
+            try:
+                rec = await self.registry.create_room(name, room.key_hash, room.created_at)
+            except RoomTaken as exc:
+                raise RoomExists(f"room {name!r} already exists; end it first") from exc
+            except RegistryError as exc:
+                raise Unavailable(f"rooms cannot be created now: {exc}") from exc
+            room.epoch, room.next_msn = rec.epoch, rec.next_msn
+        elif old is not None:
+            room.epoch, room.next_msn = old.epoch, old.next_msn
         self._rooms[name] = room
-        self._save()
         self.metrics.rooms_created.inc()
         log.info("room %s created", name)
         return room, key
@@ -203,7 +272,8 @@ class Rooms:
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
         if room.state == "waiting":
-            self._go_live(room)
+            self._go_live(room, plan_epoch(ResumePoint(), new_broadcast_id(time.time()),
+                                           room.epoch + 1, room.next_msn))
         assert room._mixer is not None
         room._seq += 1
         sid = f"{kind}-{room._seq}"
@@ -245,13 +315,25 @@ class Rooms:
             await speaker.disconnect()
 
     async def end(self, room: Room, reason: str = "ended by request") -> None:
+        """End a room for good: ENDLIST, a complete recording, its key dead."""
         if room.state == "ended":
             return
         was_live = room.state == "live"
         room.state = "ended"
         room.ended_at = time.time()
         room.end_reason = reason
-        self._save()
+        ended_at = room.ended_at
+        if self.registry is not None:
+            registry = self.registry
+            self.ledger.append(f"end {room.name}",
+                               lambda: registry.end_room(room.name, ended_at, reason))
+        await self._stop_room(room, end=True)
+        if was_live:
+            self.metrics.rooms_live.dec()
+        self.metrics.rooms_ended.labels(reason="idle" if "idle" in reason else "request").inc()
+        log.info("room %s ended: %s", room.name, reason)
+
+    async def _stop_room(self, room: Room, end: bool) -> None:
         for speaker in list(room.speakers.values()):
             self.leave(room, speaker)
             if speaker.disconnect is not None:
@@ -261,40 +343,72 @@ class Rooms:
                     log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
         if room._clock is not None:
             await room._clock.stop()
-        if was_live:
-            self.metrics.rooms_live.dec()
-        if room._broadcast is not None:
+            room._clock = None
+        room._mixer = None
+        broadcast, room._broadcast = room._broadcast, None
+        if broadcast is not None:
             try:
-                await room._broadcast.close()
+                await (broadcast.close() if end else broadcast.suspend())
             except Exception:
-                log.exception("room %s: closing the broadcast failed", room.name)
-        self.metrics.rooms_ended.labels(reason="idle" if "idle" in reason else "request").inc()
-        log.info("room %s ended: %s", room.name, reason)
+                log.exception("room %s: stopping the broadcast failed", room.name)
+            if self.registry is not None:
+                registry, epoch, now = self.registry, room.epoch, time.time()
+                self.ledger.append(f"end epoch {room.epoch} of {room.name}",
+                                   lambda: registry.end_epoch(room.name, epoch, now))
 
-    async def close(self) -> None:
-        """Service shutdown: end every live room so each recording is complete."""
+    async def close(self, deadline: float = 10.0) -> None:
+        """Service shutdown: stop every live room without ending it (the next start of the
+        service resumes it), then write what the registry is still owed."""
         for room in list(self._rooms.values()):
             if room.state == "live":
-                await self.end(room, "service stopped")
+                await self._stop_room(room, end=False)
+                self.metrics.rooms_live.dec()
         for task in list(self._ending):
-            await task
+            task.cancel()
+        await self.ledger.close(deadline)
 
     # --- internals --------------------------------------------------------------------
-    def _go_live(self, room: Room) -> None:
-        broadcast = self.packager.start_broadcast(room.name)
+    def _go_live(self, room: Room, plan: EpochPlan, resumed: bool = False) -> None:
+        broadcast = self.packager.start_broadcast(room.name, plan,
+                                                  lambda n: self._advanced(room, plan.number, n))
         room._broadcast = broadcast
-        room.broadcast_id = getattr(broadcast, "broadcast_id", None)
+        room.broadcast_id = plan.broadcast
+        room.epoch, room.next_msn = plan.number, plan.first_msn
         room._mixer = Mixer(hold=self.policy.hold)
         room._clock = ProgramClock(
             room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room)
         )
         room.state = "live"
-        room.started_at = time.time()
+        if room.started_at is None or not resumed:
+            room.started_at = time.time()
         room._last_voice = time.monotonic()
         room._clock.start()
         self.metrics.rooms_live.inc()
-        self._save()
-        log.info("room %s is live (broadcast %s)", room.name, room.broadcast_id)
+        if self.registry is not None:
+            registry, started = self.registry, room.started_at
+            if not resumed:
+                self.ledger.append(f"{room.name} live",
+                                   lambda: registry.go_live(room.name, plan.broadcast, started))
+            self.ledger.append(f"epoch {plan.number} of {room.name}",
+                               lambda: self._record_epoch(registry, room.name, plan))
+        log.info("room %s is live (broadcast %s, epoch %d from segment %d%s)", room.name,
+                 plan.broadcast, plan.number, plan.first_msn, ", resumed" if resumed else "")
+
+    @staticmethod
+    async def _record_epoch(registry: Registry, name: str, plan: EpochPlan) -> None:
+        rec = await registry.start_epoch(name, plan.broadcast, time.time())
+        while rec.epoch < plan.number:  # the store knew of later epochs than the database
+            rec = await registry.start_epoch(name, plan.broadcast, time.time())
+        if rec.first_msn < plan.first_msn:
+            await registry.advance(name, rec.epoch, plan.first_msn)
+
+    def _advanced(self, room: Room, epoch: int, next_msn: int) -> None:
+        room.next_msn = max(room.next_msn, next_msn)
+        if self.registry is not None:
+            registry = self.registry
+            self.ledger.append(f"progress of {room.name}",
+                               lambda: registry.advance(room.name, epoch, next_msn),
+                               progress_of=room.name)
 
     def _after_block(self, room: Room) -> None:
         self.metrics.program_seconds.inc(0.02)
@@ -315,43 +429,6 @@ class Rooms:
             )
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
-
-    def _load(self) -> None:
-        if self._state_file is None or not self._state_file.exists():
-            return
-        try:
-            data = json.loads(self._state_file.read_text())
-            for item in data.get("rooms", []):
-                room = Room(item["name"], item["key_hash"], float(item["created_at"]))
-                if item.get("state") == "ended":
-                    room.state = "ended"
-                    room.ended_at = item.get("ended_at")
-                    room.started_at = item.get("started_at")
-                    room.end_reason = item.get("end_reason")
-                    room.broadcast_id = item.get("broadcast_id")
-                self._rooms[room.name] = room
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring unreadable room state %s: %s", self._state_file, exc)
-
-    def _save(self) -> None:
-        if self._state_file is None:
-            return
-        rooms = [
-            {
-                "name": r.name, "key_hash": r.key_hash, "created_at": r.created_at,
-                "state": "ended" if r.state == "ended" else "waiting",
-                "started_at": r.started_at, "ended_at": r.ended_at,
-                "end_reason": r.end_reason, "broadcast_id": r.broadcast_id,
-            }
-            for r in self._rooms.values()
-        ]
-        try:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"rooms": rooms}, indent=1))
-            os.replace(tmp, self._state_file)
-        except OSError as exc:
-            log.error("cannot save room state to %s: %s", self._state_file, exc)
 
 
 def _iso(t: float | None) -> str | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ingest.api import PublicUrls, build_app
 from ingest.capture import play
-from ingest.errors import ConfigError, RoomExists
+from ingest.errors import ConfigError, RoomExists, Unavailable
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
@@ -20,6 +20,7 @@ from ingest.settings import IngestSettings
 from ingest.sources import MediaSource, SourceError, TestSignal
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from packager.ladder import SAMPLE_RATE
+from registry import Registry, RegistryError, default_url
 from serving.http import http_server, serve_http
 from serving.tasks import cancel_and_wait
 
@@ -37,12 +38,14 @@ class DemoRoom:
 
 
 async def _open_demo(rooms: Rooms, demo: DemoRoom) -> asyncio.Task[int]:
+    """The demo room, created or, when it is still open from an earlier run, resumed (its
+    key is unchanged then, and shown only when it was made)."""
     try:
-        room, key = rooms.create(demo.name)
+        room, key = await rooms.create(demo.name)
+        demo.key = key
     except RoomExists:
-        await rooms.end(rooms.get(demo.name), "replaced by a new demo")
-        room, key = rooms.create(demo.name)
-    demo.key = key
+        room = rooms.get(demo.name)
+        log.info("demo room %s resumed (%s); its stream key is unchanged", demo.name, room.state)
     speaker = rooms.join(room, "local", "test signal")
     return asyncio.create_task(play(TestSignal(), speaker.push), name=f"demo-{demo.name}")
 
@@ -96,9 +99,28 @@ def public_urls(settings: IngestSettings) -> PublicUrls:
     )
 
 
+async def open_registry(settings: IngestSettings) -> Registry:
+    """The room registry the settings name (SQLite in the data folder by default), migrated,
+    with any rooms.json of an older version imported; ConfigError when it cannot be used."""
+    url = settings.database_url or default_url(settings.data_dir)
+    try:
+        registry = await Registry.open(url)
+    except RegistryError as exc:
+        raise ConfigError(f"the room database cannot be used: {exc}") from exc
+    try:
+        imported = await registry.import_legacy(settings.data_dir / "ingest" / "rooms.json")
+    except RegistryError as exc:
+        await registry.close()
+        raise ConfigError(str(exc)) from exc
+    if imported:
+        log.info("imported %d rooms from rooms.json into %s", imported, registry.describe())
+    return registry
+
+
 async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None,
-              demo: DemoRoom | None = None) -> None:
-    """Serve ingest until cancelled; on the way out every live room is ended cleanly."""
+              demo: DemoRoom | None = None, registry: Registry | None = None) -> None:
+    """Serve ingest until cancelled. Rooms that were live resume at start; on the way out
+    they are stopped without ending (the next start resumes them)."""
     token = check_settings(settings)
     # aioice logs every candidate pair at INFO: pages of noise per browser connecting.
     logging.getLogger("aioice").setLevel(logging.WARNING)
@@ -106,7 +128,16 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     hold = load_hold_audio(settings.hold_audio, settings.hold_audio_max_seconds)
     policy = RoomPolicy(idle_timeout=settings.idle_timeout_seconds,
                         max_speakers=settings.max_speakers_per_room, hold=hold)
-    rooms = Rooms(packager, settings.data_dir / "ingest" / "rooms.json", metrics, policy)
+    own_registry = registry is None
+    if registry is None:
+        registry = await open_registry(settings)
+    rooms = Rooms(packager, registry, metrics, policy)
+    try:
+        live = await rooms.load()
+    except Unavailable as exc:
+        if own_registry:
+            await registry.close()
+        raise ConfigError(str(exc)) from exc
     allow_loopback_candidates(settings.whip_ice_loopback)
     ice = [u.strip() for u in settings.whip_ice_servers.split(",") if u.strip()]
     whip = WhipEndpoint(rooms, metrics, ice)
@@ -119,7 +150,13 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
                           f"{exc.strerror or exc}") from exc
 
     def health() -> dict[str, Any]:
-        return {"rtmp_port": rtmp.port, "rtmp_connections": rtmp.connections}
+        writer = getattr(packager, "writer", None)
+        store_error = writer.misconfigured or writer.last_error if writer is not None else None
+        return {"rtmp_port": rtmp.port, "rtmp_connections": rtmp.connections,
+                "store": {"ok": store_error is None, "error": store_error},
+                "database": {"ok": rooms.ledger.last_error is None,
+                             "error": rooms.ledger.last_error,
+                             "pending_writes": rooms.ledger.pending}}
 
     app = build_app(rooms, whip, metrics, token, public_urls(settings), health)
     server = http_server(app, settings.host, settings.control_port)
@@ -138,6 +175,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
                                   f"{settings.control_port}") from exc
         log.info("ingest: control API http://%s:%d (docs at /docs), RTMP port %d",
                  settings.host, settings.control_port, rtmp.port)
+        await rooms.resume(live)
         if demo is not None:
             demo_task = await _open_demo(rooms, demo)
         if started is not None:
@@ -147,7 +185,9 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
         await cancel_and_wait(demo_task)
         await rtmp.stop()
         await whip.close()
-        await rooms.close()
+        await rooms.close(settings.store_drain_seconds)
+        if own_registry:
+            await registry.close()
         if not http.done():
             http.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

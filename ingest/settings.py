@@ -11,6 +11,9 @@ class IngestSettings(PackagerSettings):
     rtmp_port: int = 1935
     # The origin this process serves beside ingest; rooms hand out its playlist URL.
     origin_port: int = 8001
+    # Where rooms, key hashes and epochs live: SQLite in the data folder when unset
+    # (`townsquare up` needs nothing), or e.g. postgresql://user:pass@host/db.
+    database_url: str | None = None
     # Required by the rooms API; `townsquare up` generates one when unset.
     admin_token: str | None = None
     # A room with no speaker for this long ends by itself (its recording is kept).

@@ -134,7 +134,8 @@ def recent_audio(origin: str, room: str, segments: int = 2) -> np.ndarray:
     with httpx.Client(timeout=10.0) as c:
         pl = media_playlist(origin, room, c)
         assert pl.segments, f"no whole segment yet:\n{pl.text}"
-        init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', pl.text).group(1)  # type: ignore[union-attr]
+        # The newest segments belong to the newest epoch: its init segment is the last MAP.
+        init = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', pl.text)[-1]
         blobs = [c.get(str(httpx.URL(pl.url).join(init))).raise_for_status().content]
         for _, uri in pl.segments[-segments:]:
             blobs.append(c.get(str(httpx.URL(pl.url).join(uri))).raise_for_status().content)

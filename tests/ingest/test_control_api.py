@@ -13,10 +13,11 @@ import pytest
 
 from ingest.api import PublicUrls, build_app
 from ingest.errors import BadKey, RoomEnded
-from ingest.stream_keys import hash_key
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
+from ingest.stream_keys import hash_key
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
+from registry import Registry, default_url
 from tests.ingest.twins import RecordingPackager, ToneTrack, whip_answer, whip_offer
 
 TOKEN = "test-admin-token-0123456789"
@@ -24,11 +25,11 @@ URLS = PublicUrls("http://ctl", "rtmp://ingest:1935", "http://edge", "http://ori
 
 
 class Stack:
-    def __init__(self, tmp: Path, idle_timeout: float = 600.0) -> None:
+    def __init__(self, registry: Registry, idle_timeout: float = 600.0) -> None:
         self.packager = RecordingPackager()
         self.metrics = IngestMetrics()
-        self.state_file = tmp / "rooms.json"
-        self.rooms = Rooms(self.packager, self.state_file, self.metrics,
+        self.registry = registry
+        self.rooms = Rooms(self.packager, registry, self.metrics,
                            RoomPolicy(idle_timeout=idle_timeout))
         self.whip = WhipEndpoint(self.rooms, self.metrics, connect_timeout=10)
         self.app = build_app(self.rooms, self.whip, self.metrics, TOKEN, URLS)
@@ -45,12 +46,17 @@ class Stack:
         await self.whip.close()
         await self.rooms.close()
         await self.http.aclose()
+        await self.registry.close()
+
+
+async def make_stack(tmp: Path, idle_timeout: float = 600.0) -> Stack:
+    return Stack(await Registry.open(default_url(tmp)), idle_timeout)
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     allow_loopback_candidates(True)
-    s = Stack(tmp_path)
+    s = await make_stack(tmp_path)
     yield s
     await s.close()
 
@@ -68,7 +74,8 @@ async def test_rooms_api_requires_the_admin_token(stack: Stack) -> None:
     assert "/rooms/{room}/end" in spec["paths"] and "/whip/{room}" in spec["paths"]
 
 
-async def test_create_shows_the_key_once_and_stores_only_its_hash(stack: Stack) -> None:
+async def test_create_shows_the_key_once_and_stores_only_its_hash(stack: Stack,
+                                                                  tmp_path: Path) -> None:
     room = await stack.create("town-hall")
     key = room["stream_key"]
     assert key.startswith("tsk_") and len(key) - 4 >= 32  # ≥ 192 bits of token_urlsafe
@@ -79,10 +86,12 @@ async def test_create_shows_the_key_once_and_stores_only_its_hash(stack: Stack) 
     assert room["playlist_url"] == "http://origin/live/town-hall/master.m3u8"
     state = (await stack.http.get("/rooms/town-hall", headers=stack.admin)).json()
     assert key not in json.dumps(state)
-    saved = stack.state_file.read_text()
-    assert key not in saved and hash_key(key) in saved
+    saved = await stack.registry.get_room("town-hall")
+    assert saved is not None and saved.key_hash == hash_key(key)
+    assert key.encode() not in (tmp_path / "townsquare.db").read_bytes()
     # A restarted service still knows the key by its hash.
-    again = Rooms(RecordingPackager(), stack.state_file)
+    again = Rooms(RecordingPackager(), stack.registry)
+    await again.load()
     assert again.by_key(key).name == "town-hall"
     two = await stack.create("other")
     assert two["stream_key"] != key
@@ -176,7 +185,7 @@ async def test_reconnect_is_heard_on_the_same_timeline(stack: Stack) -> None:
 
 
 async def test_idle_room_ends_by_itself(tmp_path: Path) -> None:
-    s = Stack(tmp_path, idle_timeout=0.5)
+    s = await make_stack(tmp_path, idle_timeout=0.5)
     try:
         await s.create("quiet")
         room = s.rooms.get("quiet")

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from ingest.api import PublicUrls, build_app
-from ingest.stream_keys import hash_key
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Rooms
 from ingest.rtmp.chunk import ChunkHeader, Message, encode_message
 from ingest.rtmp.messages import Command
 from ingest.rtmp.server import RtmpServer
+from ingest.stream_keys import hash_key
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from tests.ingest.twins import RecordingPackager, ToneTrack, whip_offer
 
@@ -109,12 +109,12 @@ async def test_rtmp_server_survives_malformed_streams_and_still_takes_a_publishe
     packager = RecordingPackager()
     metrics = IngestMetrics()
     rooms = Rooms(packager, None, metrics)
-    room, _ = rooms.create("fuzzed")
+    room, _ = await rooms.create("fuzzed")
     room.key_hash = hash_key(GOLDEN_KEY)  # mutants that keep the key reach publish and audio
     server = RtmpServer(rooms, metrics, "127.0.0.1", 0, handshake_timeout=5, idle_timeout=5)
     await server.start()
     # Another room on air through it all: its program must keep real time.
-    steady, _ = rooms.create("steady")
+    steady, _ = await rooms.create("steady")
     rooms.join(steady, "local", "test")
     on_air = asyncio.get_running_loop().time()
     steady_broadcast = packager.broadcasts[-1]
@@ -196,7 +196,7 @@ async def test_whip_survives_malformed_offers_and_still_answers_a_good_one() -> 
     whip = WhipEndpoint(rooms, metrics, connect_timeout=5)
     app = build_app(rooms, whip, metrics, "t" * 20,
                     PublicUrls("http://c", "rtmp://r", "http://e", "http://o"))
-    _, key = rooms.create("sdp")
+    _, key = await rooms.create("sdp")
     headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {key}"}
     pc, offer = await whip_offer(ToneTrack(700))
     await pc.close()

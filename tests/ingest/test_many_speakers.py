@@ -22,7 +22,7 @@ async def test_ten_rtmp_speakers_are_mixed_under_the_ceiling() -> None:
     packager = RecordingPackager()
     metrics = IngestMetrics()
     rooms = Rooms(packager, None, metrics, RoomPolicy(max_speakers=10))
-    room, key = rooms.create("ten")
+    room, key = await rooms.create("ten")
     server = RtmpServer(rooms, metrics, "127.0.0.1", 0)
     await server.start()
     procs = [

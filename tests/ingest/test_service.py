@@ -15,6 +15,7 @@ import pytest
 from ingest.errors import ConfigError
 from ingest.service import check_settings, load_hold_audio, run
 from ingest.settings import IngestSettings
+from registry import Registry, default_url
 from tests.ingest.twins import RecordingPackager
 from tests.support.procs import free_port
 
@@ -56,7 +57,8 @@ def test_hold_audio_loads_a_file_and_names_a_bad_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
-async def test_run_serves_until_cancelled_and_ends_live_rooms(tmp_path: Path) -> None:
+async def test_run_serves_until_cancelled_and_leaves_live_rooms_to_resume(
+        tmp_path: Path) -> None:
     s = settings(tmp_path)
     packager = RecordingPackager()
     started = asyncio.Event()
@@ -84,8 +86,15 @@ async def test_run_serves_until_cancelled_and_ends_live_rooms(tmp_path: Path) ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # Stopping the service ended the live room: its broadcast closed, the publisher cut off.
-    assert packager.broadcasts[0].closed
+    # Stopping the service stopped the live room without ending it: its epoch closed, the
+    # publisher cut off, and the registry still has it live for the next start to resume.
+    assert packager.broadcasts[0].closed and not packager.broadcasts[0].ended
+    registry = await Registry.open(default_url(s.data_dir))
+    try:
+        rec = await registry.get_room("live-one")
+        assert rec is not None and rec.state == "live" and rec.epoch == 1
+    finally:
+        await registry.close()
     assert await asyncio.wait_for(publisher.wait(), 10) is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.control_port), timeout=1).close()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from packager.pipeline import EpochPlan, ResumePoint
 
 
 @dataclass
@@ -18,6 +21,7 @@ class RecordedBroadcast:
     broadcast_id: str
     blocks: list[np.ndarray] = field(default_factory=list)
     closed: bool = False
+    ended: bool = False
 
     def feed(self, pcm: np.ndarray) -> None:
         assert not self.closed, "fed after close"
@@ -26,6 +30,10 @@ class RecordedBroadcast:
         self.blocks.append(pcm)
 
     async def close(self) -> None:
+        self.closed = True
+        self.ended = True
+
+    async def suspend(self) -> None:
         self.closed = True
 
     @property
@@ -43,8 +51,12 @@ class RecordingPackager:
     def __init__(self) -> None:
         self.broadcasts: list[RecordedBroadcast] = []
 
-    def start_broadcast(self, room: str) -> RecordedBroadcast:
-        b = RecordedBroadcast(room, f"b{len(self.broadcasts) + 1}")
+    async def resume_point(self, room: str) -> ResumePoint:
+        return ResumePoint()
+
+    def start_broadcast(self, room: str, plan: EpochPlan | None = None,
+                        on_segment: Callable[[int], None] | None = None) -> RecordedBroadcast:
+        b = RecordedBroadcast(room, plan.broadcast if plan else f"b{len(self.broadcasts) + 1}")
         self.broadcasts.append(b)
         return b
 
