@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -43,3 +45,37 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
         for needle in (f"admin token:  {token}", f"{edge}/listen/demo", "rtmp://127.0.0.1:",
                        "/broadcast/demo  (stream key tsk_"):
             assert needle in printed
+
+
+def test_up_killed_takes_its_edge_along_and_resumes_the_demo_room(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("control", "origin", "edge", "rtmp")}
+    args = ["up", "--demo", "demo", "--data", str(tmp_path / "data"),
+            "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
+            "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
+    edge = f"http://127.0.0.1:{ports['edge']}"
+    token = "test-admin-token-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    with running(args, tmp_path / "up1.log", f"http://127.0.0.1:{ports['origin']}/healthz",
+                 env={"TOWNSQUARE_ADMIN_TOKEN": token}) as up:
+        wait_http(f"{edge}/live/demo/master.m3u8", 30, up.proc)
+        first = httpx.get(f"http://127.0.0.1:{ports['control']}/rooms/demo", headers=auth).json()
+        time.sleep(2)
+        up.proc.send_signal(signal.SIGKILL)  # the `up` process only, by its pid
+        up.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"{edge}/healthz", timeout=1)
+            except httpx.HTTPError:
+                break  # the edge child went with its parent: its port is free again
+            assert time.monotonic() < deadline, "the edge outlived `up`"
+            time.sleep(0.2)
+    with running(args, tmp_path / "up2.log", f"http://127.0.0.1:{ports['origin']}/healthz",
+                 env={"TOWNSQUARE_ADMIN_TOKEN": token}) as up:
+        wait_http(f"{edge}/healthz", 30, up.proc)
+        room = httpx.get(f"http://127.0.0.1:{ports['control']}/rooms/demo", headers=auth).json()
+        assert room["live"] and room["broadcast_id"] == first["broadcast_id"]
+        assert room["epoch"] == first["epoch"] + 1, "the same room, resumed"
+        assert "stream key unchanged" in up.output()
+        text = httpx.get(f"{edge}/live/demo/aac96/live.m3u8").text
+        assert "#EXT-X-DISCONTINUITY" in text

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --room: 'tone', 'mic', a file or a URL (default tone)")
     ingest.add_argument("--seconds", type=float, help="with --room: stop after this long")
     _add_store_flags(ingest)
+
+    repair = sub.add_parser("repair", help="rebuild a room's recording from the objects in the "
+                                           "store (after a crash); safe to repeat")
+    repair.add_argument("room", type=_demo_room)
+    repair.add_argument("--broadcast", help="which broadcast (default: the room's last)")
+    repair.add_argument("--end", action="store_true",
+                        help="also close the recording (ENDLIST) if the room will not resume")
+    _add_store_flags(repair)
     return parser
 
 
@@ -92,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from serving.runner import run_until_signalled
 
+    if args.command == "repair":
+        import asyncio
+
+        from townsquare import stack
+
+        asyncio.run(stack.run_repair(args))
+        return
     if args.command == "origin":
         from townsquare import stack
 

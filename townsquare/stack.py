@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
+from hls.names import epoch_id, new_broadcast_id, room_key
 from ingest.capture import play
 from ingest.settings import IngestSettings
 from ingest.sources import SourceError, TestSignal, open_source
+from packager.ladder import GRID_SAMPLES, SAMPLE_RATE
 from packager.origin import HubLive, StoreLive, build_app
-from packager.pipeline import Packager
+from packager.pipeline import Packager, plan_epoch
+from packager.playlist import target_duration_for
+from packager.recording import EpochInfo, repair_broadcast
 from packager.settings import OriginSettings, PackagerSettings
 from packager.store import open_store
 from serving.http import http_server, serve_http
@@ -36,11 +42,17 @@ def _pick(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 async def _demo(packager: Packager, room: str, stop: asyncio.Event) -> None:
-    broadcast = packager.start_broadcast(room)
+    """The test signal into `room`, carrying on the room's timeline when it is still open
+    from an earlier run; a stop suspends it (the next start resumes it)."""
+    point = await packager.resume_point(room)
+    plan = plan_epoch(point)
+    if plan.prior:
+        await packager.repair(room, plan.broadcast, plan.prior)
+    broadcast = packager.start_broadcast(room, plan)
     try:
         await play(TestSignal(), broadcast.feed, stop)
     finally:
-        await broadcast.close()
+        await broadcast.suspend()
 
 
 async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
@@ -54,9 +66,17 @@ async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
 
 
 def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:
-    """The edge runs in its own process so that it has a core to itself."""
+    """The edge runs in its own process so that it has a core to itself; it dies with this
+    process, however this one ends (`kill -9` included), so no orphan keeps its port."""
     return subprocess.Popen([sys.executable, "-m", "townsquare", "edge", "--upstream", upstream,
-                             "--host", host, "--port", str(port)])
+                             "--host", host, "--port", str(port)], preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -67,6 +87,7 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     tasks: list[asyncio.Task[Any]] = []
     if args.demo:
         packager = Packager(PackagerSettings(**_store_overrides(args)), store)
+        await packager.start()
         rooms: Any = HubLive(packager.hub)
         tasks.append(asyncio.create_task(_demo(packager, args.demo, demo_stop)))
     else:
@@ -82,13 +103,14 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     finally:
         demo_stop.set()
         if packager is not None:
-            await packager.close()
+            await packager.close(suspend=True)
         await cancel_and_wait(*tasks, http)
 
 
 async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
     settings = PackagerSettings(**_store_overrides(args))
     packager = Packager(settings)
+    await packager.start()
     try:
         if args.source == "mic":
             from ingest.sources import open_microphone
@@ -98,7 +120,9 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
             source = open_source(args.source, args.seconds)
     except (SourceError, ImportError) as exc:
         raise SystemExit(f"townsquare ingest: {exc}") from exc
-    broadcast = packager.start_broadcast(args.room)
+    point = await packager.resume_point(args.room)
+    broadcast = packager.start_broadcast(
+        args.room, plan_epoch(point, new_broadcast_id(time.time())))
     print(f"broadcasting {source.name} into room {args.room} (store: {packager.store.describe()})",
           flush=True)
     local_stop = asyncio.Event()
@@ -115,6 +139,7 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await play(source, broadcast.feed, local_stop)
     finally:
         await broadcast.close()
+        await packager.close()
         await cancel_and_wait(timer)
         print(f"broadcast {broadcast.broadcast_id} ended; recording at "
               f"{broadcast.base}/recording.m3u8", flush=True)
@@ -135,6 +160,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         settings = settings.model_copy(update={"public_edge_url": f"http://{show}:{edge_port}"})
     packager = Packager(settings)
     store = packager.store
+    store_problem = await packager.start()
     origin = http_server(build_app(store, HubLive(packager.hub)), settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
     demo_name = getattr(args, "demo", None)
@@ -150,7 +176,8 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     origin_url = f"http://{show}:{settings.origin_port}"
     edge_url = f"http://{show}:{edge_port}" if edge_proc else origin_url
     lines = [
-        f"store:        {store.describe()}",
+        f"store:        {store.describe()}"
+        + (f"  -- NOT WRITABLE: {store_problem}" if store_problem else ""),
         f"control API:  http://{show}:{settings.control_port}/docs",
         f"RTMP:         rtmp://{show}:{settings.rtmp_port}/live/{{stream-key}}",
         f"origin:       {origin_url}",
@@ -166,7 +193,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
             lines.append(f"listen:       {edge_url}/listen/{name}")
         lines.append(f"play it:      ffplay {edge_url}/live/{name}/master.m3u8")
         lines.append(f"join it:      http://{show}:{settings.control_port}/broadcast/{name}"
-                     f"  (stream key {demo.key})")
+                     f"  (stream key {demo.key or 'unchanged: the room resumed'})")
     print("\n".join(["townsquare is up", *lines]), flush=True)
     try:
         await _until(stop, origin_task, ingest_task)
@@ -174,7 +201,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         # Speakers first (their rooms end cleanly), then the packager drains to the store,
         # then the servers go.
         await cancel_and_wait(ingest_task)
-        await packager.close()
+        await packager.close(suspend=True)
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
         await cancel_and_wait(origin_task)
@@ -190,3 +217,43 @@ async def _until_started(started: asyncio.Event, task: asyncio.Task[None]) -> No
     if not started.is_set():
         waiter.cancel()
         task.result()
+
+
+async def run_repair(args: argparse.Namespace) -> None:
+    """`townsquare repair ROOM`: rebuild the recording index of the room's broadcast (or
+    `--broadcast B`) from the objects in the store; with `--end`, or when the room has
+    ended, close the recording too. Safe to run any number of times."""
+    from registry import Registry, RegistryError, default_url
+
+    settings = IngestSettings(**_store_overrides(args))
+    store = open_store(settings)
+    known: tuple[EpochInfo, ...] = ()
+    end = bool(args.end)
+    broadcast = args.broadcast
+    try:
+        registry = await Registry.open(settings.database_url or default_url(settings.data_dir))
+    except RegistryError as exc:
+        if broadcast is None:
+            raise SystemExit(f"townsquare repair: {exc}; name the broadcast with --broadcast")
+        log.warning("repairing from the store alone: %s", exc)
+    else:
+        try:
+            room = await registry.get_room(args.room)
+            if broadcast is None:
+                if room is None or room.broadcast_id is None:
+                    raise SystemExit(f"townsquare repair: room {args.room} has no broadcast")
+                broadcast = room.broadcast_id
+            end = end or (room is not None and room.state == "ended"
+                          and room.broadcast_id == broadcast)
+            known = tuple(EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at, e.first_msn)
+                          for e in await registry.epochs(args.room, broadcast))
+        finally:
+            await registry.close()
+    renditions = [r.name for r in settings.renditions()]
+    td = target_duration_for(settings.segment_units * GRID_SAMPLES / SAMPLE_RATE)
+    report = await repair_broadcast(store, args.room, broadcast, renditions, td,
+                                    settings.segment_units * GRID_SAMPLES, known, end)
+    print(f"room {args.room}, broadcast {report.broadcast}: {report.epochs} epochs, "
+          f"{report.entries_added} index entries rebuilt from the store, "
+          f"{'ended' if report.ended else 'still open'}; recording at "
+          f"{room_key(args.room, report.broadcast, 'recording.m3u8')}", flush=True)
