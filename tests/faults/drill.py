@@ -1,0 +1,196 @@
+"""Pieces of the fault drills: the stack as separate processes, a speaker that reconnects as OBS
+does, and listeners in Chromium whose playheads are watched while processes are killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.procs import Service, free_port, wait_http
+
+TOKEN = "drill-admin-token-0123456789"
+ROOM = "drill"
+
+PLAIN_HLS = """<!doctype html><html><body><audio id="a"></audio>
+<script src="/static/hls.min.js"></script>
+<script>
+  // hls.js with its default settings, as a site that embeds it would use it.
+  window.fatal = null;
+  const a = document.getElementById("a");
+  const h = window.h = new Hls();
+  h.on(Hls.Events.ERROR, (_, d) => { if (d.fatal) window.fatal = d.details; });
+  h.loadSource("/live/ROOM/master.m3u8");
+  h.attachMedia(a);
+  a.play();
+</script></body></html>"""
+
+
+class Stack:
+    """`townsquare ingest` (control API, RTMP, packager, origin) and an edge, as separate
+    processes on fixed ports, so either can be killed and started again in place."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.env = {"TOWNSQUARE_ADMIN_TOKEN": TOKEN, **(env or {})}
+        self.control, self.origin_port, self.rtmp, self.edge_port = (free_port() for _ in range(4))
+        self.ingest: Service | None = None
+        self.edge: Service | None = None
+        self.restarts = 0
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.control}"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.origin_port}"
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.edge_port}"
+
+    def start_ingest(self) -> float:
+        """Start the ingest process; returns the moment it answered its health check."""
+        self.restarts += 1
+        args = ["ingest", "--data", str(self.tmp / "data"), "--control-port", str(self.control),
+                "--origin-port", str(self.origin_port), "--rtmp-port", str(self.rtmp)]
+        self.ingest = Service(args, self.tmp / f"ingest-{self.restarts}.log", self.env)
+        wait_http(f"{self.origin}/healthz", 60, self.ingest.proc)
+        wait_http(f"{self.api}/healthz", 60, self.ingest.proc)
+        return time.monotonic()
+
+    def start_edge(self) -> None:
+        args = ["edge", "--upstream", self.origin, "--port", str(self.edge_port)]
+        self.edge = Service(args, self.tmp / f"edge-{time.monotonic():.0f}.log")
+        wait_http(f"{self.edge_url}/healthz", 30, self.edge.proc)
+
+    @staticmethod
+    def kill(svc: Service | None) -> None:
+        """kill -9, by the pid this test started."""
+        assert svc is not None and svc.proc.pid > 0
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(10)
+
+    def create_room(self) -> str:
+        r = httpx.post(f"{self.api}/rooms", json={"name": ROOM},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["rtmp_publish_url"])
+
+    def room(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.api}/rooms/{ROOM}", headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def end_room(self) -> None:
+        r = httpx.post(f"{self.api}/rooms/{ROOM}/end",
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert r.status_code == 200, r.text
+
+    def stop(self) -> None:
+        for svc in (self.ingest, self.edge):
+            if svc is not None:
+                svc.stop()
+
+
+class Speaker(threading.Thread):
+    """ffmpeg publishing a 440 Hz tone over RTMP, started again a second after it drops, as
+    OBS reconnects on its own."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.log = log
+        self.halt = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.connects = 0
+
+    def run(self) -> None:
+        with open(self.log, "ab") as out:
+            while not self.halt.is_set():
+                self.connects += 1
+                self.proc = subprocess.Popen(
+                    ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-f",
+                     "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-c:a", "aac",
+                     "-b:a", "96k", "-f", "flv", self.url],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                self.proc.wait()
+                self.halt.wait(1.0)
+
+    def stop(self) -> None:
+        self.halt.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None and proc.pid > 0:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        self.join(15)
+
+
+@dataclass
+class Listeners:
+    """Pages in one Chromium whose audio playheads are sampled from the test's thread."""
+
+    pages: dict[str, Any]
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+    def sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        got = {name: float(p.evaluate("document.querySelector('audio').currentTime"))
+               for name, p in self.pages.items()}
+        self.samples.append((now, got))
+        return got
+
+    def watch(self, seconds: float, interval: float = 0.2) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.sample()
+            time.sleep(interval)
+
+    def wait_playing(self, timeout: float, advance: float = 1.0) -> dict[str, float]:
+        """Until every page's playhead has advanced `advance` s; returns when each started."""
+        start = self.sample()
+        first_move: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.sample()
+            t = self.samples[-1][0]
+            for name, ct in now.items():
+                if name not in first_move and ct > start[name] + 0.05:
+                    first_move[name] = t
+            if all(now[n] - start[n] >= advance for n in now):
+                return first_move
+            time.sleep(0.1)
+        raise AssertionError(f"not playing within {timeout}s: {self.samples[-5:]}")
+
+    def longest_stall(self, name: str, since: float) -> float:
+        """The longest time the page's playhead stood still after `since`."""
+        worst, still_since, last = 0.0, None, None
+        for t, got in self.samples:
+            if t < since:
+                continue
+            ct = got[name]
+            if last is not None and ct <= last + 0.01:
+                still_since = still_since if still_since is not None else t
+                worst = max(worst, t - still_since)
+            else:
+                still_since = None
+            last = ct
+        return worst
+
+
+def playlist_position(base: str, room: str = ROOM, rendition: str = "aac96") -> tuple[str, int]:
+    """(text, last media sequence number listed) of a room's media playlist."""
+    text = httpx.get(f"{base}/live/{room}/{rendition}/live.m3u8", timeout=10).text
+    seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text)[1])  # type: ignore[index]
+    segments = len([ln for ln in text.splitlines() if ln and not ln.startswith("#")])
+    return text, seq + segments - 1
