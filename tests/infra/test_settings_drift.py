@@ -116,7 +116,7 @@ def test_module_names_no_setting_it_does_not_pass(module: str) -> None:
 
 def test_origin_passes_what_production_needs(origin: TaskDefinition) -> None:
     assert {"TOWNSQUARE_HOST", "TOWNSQUARE_S3_BUCKET", "TOWNSQUARE_S3_REGION"} <= origin.environment
-    assert origin.secrets == {"TOWNSQUARE_ADMIN_TOKEN"}
+    assert origin.secrets == {"TOWNSQUARE_ADMIN_TOKEN", "TOWNSQUARE_DATABASE_URL"}
     assert unquote(origin.locals["container_environment"]["TOWNSQUARE_HOST"]) == "0.0.0.0"
 
 

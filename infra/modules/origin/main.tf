@@ -49,8 +49,11 @@ locals {
     TOWNSQUARE_WHIP_ICE_LOOPBACK = false
   }
 
+  # Null values are left out, as above.
   container_secrets = {
     TOWNSQUARE_ADMIN_TOKEN = local.admin_token_arn
+    # Rooms and stream keys outlive the task only in a database that does (PostgreSQL).
+    TOWNSQUARE_DATABASE_URL = var.database_url_secret_arn
   }
 
   healthcheck = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.control_port}/healthz', timeout=3)"
@@ -121,7 +124,7 @@ data "aws_iam_policy_document" "read_admin_token" {
   statement {
     sid       = "ReadAdminToken"
     actions   = ["ssm:GetParameters", "secretsmanager:GetSecretValue"]
-    resources = [local.admin_token_arn]
+    resources = compact([local.admin_token_arn, var.database_url_secret_arn])
   }
 
   dynamic "statement" {
@@ -595,7 +598,7 @@ resource "aws_ecs_task_definition" "this" {
         for k, v in local.container_environment : { name = k, value = tostring(v) } if v != null
       ]
       secrets = [
-        for k, v in local.container_secrets : { name = k, valueFrom = v }
+        for k, v in local.container_secrets : { name = k, valueFrom = v } if v != null
       ]
 
       mountPoints = [

@@ -120,6 +120,12 @@ variable "admin_token_parameter_arn" {
   default     = null
 }
 
+variable "database_url_secret_arn" {
+  description = "Secrets Manager secret (or SSM SecureString) whose value is TOWNSQUARE_DATABASE_URL, e.g. postgresql://user:pass@host/db. Without it the rooms registry is SQLite on the task's ephemeral disk, and a task replacement forgets rooms and stream keys."
+  type        = string
+  default     = null
+}
+
 variable "secrets_kms_key_arn" {
   description = "KMS key that encrypts the admin token, when it is not the AWS-managed aws/ssm key; the execution role is allowed to decrypt with it."
   type        = string
