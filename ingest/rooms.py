@@ -62,6 +62,8 @@ class BroadcastStarter(Protocol):
     def start_broadcast(self, room: str, plan: EpochPlan | None = None,
                         on_segment: Callable[[int], None] | None = None) -> BroadcastSink: ...
 
+    async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int: ...
+
 
 @dataclass
 class Speaker:
@@ -160,7 +162,7 @@ class Rooms:
         self.metrics = metrics or IngestMetrics()
         self.ledger = Ledger()
         self._rooms: dict[str, Room] = {}
-        self._ending: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[Any]] = set()
 
     # --- start-up ---------------------------------------------------------------------
     async def load(self) -> list[Room]:
@@ -199,11 +201,11 @@ class Rooms:
                             exc)
         plan = plan_epoch(point, room.broadcast_id, room.epoch + 1, room.next_msn, prior)
         self._go_live(room, plan, resumed=True)
-        repair = getattr(self.packager, "repair", None)
-        if repair is not None and plan.prior:
+        if plan.prior:
             # The epoch a crash cut short has an index behind its segments: rebuild it.
             task = asyncio.get_running_loop().create_task(
-                repair(room.name, plan.broadcast, plan.prior), name=f"repair-{room.name}")
+                self.packager.repair(room.name, plan.broadcast, plan.prior),
+                name=f"repair-{room.name}")
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
 

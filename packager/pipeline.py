@@ -20,9 +20,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge
@@ -278,7 +279,7 @@ class Broadcast:
             self._encoders = None  # the codecs' memory goes with them
             self.closed = True
             BROADCASTS_LIVE.dec()
-            self.packager._release(self)
+            self.packager.stopped(self)
 
     async def _encode_all(self, pcm: np.ndarray) -> list[tuple[str, PartReady | SegmentReady]]:
         """Every rendition encodes the block at once on the encoder pool (the codecs release
@@ -414,8 +415,8 @@ class Packager:
     def segment_samples(self) -> int:
         return self.settings.segment_units * GRID_SAMPLES
 
-    def spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -532,11 +533,11 @@ class Packager:
                 added += await repair_epoch(self.store, room, r.name, e, self.segment_samples)
         return added
 
-    def _release(self, b: Broadcast) -> None:
-        """An epoch has stopped: forget it once the store has its objects."""
+    def stopped(self, b: Broadcast) -> None:
+        """An epoch has stopped: forget it a little later."""
         if self.broadcasts.get(b.room) is b:
             del self.broadcasts[b.room]
-        self.spawn(self._forget(b), f"release-{b.room}")
+        self._spawn(self._forget(b), f"release-{b.room}")
 
     async def _forget(self, b: Broadcast) -> None:
         # Answer from memory a little longer: edges may still ask for its last parts.

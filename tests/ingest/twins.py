@@ -13,6 +13,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from packager.pipeline import EpochPlan, ResumePoint
+from packager.recording import EpochInfo
 
 
 @dataclass
@@ -53,6 +54,9 @@ class RecordingPackager:
 
     async def resume_point(self, room: str) -> ResumePoint:
         return ResumePoint()
+
+    async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int:
+        return 0
 
     def start_broadcast(self, room: str, plan: EpochPlan | None = None,
                         on_segment: Callable[[int], None] | None = None) -> RecordedBroadcast:
