@@ -31,9 +31,9 @@ class S3Server:
         }
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """moto's S3 on 127.0.0.1 with one bucket; AWS credentials are dummies."""
+def start_moto(bucket: str) -> S3Server:
+    """moto's S3 on 127.0.0.1 with one bucket; AWS credentials are dummies. Stop it with
+    `.server.stop()`; `.server.start()` brings it back on the same port with its objects."""
     from moto.server import ThreadedMotoServer
 
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -42,9 +42,16 @@ def s3_server() -> Iterator[S3Server]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    s3 = S3Server(f"http://127.0.0.1:{port}", "townsquare-test", port, server)
+    s3 = S3Server(f"http://127.0.0.1:{port}", bucket, port, server)
     s3.client().create_bucket(Bucket=s3.bucket)
+    return s3
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the session, shared by tests that do not stop it."""
+    s3 = start_moto("townsquare-test")
     try:
         yield s3
     finally:
-        server.stop()
+        s3.server.stop()  # type: ignore[attr-defined]

@@ -15,13 +15,22 @@ from tests.support.procs import free_port, running, wait_http
 pytestmark = pytest.mark.slow
 
 
-def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
+TOKEN = "test-admin-token-0123456789"
+
+
+def _up(tmp_path: Path) -> tuple[list[str], dict[str, int]]:
+    """`townsquare up --demo demo` on free ports: its arguments and the ports."""
     ports = {name: free_port() for name in ("control", "origin", "edge", "rtmp")}
     args = ["up", "--demo", "demo", "--data", str(tmp_path / "data"),
             "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
             "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
+    return args, ports
+
+
+def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
+    args, ports = _up(tmp_path)
     edge = f"http://127.0.0.1:{ports['edge']}"
-    token = "test-admin-token-0123456789"
+    token = TOKEN
     with running(args, tmp_path / "up.log", f"http://127.0.0.1:{ports['origin']}/healthz",
                  env={"TOWNSQUARE_ADMIN_TOKEN": token}) as up:
         wait_http(f"{edge}/healthz", 30, up.proc)
@@ -48,12 +57,9 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
 
 
 def test_up_killed_takes_its_edge_along_and_resumes_the_demo_room(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("control", "origin", "edge", "rtmp")}
-    args = ["up", "--demo", "demo", "--data", str(tmp_path / "data"),
-            "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
-            "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
+    args, ports = _up(tmp_path)
     edge = f"http://127.0.0.1:{ports['edge']}"
-    token = "test-admin-token-0123456789"
+    token = TOKEN
     auth = {"Authorization": f"Bearer {token}"}
     with running(args, tmp_path / "up1.log", f"http://127.0.0.1:{ports['origin']}/healthz",
                  env={"TOWNSQUARE_ADMIN_TOKEN": token}) as up:

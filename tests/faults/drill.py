@@ -136,6 +136,42 @@ class Speaker(threading.Thread):
         self.join(15)
 
 
+class FfmpegListener:
+    """The ffmpeg CLI as a classic HLS player: it reads the room's master through the edge
+    and writes what it hears to a WAV file whose growth shows it is still playing."""
+
+    BYTES_PER_SECOND = 48_000 * 2 * 2  # s16 stereo
+
+    def __init__(self, edge: str, tmp: Path) -> None:
+        self.out = tmp / "ffmpeg-listener.wav"
+        self.log = tmp / "ffmpeg-listener.log"
+        self.url = f"{edge}/live/{ROOM}/master.m3u8"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FfmpegListener:
+        wait_http(self.url, 45)  # the room is announced once it has a whole segment
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-i", self.url,
+                 "-map", "0:a:0", "-ar", "48000", "-ac", "2", "-c:a", "pcm_s16le", "-y",
+                 str(self.out)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def seconds(self) -> float:
+        """Audio written so far."""
+        return max(0, self.out.stat().st_size - 44) / self.BYTES_PER_SECOND if self.out.exists() \
+            else 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None and proc.pid > 0:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+
+
 @dataclass
 class Listeners:
     """Pages in one Chromium whose audio playheads are sampled from the test's thread."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,21 @@ import m3u8
 import pytest
 
 from tests.conftest import S3Server
-from tests.faults.drill import PLAIN_HLS, ROOM, Listeners, Speaker, Stack, playlist_position
+from tests.faults.drill import (
+    PLAIN_HLS,
+    ROOM,
+    FfmpegListener,
+    Listeners,
+    Speaker,
+    Stack,
+    playlist_position,
+)
 from tests.ingest.support import recent_audio, tone_db
 from tests.support.browser import chromium
 from tests.support.postgres import PostgresServer
 from tests.support.procs import wait_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def drill_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.remove()
 
 
 def _open_listeners(browser: Any, stack: Stack) -> Listeners:
@@ -75,7 +71,7 @@ def _crash_drill(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
         while not stack.room()["speakers"]:
             assert time.monotonic() < deadline, "the speaker never joined"
             time.sleep(0.2)
-        with chromium() as browser:
+        with chromium() as browser, FfmpegListener(stack.edge_url, tmp_path) as classic:
             listeners = _open_listeners(browser, stack)
             listeners.wait_playing(45, advance=3.0)
             level_url = listeners.pages["hls.js"].evaluate("window.h.levels[window.h.currentLevel].url")
@@ -90,6 +86,7 @@ def _crash_drill(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
             listeners.watch(2.0)
             restarted = time.monotonic()
             up_at = stack.start_ingest()
+            classic_at_restart = classic.seconds()
 
             # Live again on its own within 5 s of the process being up.
             deadline = up_at + 5.0
@@ -120,6 +117,10 @@ def _crash_drill(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
                 time.sleep(0.2)
             time.sleep(4.5)
             assert tone_db(recent_audio(stack.origin, ROOM), 440) > -10
+            # ffmpeg as an HLS client (whole segments, no LL tags) carried on by itself too.
+            assert classic.alive(), "ffmpeg gave up on the room"
+            classic_after = classic.seconds() - classic_at_restart
+            assert classic_after >= 3.0, classic_after
             figures.update({
                 "restart_to_live_s": round(live_at - up_at, 2),
                 "process_start_s": round(up_at - restarted, 2),
@@ -128,6 +129,7 @@ def _crash_drill(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
                                 for n in listeners.pages},
                 "msn_before_after": (msn_before, msn_after),
                 "speaker_connects": speaker.connects,
+                "ffmpeg_audio_after_restart_s": round(classic_after, 1),
             })
         speaker.stop()
         speaker = None
@@ -181,9 +183,9 @@ def test_a_killed_ingest_resumes_its_rooms_for_listeners_who_never_reloaded(
 
 
 def test_the_crash_drill_with_postgresql_and_s3(
-        tmp_path: Path, drill_postgres: PostgresServer, s3_server: S3Server) -> None:
+        tmp_path: Path, own_postgres: PostgresServer, s3_server: S3Server) -> None:
     env = {**s3_server.env(), "TOWNSQUARE_S3_PREFIX": f"drill-{time.time_ns()}",
-           "TOWNSQUARE_DATABASE_URL": drill_postgres.create_database("drill")}
+           "TOWNSQUARE_DATABASE_URL": own_postgres.create_database("drill")}
     figures = _crash_drill(tmp_path, env)
     print("crash drill (PostgreSQL, S3):", figures)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from ingest.api import PublicUrls, build_app
 from ingest.metrics import IngestMetrics
@@ -22,19 +20,8 @@ TOKEN = "db-outage-admin-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.remove()
-
-
-async def test_rooms_on_air_outlive_a_database_outage(postgres: PostgresServer) -> None:
-    url = postgres.create_database("outage")
+async def test_rooms_on_air_outlive_a_database_outage(own_postgres: PostgresServer) -> None:
+    url = own_postgres.create_database("outage")
     registry = await Registry.open(url, connect_timeout=1.0, command_timeout=2.0)
     packager = RecordingPackager()
     rooms = Rooms(packager, registry, IngestMetrics())
@@ -50,7 +37,7 @@ async def test_rooms_on_air_outlive_a_database_outage(postgres: PostgresServer) 
         await rooms.ledger.flush(10)
         broadcast = packager.broadcasts[-1]
 
-        postgres.stop()
+        own_postgres.stop()
         before = broadcast.samples
         t0 = time.monotonic()
         refused = await http.post("/rooms", json={"name": "another"}, headers=AUTH)
@@ -64,7 +51,7 @@ async def test_rooms_on_air_outlive_a_database_outage(postgres: PostgresServer) 
         health = rooms.ledger.last_error
         assert health is not None and rooms.ledger.pending >= 1
 
-        postgres.start()
+        own_postgres.start()
         assert await rooms.ledger.flush(20), "the backlog reaches the database once it is back"
         rec = await registry.get_room("on-air")
         assert rec is not None and rec.state == "live" and rec.next_msn == 40

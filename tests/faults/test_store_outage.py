@@ -4,7 +4,6 @@ shutdown never hangs on a store that does not answer."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import S3Server
+from tests.conftest import S3Server, start_moto
 from tests.support.procs import Service, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -108,20 +107,11 @@ def test_a_wrong_bucket_is_reported_and_the_room_plays_from_memory(
 @pytest.fixture
 def own_s3() -> Iterator[S3Server]:
     """A moto server of this test's own, so stopping it harms no other test."""
-    from moto.server import ThreadedMotoServer
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(k, v)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    s3 = S3Server(f"http://127.0.0.1:{port}", "outage-test", port, server)
-    s3.client().create_bucket(Bucket=s3.bucket)
+    s3 = start_moto("outage-test")
     try:
         yield s3
     finally:
-        server.stop()
+        s3.server.stop()  # type: ignore[attr-defined]
 
 
 def _rss_peak_kib(pid: int) -> int:
