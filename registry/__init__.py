@@ -1,4 +1,4 @@
-"""The room registry: rooms, their keys and their epochs, kept in a database.
+"""The room registry: rooms, their keys, epochs and leases, and the ingest nodes, in a database.
 
 SQLite (aiosqlite) in the data folder by default, PostgreSQL (asyncpg) when the URL says so;
 the schema is created and upgraded by the Alembic revisions shipped in `migrations/`.
@@ -6,19 +6,46 @@ the schema is created and upgraded by the Alembic revisions shipped in `migratio
     registry = await Registry.open(default_url(data_dir))   # migrates to head
     await registry.import_legacy(data_dir / "ingest" / "rooms.json")
 
-Modules: `records` (the values handed out), `registry` (the `Registry` class), `errors`,
-`engine` (URLs, per-backend engine settings, driver errors translated), `tables` and `migrate`
-(schema), `legacy` (the rooms.json the registry replaces).
+Several ingest nodes share one database. Each is in the node directory, and owns a room through
+a lease that comes with a new epoch (the fencing number its writes carry):
+
+    await registry.register_node(NodeInfo("n1", internal_url, control_url, 1935, 0, 0.0, 50, t))
+    await registry.heartbeat("n1", rooms=3, cpu=0.4, draining=False)   # every few seconds
+    await registry.nodes()                       # alive nodes, least loaded first
+    lease = await registry.take_room("r", "n1", ttl=10.0)  # None: another node holds it
+    renewed = await registry.renew_leases("n1", ["r"], ttl=10.0)  # {"r": expiry}; absent = lost
+    await registry.advance("r", lease.epoch, next_msn)     # False: fenced, a newer owner exists
+    await registry.release_room("r", "n1", lease.epoch)
+    await registry.owner_of("r")                 # Owner(node, epoch, expires, internal_url)
+    await registry.rooms_to_adopt()              # live rooms whose owner's lease ran out
+
+A lease that cannot be renewed (RegistryUnavailable) must be given up by its owner before its
+last renewed expiry; after that, another node may take the room with a higher epoch.
+
+Modules: `records` (the values handed out), `registry` (the `Registry` class), `leases` (who
+owns a room), `directory` (the nodes), `errors`, `engine` (URLs, per-backend engine settings,
+driver errors translated), `tables` and `migrate` (schema), `legacy` (the rooms.json the
+registry replaces).
 """
 
 from registry.engine import default_url
-from registry.errors import NoSuchRoom, RegistryError, RegistryUnavailable, RoomTaken
-from registry.records import EpochRecord, RoomRecord, RoomState
+from registry.errors import (
+    NoSuchNode,
+    NoSuchRoom,
+    RegistryError,
+    RegistryUnavailable,
+    RoomTaken,
+)
+from registry.records import EpochRecord, Lease, NodeInfo, Owner, RoomRecord, RoomState
 from registry.registry import Registry
 
 __all__ = [
     "EpochRecord",
+    "Lease",
+    "NoSuchNode",
     "NoSuchRoom",
+    "NodeInfo",
+    "Owner",
     "Registry",
     "RegistryError",
     "RegistryUnavailable",

@@ -3,7 +3,8 @@
     RegistryError              an operation failed (also: a legacy room file that cannot be read)
     ├── RegistryUnavailable    the database cannot be reached: refused, lost, timed out, locked
     ├── RoomTaken              a room with that name is still open (waiting or live)
-    └── NoSuchRoom             no room has that name
+    ├── NoSuchRoom             no room has that name
+    └── NoSuchNode             no node has that id in the directory (heartbeat before register)
 
 Driver exceptions (SQLAlchemy's `OperationalError`/`InterfaceError`, asyncpg's connection
 errors, `OSError`, timeouts) are translated in `registry.engine.translated` with
@@ -27,3 +28,7 @@ class RoomTaken(RegistryError):
 
 class NoSuchRoom(RegistryError):
     """No room has that name."""
+
+
+class NoSuchNode(RegistryError):
+    """No node has that id in the directory: register it (again) before heartbeating."""

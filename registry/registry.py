@@ -4,11 +4,16 @@ Every method is one short transaction through an async driver and returns immuta
 A room's epoch and next media sequence number only ever grow, and each is changed by a single
 conditional UPDATE: concurrent callers (tasks or nodes) are never handed the same epoch, and a
 stale owner is told so instead of overwriting a newer one's progress.
+
+Several nodes share one database: a room is owned through a lease (`take_room`, renewed by
+`renew_leases`, see `registry.leases`) that hands out the next epoch with it, and each node
+reports itself in the node directory (`register_node`, `heartbeat`, see `registry.directory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,11 +24,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from registry import directory, leases
 from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact, translated
 from registry.errors import NoSuchRoom, RegistryError, RoomTaken
 from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
 from registry.migrate import upgrade as upgrade_schema
-from registry.records import EpochRecord, RoomRecord, RoomState
+from registry.records import EpochRecord, Lease, NodeInfo, Owner, RoomRecord, RoomState
 from registry.tables import epochs, rooms
 
 
@@ -228,6 +234,89 @@ class Registry:
         async with self._read(f"list epochs of room {name!r}") as conn:
             return [_epoch_record(row) for row in await conn.execute(query)]
 
+    # --- leases -----------------------------------------------------------------------
+    async def take_room(
+        self, name: str, node: str, ttl: float, now: float | None = None
+    ) -> Lease | None:
+        """Make `node` the room's owner until `now + ttl`, with a new epoch; None when another
+        node holds a live lease. Taking a room `node` already holds also starts a new epoch.
+
+        One conditional UPDATE decides, so of any number of nodes racing for a free room
+        exactly one wins. A live room's new epoch is recorded in `epochs` as `start_epoch`
+        would (same broadcast, from next_msn), so do not call `start_epoch` for it as well.
+        Raises NoSuchRoom for an unknown room.
+        """
+        now = _now(now)
+        async with self._write(f"node {node!r} take room {name!r}") as conn:
+            return await leases.take(conn, name, node, now + _ttl(ttl), now)
+
+    async def renew_leases(
+        self, node: str, rooms: list[str], ttl: float, now: float | None = None
+    ) -> dict[str, float]:
+        """Extend to `now + ttl` the leases `node` still holds live among `rooms`.
+
+        Returns `{room: new expiry}`; a room missing from it is lost (taken by another node,
+        released, or expired): stop publishing it. When this raises (RegistryUnavailable), the
+        leases run out at the expiry of the last renewal that succeeded.
+        """
+        now = _now(now)
+        expires = now + _ttl(ttl)
+        if not rooms:
+            return {}
+        async with self._write(f"node {node!r} renew {len(rooms)} leases") as conn:
+            return await leases.renew(conn, node, rooms, expires, now)
+
+    async def release_room(self, name: str, node: str, epoch: int) -> bool:
+        """Give the room up, if `node` still holds it at `epoch`; False, changing nothing,
+        otherwise (a newer owner or epoch exists, or the room is unknown)."""
+        async with self._write(f"node {node!r} release room {name!r}") as conn:
+            return await leases.release(conn, name, node, epoch)
+
+    async def owner_of(self, name: str, now: float | None = None) -> Owner | None:
+        """The holder of the room's live lease and its internal URL; None when the room is
+        unknown, unowned or its lease expired."""
+        now = _now(now)
+        async with self._read(f"owner of room {name!r}") as conn:
+            return await leases.owner(conn, name, now)
+
+    async def rooms_to_adopt(self, now: float | None = None) -> list[RoomRecord]:
+        """Live rooms without a live lease (their owner crashed or was cut off), longest live
+        first: what a node with spare capacity should take over."""
+        query = (
+            sa.select(rooms)
+            .where(leases.orphaned(_now(now)))
+            .order_by(sa.func.coalesce(rooms.c.started_at, rooms.c.created_at), rooms.c.name)
+        )
+        async with self._read("list rooms to adopt") as conn:
+            return [_room_record(row) for row in await conn.execute(query)]
+
+    # --- node directory ---------------------------------------------------------------
+    async def register_node(self, node: NodeInfo) -> None:
+        """Add the node to the directory, or overwrite its row (a restarted node)."""
+        async with self._write(f"register node {node.id!r}") as conn:
+            await directory.upsert(conn, node)
+
+    async def heartbeat(
+        self, node: str, rooms: int, cpu: float, draining: bool, now: float | None = None
+    ) -> None:
+        """Report the node alive at `now` with its load. Raises NoSuchNode when it is not
+        registered (forgotten meanwhile): register it again."""
+        now = _now(now)
+        async with self._write(f"heartbeat of node {node!r}") as conn:
+            await directory.heartbeat(conn, node, rooms, cpu, draining, now)
+
+    async def nodes(self, now: float | None = None, alive_within: float = 10.0) -> list[NodeInfo]:
+        """Nodes whose last heartbeat is at most `alive_within` seconds old: the ones accepting
+        rooms first, least loaded first (rooms/capacity, then cpu), draining ones last."""
+        since = _now(now) - alive_within
+        async with self._read("list nodes") as conn:
+            return await directory.alive(conn, since)
+
+    async def forget_node(self, node: str) -> None:
+        """Remove the node from the directory (nothing if absent); its leases run out alone."""
+        async with self._write(f"forget node {node!r}") as conn:
+            await directory.forget(conn, node)
+
     # --- the file the registry replaces -----------------------------------------------
     async def import_legacy(self, path: Path) -> int:
         """Import rooms from the old `rooms.json`, once: rooms not in the database yet are
@@ -318,6 +407,8 @@ def _room_record(row: sa.Row[Any]) -> RoomRecord:
         broadcast_id=row.broadcast_id,
         epoch=int(row.epoch),
         next_msn=int(row.next_msn),
+        owner=row.owner,
+        lease_expires=_float(row.lease_expires),
     )
 
 
@@ -339,3 +430,13 @@ def _room_values(room: RoomRecord) -> dict[str, Any]:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def _ttl(ttl: float) -> float:
+    if not ttl > 0:
+        raise ValueError(f"a lease needs a positive ttl, not {ttl!r}")
+    return ttl

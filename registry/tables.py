@@ -24,6 +24,8 @@ rooms = sa.Table(
     sa.Column("broadcast_id", sa.String(64), nullable=True),
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_msn", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires", sa.Float, nullable=True),
     sa.CheckConstraint("state IN ('waiting', 'live', 'ended')", name="rooms_state"),
 )
 
@@ -43,4 +45,18 @@ epochs = sa.Table(
     sa.Column("first_msn", sa.BigInteger, nullable=False),
     sa.Column("last_msn", sa.BigInteger, nullable=True),
     sa.PrimaryKeyConstraint("room", "epoch", name="epochs_pkey"),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("internal_url", sa.Text, nullable=False),
+    sa.Column("control_url", sa.Text, nullable=False),
+    sa.Column("rtmp_port", sa.Integer, nullable=False),
+    sa.Column("rooms", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cpu", sa.Float, nullable=False, server_default="0"),
+    sa.Column("capacity", sa.Integer, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("draining", sa.Boolean, nullable=False, server_default=sa.false()),
 )

@@ -1,4 +1,5 @@
-"""Schema migrations: from nothing to head, from 0001 with rows to head, and tables.py in step."""
+"""Schema migrations: from nothing to head, from 0001 or 0002 with rows to head, and tables.py in
+step."""
 
 from __future__ import annotations
 
@@ -25,23 +26,23 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-async def test_head_is_0002() -> None:
-    assert head() == "0002"
+async def test_head_is_0003() -> None:
+    assert head() == "0003"
 
 
 async def test_upgrade_from_an_empty_database_to_head(engine: AsyncEngine) -> None:
     assert await current(engine) is None
     await upgrade(engine)
-    assert await current(engine) == "0002"
+    assert await current(engine) == "0003"
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
         columns = await conn.run_sync(
             lambda c: [col["name"] for col in sa.inspect(c).get_columns("rooms")]
         )
-    assert {"rooms", "epochs", "alembic_version"} <= tables
+    assert {"rooms", "epochs", "nodes", "alembic_version"} <= tables
     assert columns == [
         "name", "key_hash", "state", "created_at", "started_at", "ended_at", "end_reason",
-        "broadcast_id", "epoch", "next_msn",
+        "broadcast_id", "epoch", "next_msn", "owner", "lease_expires",
     ]
 
 
@@ -63,13 +64,52 @@ async def test_upgrade_from_0001_keeps_rooms_with_epoch_0_and_next_msn_1(
     finally:
         await registry.close()
 
-    assert await current(engine) == "0002"
+    assert await current(engine) == "0003"
     assert set(rooms) == {"old-open", "old-done"}
     assert all((r.epoch, r.next_msn) == (0, 1) for r in rooms.values())
     done = rooms["old-done"]
     assert (done.state, done.started_at, done.ended_at, done.end_reason, done.broadcast_id) == (
         "ended", 3.5, 4.5, "requested", "b-old"
     )
+
+
+async def test_upgrade_from_0002_keeps_rooms_and_epochs_unowned(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    await upgrade(engine, "0002")
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO rooms (name, key_hash, state, created_at, started_at, ended_at,"
+            " end_reason, broadcast_id, epoch, next_msn) VALUES"
+            " ('on-air', :h, 'live', 1.5, 2.5, NULL, NULL, 'b-1', 3, 40),"
+            " ('done', :h, 'ended', 2.5, 3.5, 4.5, 'requested', 'b-0', 1, 7)"
+        ), {"h": "e" * 64})
+        await conn.execute(sa.text(
+            "INSERT INTO epochs (room, epoch, broadcast_id, started_at, ended_at, first_msn,"
+            " last_msn) VALUES ('on-air', 3, 'b-1', 2.5, NULL, 30, 39)"
+        ))
+
+    registry = await Registry.open(db_url)  # migrates to head
+    try:
+        rooms = {r.name: r for r in await registry.list_rooms()}
+        [epoch] = await registry.epochs("on-air")
+        orphans = await registry.rooms_to_adopt(now=10.0)
+        lease = await registry.take_room("on-air", "n1", ttl=5.0, now=10.0)
+    finally:
+        await registry.close()
+
+    assert await current(engine) == "0003"
+    on_air, done = rooms["on-air"], rooms["done"]
+    assert (on_air.state, on_air.broadcast_id, on_air.epoch, on_air.next_msn) == (
+        "live", "b-1", 3, 40
+    )
+    assert (done.state, done.ended_at, done.end_reason, done.epoch, done.next_msn) == (
+        "ended", 4.5, "requested", 1, 7
+    )
+    assert all((r.owner, r.lease_expires) == (None, None) for r in rooms.values())
+    assert (epoch.epoch, epoch.first_msn, epoch.last_msn) == (3, 30, 39)
+    assert [r.name for r in orphans] == ["on-air"]  # live and unowned: to be adopted
+    assert lease is not None and (lease.epoch, lease.next_msn) == (4, 40)
 
 
 async def test_migrating_again_changes_nothing(db_url: str) -> None:
