@@ -44,13 +44,23 @@ def orphaned(now: float) -> sa.ColumnElement[bool]:
 
 
 async def take(
-    conn: AsyncConnection, name: str, node: str, expires: float, now: float
+    conn: AsyncConnection, name: str, node: str, expires: float, now: float,
+    go_live: str | None = None,
 ) -> Lease | None:
+    values: dict[str, object] = {"owner": node, "lease_expires": expires,
+                                 "epoch": rooms.c.epoch + 1}
+    if go_live is not None:
+        # A waiting room goes live with broadcast `go_live` in the same UPDATE that makes
+        # `node` its owner: no other node can start another broadcast of it in between.
+        waiting = rooms.c.state == "waiting"
+        values.update(state=sa.case((waiting, "live"), else_=rooms.c.state),
+                      broadcast_id=sa.case((waiting, go_live), else_=rooms.c.broadcast_id),
+                      started_at=sa.case((waiting, now), else_=rooms.c.started_at))
     row = (
         await conn.execute(
             sa.update(rooms)
-            .where(rooms.c.name == name, free(node, now))
-            .values(owner=node, lease_expires=expires, epoch=rooms.c.epoch + 1)
+            .where(rooms.c.name == name, rooms.c.state != "ended", free(node, now))
+            .values(**values)
             .returning(rooms.c.epoch, rooms.c.next_msn, rooms.c.broadcast_id, rooms.c.state)
         )
     ).first()

@@ -236,7 +236,8 @@ class Registry:
 
     # --- leases -----------------------------------------------------------------------
     async def take_room(
-        self, name: str, node: str, ttl: float, now: float | None = None
+        self, name: str, node: str, ttl: float, now: float | None = None,
+        go_live: str | None = None,
     ) -> Lease | None:
         """Make `node` the room's owner until `now + ttl`, with a new epoch; None when another
         node holds a live lease. Taking a room `node` already holds also starts a new epoch.
@@ -244,11 +245,12 @@ class Registry:
         One conditional UPDATE decides, so of any number of nodes racing for a free room
         exactly one wins. A live room's new epoch is recorded in `epochs` as `start_epoch`
         would (same broadcast, from next_msn), so do not call `start_epoch` for it as well.
-        Raises NoSuchRoom for an unknown room.
+        With `go_live`, a waiting room goes live with that broadcast id in the same write.
+        An ended room cannot be taken. Raises NoSuchRoom for an unknown room.
         """
         now = _now(now)
         async with self._write(f"node {node!r} take room {name!r}") as conn:
-            return await leases.take(conn, name, node, now + _ttl(ttl), now)
+            return await leases.take(conn, name, node, now + _ttl(ttl), now, go_live)
 
     async def renew_leases(
         self, node: str, rooms: list[str], ttl: float, now: float | None = None

@@ -249,3 +249,17 @@ async def test_an_owner_cut_off_from_the_database_loses_the_room_and_is_fenced(
     finally:
         await node_a.close()
         await node_b.close()
+
+
+async def test_a_waiting_room_goes_live_in_the_write_that_takes_it(registry: Registry) -> None:
+    await registry.create_room("w", HASH, 1.0)
+    lease = await registry.take_room("w", "A", ttl=10.0, now=100.0, go_live="b7")
+    assert lease is not None and lease.broadcast_id == "b7" and lease.epoch == 1
+    stored = await registry.get_room("w")
+    assert stored is not None and (stored.state, stored.broadcast_id, stored.started_at) == (
+        "live", "b7", 100.0)
+    assert [e.epoch for e in await registry.epochs("w", "b7")] == [1]
+    # Another node cannot start a second broadcast of it, and an ended room is not taken.
+    assert await registry.take_room("w", "B", ttl=10.0, now=101.0, go_live="b8") is None
+    await registry.end_room("w", 102.0, "done")
+    assert await registry.take_room("w", "B", ttl=10.0, now=200.0) is None
