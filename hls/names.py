@@ -86,6 +86,12 @@ def check_room(name: str) -> str:
     return name
 
 
+def is_rendition_name(name: str) -> bool:
+    """Whether `name` can name a rendition folder without reading as another object."""
+    return (re.fullmatch(_NAME, name) is not None and re.fullmatch(BROADCAST_PATTERN, name) is None
+            and re.fullmatch(EPOCH_PATTERN, name) is None)
+
+
 def part_name(msn: int, index: int) -> str:
     return f"p{msn}.{index}.m4s"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hls.names import is_rendition_name
+
 SAMPLE_RATE = 48_000
 GRID_SAMPLES = 15_360  # lcm(1024, 960)
 DEFAULT_LADDER = "aac96:aac:96:2,aac48:aac:48:2,opus64:opus:64:2"
@@ -73,6 +75,9 @@ def parse_ladder(text: str) -> list[Rendition]:
             raise LadderError(f"rendition {name!r}: codec must be aac or opus, not {codec!r}")
         if not name.replace("-", "").isalnum():
             raise LadderError(f"rendition name {name!r} must be letters, digits and dashes")
+        if not is_rendition_name(name):
+            raise LadderError(f"rendition name {name!r} is up to 32 letters, digits and dashes, "
+                              "and not shaped like a broadcast or epoch id")
         try:
             channels = int(fields[3]) if len(fields) == 4 else 2
             rate = int(kbps)
