@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from packager.ladder import DEFAULT_LADDER, Rendition, parse_ladder
@@ -88,3 +88,38 @@ class OriginSettings(StoreSettings):
     origin_port: int = 8001
     # How often a standalone origin (no packager in its process) re-reads live state.
     origin_poll_seconds: float = 0.05
+
+
+# Segments are at most 2 s (`segment_units` ≤ 6), so an origin holds a blocking request ≤ 6 s.
+MAX_TARGET_DURATION = 2
+
+
+class TierSettings(OriginSettings):
+    """The origin tier: the store settings of the origin, plus where owners are found."""
+
+    # The rooms database the ingest nodes hold their leases in (postgresql://…). Unset means
+    # the SQLite file in the data folder, which only a single machine can share.
+    database_url: str | None = None
+    # A room's owner is looked up at most once per this, per replica, however many requests:
+    # a failover is noticed sooner anyway, as the old owner stops answering.
+    tier_owner_cache_seconds: float = Field(default=1.0, gt=0)
+    # The owner may hold a blocking request 3 × target duration (6 s), more while its room is
+    # resuming; the forward must outlast that.
+    tier_forward_timeout_seconds: float = 15.0
+    # How long a blocking request waits for a room's new owner before a 503: long enough for a
+    # node to take the room and cut its first part, short of players' playlist timeouts (10 s).
+    tier_failover_wait_seconds: float = Field(default=6.0, gt=0)
+    # Connections to all owners at once. Each held request takes one for up to 6 s: allow
+    # about two per rendition of every room a replica serves (256 ≈ 40 three-rendition rooms).
+    tier_max_connections: int = Field(default=256, ge=1)
+    # Rooms whose owner a replica remembers (~200 bytes each); the least recently asked go.
+    tier_owner_cache_rooms: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _forward_outlasts_blocking(self) -> TierSettings:
+        if self.tier_forward_timeout_seconds <= 3 * MAX_TARGET_DURATION:
+            raise ValueError(
+                f"tier_forward_timeout_seconds must exceed 3 × target duration "
+                f"({3 * MAX_TARGET_DURATION} s): an owner holds a blocking request that long"
+            )
+        return self

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--seconds", type=float, help="with --room: stop after this long")
     _add_store_flags(ingest)
 
+    tier = sub.add_parser("tier", help="run a stateless origin replica that forwards live "
+                                       "requests to each room's owner (a cluster of ingest nodes)")
+    tier.add_argument("--host")
+    tier.add_argument("--port", type=int, dest="origin_port")
+    _add_store_flags(tier)
+
     repair = sub.add_parser("repair", help="rebuild a room's recording from the objects in the "
                                            "store (after a crash); safe to repeat")
     repair.add_argument("room", type=_demo_room)
@@ -106,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         from townsquare import stack
 
         asyncio.run(stack.run_repair(args))
+        return
+    if args.command == "tier":
+        from townsquare import stack
+
+        run_until_signalled(lambda stop: stack.run_tier(args, stop))
         return
     if args.command == "origin":
         from townsquare import stack

@@ -257,3 +257,31 @@ async def run_repair(args: argparse.Namespace) -> None:
           f"{report.entries_added} index entries rebuilt from the store, "
           f"{'ended' if report.ended else 'still open'}; recording at "
           f"{room_key(args.room, report.broadcast, 'recording.m3u8')}", flush=True)
+
+
+async def run_tier(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """`townsquare tier`: a stateless origin replica in front of the ingest nodes' origins,
+    finding each room's owner in the rooms database."""
+    from packager.tier import TierSettings, build_tier_app
+    from registry import Registry, RegistryError, default_url
+
+    settings = TierSettings(**_store_overrides(args), **_pick(args, "host", "origin_port"))
+    url = settings.database_url or default_url(settings.data_dir)
+    if settings.database_url is None:
+        log.warning("no TOWNSQUARE_DATABASE_URL: owners are looked up in %s, which only this "
+                    "machine can share", url)
+    try:
+        registry = await Registry.open(url, migrate=False)
+    except RegistryError as exc:
+        raise SystemExit(f"townsquare tier: {exc}") from None
+    store = open_store(settings)
+    app = build_tier_app(store, registry, settings)
+    http = asyncio.create_task(serve_http(http_server(app, settings.host, settings.origin_port)))
+    print(f"origin tier: http://{settings.host}:{settings.origin_port}  (store: "
+          f"{store.describe()}, rooms database: {registry.describe()})", flush=True)
+    try:
+        await _until(stop, http)
+    finally:
+        await cancel_and_wait(http)
+        await app.state.tier.aclose()
+        await registry.close()
