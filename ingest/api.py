@@ -18,6 +18,7 @@ from hls.names import ROOM_PATTERN, InvalidRoomName, is_valid_room
 from ingest.errors import (
     BadKey,
     IngestError,
+    RoomElsewhere,
     RoomEnded,
     RoomError,
     RoomExists,
@@ -144,10 +145,10 @@ def build_app(
     async def ingest_error(request: Request, exc: IngestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=_status(exc))
 
-    def room_or_404(name: str) -> Room:
+    async def room_or_404(name: str) -> Room:
         if not is_valid_room(name):
             raise HTTPException(404, f"room name {name!r} does not match {ROOM_PATTERN}")
-        return rooms.get(name)
+        return await rooms.find(name)
 
     def created(room: Room, key: str) -> RoomCreated:
         return RoomCreated(
@@ -179,25 +180,27 @@ def build_app(
     @app.get("/rooms/{room}", dependencies=[Depends(admin)], tags=["rooms"],
              summary="A room's state: live or not, speakers, started at, duration")
     async def get_room(room: str) -> dict[str, Any]:
-        return room_or_404(room).describe()
+        r = await room_or_404(room)
+        await rooms.refresh_owner(r)
+        return r.describe()
 
     @app.post("/rooms/{room}/end", dependencies=[Depends(admin)], tags=["rooms"],
               summary="End the room: ENDLIST on its playlists, the recording kept")
     async def end_room(room: str) -> dict[str, Any]:
-        r = room_or_404(room)
+        r = await room_or_404(room)
         await rooms.end(r, "ended by request")
         return r.describe()
 
     @app.post("/rooms/{room}/speakers/{speaker}/mute", dependencies=[Depends(admin)],
               tags=["speakers"], summary="Mute or unmute a speaker in the mix")
     async def mute(room: str, speaker: str, body: MuteRequest | None = None) -> dict[str, Any]:
-        s = rooms.mute(room_or_404(room), speaker, body.muted if body else True)
+        s = rooms.mute(await room_or_404(room), speaker, body.muted if body else True)
         return s.describe()
 
     @app.delete("/rooms/{room}/speakers/{speaker}", status_code=204, dependencies=[Depends(admin)],
                 tags=["speakers"], summary="Disconnect a speaker")
     async def remove(room: str, speaker: str) -> Response:
-        await rooms.remove(room_or_404(room), speaker)
+        await rooms.remove(await room_or_404(room), speaker)
         return Response(status_code=204)
 
     # --- WHIP -------------------------------------------------------------------------
@@ -236,6 +239,10 @@ def build_app(
             raise HTTPException(413, f"SDP offer over {MAX_SDP_BYTES} bytes")
         if not is_valid_room(room):
             raise HTTPException(404, "no such room", headers=_CORS)
+        try:
+            await rooms.find(room)  # a room another node created is read from the registry
+        except RoomNotFound:
+            pass  # check_key answers as for a wrong key: nothing tells which rooms exist
         try:
             r = rooms.check_key(room, key)
         except BadKey as exc:
@@ -280,7 +287,7 @@ def build_app(
     @app.get("/broadcast/{room}", response_class=HTMLResponse, tags=["page"],
              summary="The broadcaster page: microphone → WHIP")
     async def broadcast_page(room: str) -> HTMLResponse:
-        room_or_404(room)
+        await room_or_404(room)
         return HTMLResponse(_page(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", tags=["health"])
@@ -312,7 +319,7 @@ def _status(exc: Exception) -> int:
         return 409
     if isinstance(exc, (RoomEnded,)):
         return 410
-    if isinstance(exc, (RoomFull, Unavailable)):
+    if isinstance(exc, (RoomFull, Unavailable, RoomElsewhere)):
         return 503
     if isinstance(exc, BadKey):
         return 401

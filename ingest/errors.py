@@ -8,6 +8,7 @@
     │   ├── RoomExists         a waiting or live room already has that name
     │   ├── RoomEnded          the room is over; nothing can join it
     │   ├── RoomFull           too many speakers at once
+    │   ├── RoomElsewhere      another node of the cluster publishes the room
     │   └── BadKey             a stream key that matches no room (or not this room)
     ├── ProtocolError          bytes from a publisher that break the RTMP rules
     │   ├── AmfError           AMF0 that cannot be decoded
@@ -50,6 +51,10 @@ class RoomEnded(RoomError):
 
 
 class RoomFull(RoomError):
+    pass
+
+
+class RoomElsewhere(RoomError):
     pass
 
 

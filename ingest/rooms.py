@@ -21,22 +21,31 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from hls.names import check_room, epoch_id, new_broadcast_id
-from ingest.errors import BadKey, RoomEnded, RoomExists, RoomFull, RoomNotFound, Unavailable
+from ingest.errors import (
+    BadKey,
+    RoomElsewhere,
+    RoomEnded,
+    RoomExists,
+    RoomFull,
+    RoomNotFound,
+    Unavailable,
+)
 from ingest.jitter import JitterBuffer
 from ingest.ledger import Ledger
+from ingest.node import Node
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
 from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
 from packager.recording import EpochInfo
-from registry import Registry, RegistryError, RoomTaken
+from registry import Lease, Registry, RegistryError, RoomRecord, RoomTaken
 
 log = logging.getLogger("townsquare.ingest.rooms")
 
@@ -103,6 +112,7 @@ class Room:
     broadcast_id: str | None = None
     epoch: int = 0  # the last epoch number handed out for this room
     next_msn: int = 1  # the media sequence number its next segment gets
+    owner: str | None = None  # the node holding its lease, as last read (cluster mode)
     speakers: dict[str, Speaker] = field(default_factory=dict)
     _mixer: Mixer | None = None
     _clock: ProgramClock | None = None
@@ -110,6 +120,11 @@ class Room:
     _seq: int = 0
     _last_voice: float = 0.0  # monotonic time a speaker was last connected
     _late_reported: int = 0  # late program blocks already counted in the metrics
+
+    @property
+    def on_air(self) -> bool:
+        """This process publishes the room now."""
+        return self._broadcast is not None
 
     def describe(self) -> dict[str, Any]:
         now = time.time()
@@ -131,6 +146,7 @@ class Room:
             "program_seconds": program,
             "broadcast_id": self.broadcast_id,
             "epoch": self.epoch,
+            "node": self.owner,
             "next_msn": self.next_msn,
             "speakers": [s.describe() for s in self.speakers.values()],
         }
@@ -161,6 +177,7 @@ class Rooms:
         self.policy = policy or RoomPolicy()
         self.metrics = metrics or IngestMetrics()
         self.ledger = Ledger()
+        self.node: Node | None = None  # set in cluster mode: rooms are published under leases
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
 
@@ -177,16 +194,132 @@ class Rooms:
             self._rooms[rec.name] = Room(
                 rec.name, rec.key_hash, rec.created_at, state="waiting",
                 started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
-                next_msn=rec.next_msn)
+                next_msn=rec.next_msn, owner=rec.owner)
         return [self._rooms[r.name] for r in records if r.state == "live"]
 
     async def resume(self, rooms: list[Room]) -> None:
-        """Put rooms that were live back on air where their timeline stopped."""
+        """Put rooms that were live back on air where their timeline stopped (in cluster
+        mode, those this node held or nobody holds; the others are another node's)."""
         for room in rooms:
             try:
-                await self._resume(room)
+                if self.node is not None:
+                    if room.owner in (None, self.node.id):
+                        await self.admit(room)
+                else:
+                    await self._resume(room)
+            except RoomElsewhere:
+                log.info("room %s is on air on another node", room.name)
             except Exception:
                 log.exception("room %s: could not be resumed", room.name)
+
+    # --- cluster mode -----------------------------------------------------------------
+    async def find(self, name: str) -> Room:
+        """The room by name, read from the registry when another node created it."""
+        room = self._rooms.get(name)
+        if room is None and self.registry is not None:
+            try:
+                rec = await self.registry.get_room(name)
+            except RegistryError as exc:
+                raise Unavailable(f"room {name!r} cannot be looked up now: {exc}") from exc
+            if rec is not None and rec.state != "ended":
+                room = self._remember(rec)
+        if room is None:
+            raise RoomNotFound(f"no room named {name!r}")
+        return room
+
+    async def refresh_owner(self, room: Room) -> None:
+        """Read which node holds the room's lease now (cluster mode)."""
+        if self.node is not None and self.registry is not None:
+            try:
+                owner = await self.registry.owner_of(room.name)
+            except RegistryError:
+                return  # what was last read stands
+            room.owner = owner.node if owner is not None else None
+
+    async def find_by_key(self, key: str) -> Room:
+        """`by_key`, falling back on the registry for rooms created on another node."""
+        try:
+            return self.by_key(key)
+        except BadKey:
+            if self.registry is None:
+                raise
+        try:
+            rec = await self.registry.room_by_key(hash_key(key))
+        except RegistryError as exc:
+            raise Unavailable(f"stream keys cannot be checked now: {exc}") from exc
+        if rec is None:
+            raise BadKey("stream key matches no open room")
+        return self._remember(rec)
+
+    def _remember(self, rec: RoomRecord) -> Room:
+        room = Room(rec.name, rec.key_hash, rec.created_at, state=rec.state,
+                    started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
+                    next_msn=rec.next_msn, owner=rec.owner)
+        self._rooms[rec.name] = room
+        return room
+
+    async def admit(self, room: Room) -> None:
+        """Make sure this node publishes `room` before a speaker joins it here: take its
+        lease (a waiting room goes live with it) and put it on air. RoomElsewhere when
+        another node holds it. Nothing to do outside cluster mode."""
+        if self.node is None or room.on_air:
+            return
+        if room.state == "ended":
+            raise RoomEnded(f"room {room.name!r} has ended")
+        bid = new_broadcast_id(time.time()) if room.state == "waiting" else None
+        try:
+            lease = await self.node.take(room.name, go_live=bid)
+        except RegistryError as exc:
+            raise Unavailable(f"room {room.name!r} cannot be taken now: {exc}") from exc
+        if room.on_air:
+            return  # another speaker's admission put it on air meanwhile
+        if lease is None:
+            owner = await self.registry.owner_of(room.name) if self.registry else None
+            raise RoomElsewhere(f"room {room.name!r} is on air on node "
+                                f"{owner.node if owner else 'another node'}")
+        await self._on_air_leased(room, lease)
+
+    async def adopt(self, rec: RoomRecord, lease: Lease) -> None:
+        """Put a room whose node went away on air here, on its timeline."""
+        room = self._rooms.get(rec.name) or self._remember(rec)
+        room.state = "live"
+        if not room.on_air:
+            await self._on_air_leased(room, lease)
+
+    async def _on_air_leased(self, room: Room, lease: Lease) -> None:
+        assert self.node is not None
+        resumed = room.state == "live"
+        if resumed:
+            point = await self.packager.resume_point(room.name)
+            prior: tuple[EpochInfo, ...] = ()
+            if self.registry is not None and lease.broadcast_id is not None:
+                try:
+                    prior = tuple(
+                        EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at, e.first_msn)
+                        for e in await self.registry.epochs(room.name, lease.broadcast_id)
+                        if e.epoch < lease.epoch)
+                except RegistryError as exc:
+                    log.warning("room %s: earlier epochs unknown (%s)", room.name, exc)
+        else:
+            point, prior = ResumePoint(), ()
+        plan = plan_epoch(point, lease.broadcast_id, lease.epoch, lease.next_msn, prior)
+        # The lease's epoch is the fencing number: the epoch folder must carry it.
+        plan = replace(plan, number=lease.epoch)
+        room.owner = self.node.id
+        self._go_live(room, plan, resumed=resumed, recorded=True)
+        if plan.prior:
+            task = asyncio.get_running_loop().create_task(
+                self.packager.repair(room.name, plan.broadcast, plan.prior),
+                name=f"repair-{room.name}")
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def lose(self, room: Room) -> None:
+        """Stop publishing a room whose lease this node no longer holds (it stays live:
+        its new owner carries it on)."""
+        if room.on_air:
+            await self._stop_room(room, end=False)
+            self.metrics.rooms_live.dec()
 
     async def _resume(self, room: Room) -> None:
         point = await self.packager.resume_point(room.name)
@@ -273,6 +406,8 @@ class Rooms:
             raise RoomEnded(f"room {room.name!r} has ended")
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
+        if self.node is not None and not room.on_air:
+            raise RoomElsewhere(f"room {room.name!r} is not on air on this node")
         if room.state == "waiting":
             self._go_live(room, plan_epoch(ResumePoint(), new_broadcast_id(time.time()),
                                            room.epoch + 1, room.next_msn))
@@ -361,16 +496,24 @@ class Rooms:
     async def close(self, deadline: float = 10.0) -> None:
         """Service shutdown: stop every live room without ending it (the next start of the
         service resumes it), then write what the registry is still owed."""
+        if self.node is not None:
+            await self.node.stop()
         for room in list(self._rooms.values()):
-            if room.state == "live":
+            if room.state == "live" and room.on_air:
                 await self._stop_room(room, end=False)
                 self.metrics.rooms_live.dec()
+                if self.node is not None:
+                    # Handed back at once: another node adopts it without waiting for expiry.
+                    await self.node.release(room)
         for task in list(self._ending):
             task.cancel()
         await self.ledger.close(deadline)
 
     # --- internals --------------------------------------------------------------------
-    def _go_live(self, room: Room, plan: EpochPlan, resumed: bool = False) -> None:
+    def _go_live(self, room: Room, plan: EpochPlan, resumed: bool = False,
+                 recorded: bool = False) -> None:
+        """Put `room` on air with `plan`; `recorded` when the registry already has the new
+        epoch (a lease handed it out)."""
         broadcast = self.packager.start_broadcast(room.name, plan,
                                                   lambda n: self._advanced(room, plan.number, n))
         room._broadcast = broadcast
@@ -386,7 +529,7 @@ class Rooms:
         room._last_voice = time.monotonic()
         room._clock.start()
         self.metrics.rooms_live.inc()
-        if self.registry is not None:
+        if self.registry is not None and not recorded:
             registry, started = self.registry, room.started_at
             if not resumed:
                 self.ledger.append(f"{room.name} live",

@@ -14,6 +14,7 @@ from ingest.api import PublicUrls, build_app
 from ingest.capture import play
 from ingest.errors import ConfigError, RoomExists, Unavailable
 from ingest.metrics import IngestMetrics
+from ingest.node import Node
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
 from ingest.settings import IngestSettings
@@ -46,6 +47,7 @@ async def _open_demo(rooms: Rooms, demo: DemoRoom) -> asyncio.Task[int]:
     except RoomExists:
         room = rooms.get(demo.name)
         log.info("demo room %s resumed (%s); its stream key is unchanged", demo.name, room.state)
+    await rooms.admit(room)
     speaker = rooms.join(room, "local", "test signal")
     return asyncio.create_task(play(TestSignal(), speaker.push), name=f"demo-{demo.name}")
 
@@ -175,6 +177,12 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
                                   f"{settings.control_port}") from exc
         log.info("ingest: control API http://%s:%d (docs at /docs), RTMP port %d",
                  settings.host, settings.control_port, rtmp.port)
+        if settings.node_id:
+            urls = public_urls(settings)
+            rooms.node = Node(registry, settings.node_id, settings.internal_url or urls.origin,
+                              urls.control, rtmp.port, settings.node_capacity,
+                              settings.lease_seconds)
+            await rooms.node.start(rooms)
         await rooms.resume(live)
         if demo is not None:
             demo_task = await _open_demo(rooms, demo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from packager.settings import PackagerSettings
 
 
@@ -35,3 +37,14 @@ class IngestSettings(PackagerSettings):
     whip_ice_loopback: bool = True
     # STUN/TURN URLs for WHIP's ICE agent, comma separated; none by default (host only).
     whip_ice_servers: str = ""
+    # Cluster mode: this node's id, unique among the nodes sharing the rooms database (set it
+    # to run several). Unset: a single node, no leases.
+    node_id: str | None = None
+    # A room's lease lasts this long; it is renewed every third of it. A node that cannot
+    # renew stops publishing within two thirds of it; another node adopts the room after it.
+    lease_seconds: float = Field(default=6.0, ge=1.5)
+    # Rooms this node publishes at most; past it, it adopts none and refuses new ones.
+    node_capacity: int = Field(default=200, ge=1)
+    # Where the origin tier and other nodes reach this node's origin (default: derived from
+    # host and origin_port).
+    internal_url: str | None = None

@@ -24,7 +24,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from registry import directory, leases
+import registry.directory as directory
+import registry.leases as leases
 from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact, translated
 from registry.errors import NoSuchRoom, RegistryError, RoomTaken
 from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
@@ -120,6 +121,13 @@ class Registry:
         async with self._read(f"get room {name!r}") as conn:
             row = (await conn.execute(sa.select(rooms).where(rooms.c.name == name))).first()
             return None if row is None else _room_record(row)
+
+    async def room_by_key(self, key_hash: str) -> RoomRecord | None:
+        """The open room whose stream key hashes to `key_hash` (keys are 192 random bits, so
+        their SHA-256 can be looked up directly)."""
+        found = await self._rooms(f"room by key {key_hash[:8]}…",
+                                  sa.and_(rooms.c.key_hash == key_hash, rooms.c.state != "ended"))
+        return found[0] if found else None
 
     async def list_rooms(self) -> list[RoomRecord]:
         """Every room, ordered by name."""

@@ -22,8 +22,10 @@ from ingest.errors import (
     DecodeError,
     LimitExceeded,
     ProtocolError,
+    RoomElsewhere,
     RoomEnded,
     RoomFull,
+    Unavailable,
     UnsupportedCodec,
 )
 from ingest.metrics import IngestMetrics
@@ -253,14 +255,15 @@ class RtmpSession:
         key = cmd.args[0] if cmd.args and isinstance(cmd.args[0], str) else ""
         key = key.split("?", 1)[0]
         try:
-            room = self._rooms.by_key(key)
+            room = await self._rooms.find_by_key(key)
             self.room = room
+            await self._rooms.admit(room)
             self.speaker = self._rooms.join(room, "rtmp", self.remote, self._disconnect)
         except BadKey:
             self._refuse(stream_id, "NetStream.Publish.BadName", "invalid stream key", "key")
             await self._writer.drain()
             raise SessionClosed("bad key") from None
-        except (RoomFull, RoomEnded) as exc:
+        except (RoomFull, RoomEnded, RoomElsewhere, Unavailable) as exc:
             self._refuse(stream_id, "NetStream.Publish.Rejected", str(exc), "room")
             await self._writer.drain()
             raise SessionClosed("room refused") from None

@@ -210,17 +210,23 @@ class Listeners:
 
     def longest_stall(self, name: str, since: float) -> float:
         """The longest time the page's playhead stood still after `since`."""
-        worst, still_since, last = 0.0, None, None
+        start, end = self.stall(name, since)
+        return end - start
+
+    def stall(self, name: str, since: float) -> tuple[float, float]:
+        """(first still sample, first moving sample after it) of the longest stall."""
+        worst, still_since, last, prev_t = (0.0, 0.0), None, None, since
         for t, got in self.samples:
             if t < since:
                 continue
             ct = got[name]
             if last is not None and ct <= last + 0.01:
-                still_since = still_since if still_since is not None else t
-                worst = max(worst, t - still_since)
-            else:
+                still_since = still_since if still_since is not None else prev_t
+            elif still_since is not None:
+                if t - still_since > worst[1] - worst[0]:
+                    worst = (still_since, t)
                 still_since = None
-            last = ct
+            last, prev_t = ct, t
         return worst
 
 

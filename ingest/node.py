@@ -1,0 +1,152 @@
+"""This ingest node in a cluster: the rooms it owns by lease, kept alive by heartbeat.
+
+Any number of nodes share the rooms database and the object store. A node publishes a room
+only while it holds the room's lease (`registry.take_room`: one conditional write, a new
+epoch that fences every earlier owner). The keeper renews the leases every third of their
+lifetime; a room whose renewal is refused has another owner and is stopped here at once, and
+when the database cannot be reached at all, every room is stopped before its lease can
+expire, so two nodes never publish one room. Rooms left without a live lease (their node
+died) are adopted by the least busy nodes with room to spare, and resume on the same URLs.
+
+Cluster mode is on when `TOWNSQUARE_NODE_ID` is set; a single `townsquare up` runs without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+from registry import Lease, NodeInfo, Registry, RegistryError, RegistryUnavailable, RoomRecord
+from serving.tasks import cancel_and_wait
+
+
+class LeasedRoom(Protocol):
+    """What the keeper reads of a room (`ingest.rooms.Room`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def on_air(self) -> bool: ...
+
+
+R = TypeVar("R", bound=LeasedRoom)
+
+
+class RoomKeeper(Protocol[R]):
+    """What the keeper asks of the rooms (`ingest.rooms.Rooms`)."""
+
+    def all(self) -> Sequence[R]: ...
+
+    async def lose(self, room: R) -> None: ...
+
+    async def adopt(self, rec: RoomRecord, lease: Lease) -> None: ...
+
+log = logging.getLogger("townsquare.ingest.node")
+
+
+class Node:
+    def __init__(self, registry: Registry, node_id: str, internal_url: str, control_url: str,
+                 rtmp_port: int, capacity: int, lease_seconds: float) -> None:
+        self.registry = registry
+        self.id = node_id
+        self.info = NodeInfo(node_id, internal_url, control_url, rtmp_port, 0, 0.0, capacity,
+                             time.time(), False)
+        self.ttl = lease_seconds
+        self.rooms: RoomKeeper[Any] | None = None
+        self.draining = False
+        self._last_renewal = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self._cpu = (time.process_time(), time.monotonic())
+
+    async def start(self, rooms: RoomKeeper[Any]) -> None:
+        self.rooms = rooms
+        await self.registry.register_node(self.info)
+        self._last_renewal = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._keep(), name="node-keeper")
+        log.info("node %s in the cluster (%s), leases of %.1f s", self.id, self.info.internal_url,
+                 self.ttl)
+
+    async def take(self, name: str, go_live: str | None = None) -> Lease | None:
+        return await self.registry.take_room(name, self.id, self.ttl, go_live=go_live)
+
+    def owned(self) -> list[Any]:
+        assert self.rooms is not None
+        return [r for r in self.rooms.all() if r.state == "live" and r.on_air]
+
+    async def stop(self) -> None:
+        """Leave the cluster: stop keeping leases and hand every room back (released leases
+        are adopted by the other nodes at once)."""
+        self.draining = True
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def release(self, room: LeasedRoom) -> None:
+        try:
+            await self.registry.release_room(room.name, self.id, room.epoch)
+        except RegistryError as exc:
+            log.warning("room %s: lease not released (%s); it expires on its own", room.name, exc)
+
+    def _load(self) -> float:
+        cpu, wall = time.process_time(), time.monotonic()
+        used = (cpu - self._cpu[0]) / max(wall - self._cpu[1], 1e-3) / (os.cpu_count() or 1)
+        self._cpu = (cpu, wall)
+        return min(1.0, used)
+
+    async def _keep(self) -> None:
+        assert self.rooms is not None
+        rooms = self.rooms
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            owned = self.owned()
+            try:
+                renewed = await self.registry.renew_leases(self.id, [r.name for r in owned],
+                                                           self.ttl)
+                self._last_renewal = time.monotonic()
+                await self.registry.heartbeat(self.id, len(owned), self._load(), self.draining)
+            except RegistryUnavailable as exc:
+                # Stop publishing before the last lease renewed can expire: by then another
+                # node may take the rooms, and a room has one voice at a time.
+                if time.monotonic() - self._last_renewal > self.ttl * 2 / 3:
+                    for room in self.owned():
+                        log.error("room %s: lease not renewed (%s); stopped here", room.name, exc)
+                        await rooms.lose(room)
+                continue
+            except RegistryError as exc:
+                log.error("node %s: %s", self.id, exc)
+                continue
+            for room in owned:
+                if room.name not in renewed:
+                    log.warning("room %s: lease lost to another node; stopped here", room.name)
+                    await rooms.lose(room)
+            if not self.draining:
+                await self._adopt(len(owned) - (len(owned) - len(renewed)))
+
+    async def _adopt(self, owning: int) -> None:
+        assert self.rooms is not None
+        try:
+            orphans = await self.registry.rooms_to_adopt()
+        except RegistryError:
+            return
+        for rec in orphans:
+            if owning >= self.info.capacity:
+                return
+            try:
+                lease = await self.take(rec.name)
+            except RegistryError:
+                return
+            if lease is None:
+                continue  # another node was quicker
+            owning += 1
+            log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
+            await self.rooms.adopt(rec, lease)
