@@ -53,6 +53,7 @@ class RoomKeeper(Protocol[R]):
     async def adopt(self, rec: RoomRecord, lease: Lease) -> None: ...
 
 log = logging.getLogger("townsquare.ingest.node")
+ADOPT_EVERY = 0.25  # seconds between looks for rooms nobody holds
 
 
 class Node:
@@ -106,8 +107,16 @@ class Node:
     async def _keep(self) -> None:
         assert self.rooms is not None
         rooms = self.rooms
+        next_renewal = time.monotonic()
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            # Orphans are looked for often (a cheap query), so that a room handed over by a
+            # node that is stopping is back on air within a segment; leases every third.
+            await asyncio.sleep(ADOPT_EVERY)
+            if time.monotonic() < next_renewal:
+                if not self.draining:
+                    await self._adopt(len(self.owned()))
+                continue
+            next_renewal = time.monotonic() + self.ttl / 3
             owned = self.owned()
             try:
                 renewed = await self.registry.renew_leases(self.id, [r.name for r in owned],

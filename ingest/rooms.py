@@ -73,6 +73,8 @@ class BroadcastStarter(Protocol):
 
     async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int: ...
 
+    async def flush(self, deadline: float) -> bool: ...
+
 
 @dataclass
 class Speaker:
@@ -498,15 +500,21 @@ class Rooms:
         service resumes it), then write what the registry is still owed."""
         if self.node is not None:
             await self.node.stop()
+        stopped = []
         for room in list(self._rooms.values()):
             if room.state == "live" and room.on_air:
                 await self._stop_room(room, end=False)
                 self.metrics.rooms_live.dec()
-                if self.node is not None:
-                    # Handed back at once: another node adopts it without waiting for expiry.
-                    await self.node.release(room)
+                stopped.append(room)
         for task in list(self._ending):
             task.cancel()
+        if self.node is not None and stopped:
+            # Hand the rooms over: once the store and the registry hold where each stopped,
+            # release the leases, and another node adopts them without waiting for expiry.
+            await self.packager.flush(deadline)
+            await self.ledger.flush(deadline)
+            for room in stopped:
+                await self.node.release(room)
         await self.ledger.close(deadline)
 
     # --- internals --------------------------------------------------------------------

@@ -525,6 +525,10 @@ class Packager:
                  b.broadcast_id, b.epoch.id, b.epoch.first_msn, self.store.describe())
         return b
 
+    async def flush(self, deadline: float) -> bool:
+        """Wait until the store holds what was written so far (False past `deadline`)."""
+        return await self.writer.drain(deadline)
+
     async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int:
         """Rebuild the recording index of `epochs` from the store (after a crash)."""
         added = 0

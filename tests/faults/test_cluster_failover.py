@@ -1,10 +1,14 @@
-"""Two ingest nodes sharing PostgreSQL and S3, an origin tier and an edge: the node that owns
-a room is killed, the other adopts it once its lease lapses, the speaker reconnects there (as
-a TCP load balancer would send it) and the listener page plays on without a reload."""
+"""Ingest nodes sharing PostgreSQL and S3, an origin tier and an edge. The node that owns a
+room is killed (the other adopts it once its lease lapses) or stopped with SIGTERM (it hands
+the room over at once); the speaker reconnects to the node that is left, as a TCP load
+balancer would send it, and the listener page plays on without a reload."""
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,78 +28,104 @@ LEASE = 3.0
 
 class Node:
     def __init__(self, n: int, tmp: Path, env: dict[str, str]) -> None:
-        self.n = n
         self.control, self.origin, self.rtmp = free_port(), free_port(), free_port()
-        self.env = {**env, "TOWNSQUARE_NODE_ID": f"node-{n}",
-                    "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
+        env = {**env, "TOWNSQUARE_NODE_ID": f"node-{n}",
+               "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
         args = ["ingest", "--data", str(tmp / "data"), "--control-port", str(self.control),
                 "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
-        self.svc = Service(args, tmp / f"node-{n}.log", self.env)
+        self.svc = Service(args, tmp / f"node-{n}.log", env)
         wait_http(f"{self.api}/healthz", 60, self.svc.proc)
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.control}"
 
+    def room(self) -> dict[str, object]:
+        return dict(httpx.get(f"{self.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json())
 
-def test_a_killed_node_s_room_is_adopted_and_heard_again(
-        tmp_path: Path, own_postgres: PostgresServer) -> None:
-    s3 = start_moto("cluster")
+
+@contextmanager
+def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[Node, Node, str]]:
+    """Two nodes, the origin tier and an edge; yields (node 1, node 2, edge URL)."""
+    s3 = start_moto(f"cluster-{time.time_ns()}")  # moto's objects outlive a server
     env = {**s3.env(), "TOWNSQUARE_ADMIN_TOKEN": TOKEN,
-           "TOWNSQUARE_DATABASE_URL": own_postgres.create_database("cluster"),
+           "TOWNSQUARE_DATABASE_URL": postgres.create_database("cluster"),
            "TOWNSQUARE_LEASE_SECONDS": str(LEASE), "TOWNSQUARE_PUBLISH_STATE": "false"}
     services: list[Service] = []
-    speaker: Speaker | None = None
     try:
-        one = Node(1, tmp_path, env)
+        one = Node(1, tmp, env)
         services.append(one.svc)
-        two = Node(2, tmp_path, env)
+        two = Node(2, tmp, env)
         services.append(two.svc)
         tier_port, edge_port = free_port(), free_port()
-        tier = Service(["tier", "--port", str(tier_port)], tmp_path / "tier.log", env)
+        tier = Service(["tier", "--port", str(tier_port)], tmp / "tier.log", env)
         services.append(tier)
         wait_http(f"http://127.0.0.1:{tier_port}/healthz", 30, tier.proc)
-        edge_url = f"http://127.0.0.1:{edge_port}"
         edge = Service(["edge", "--upstream", f"http://127.0.0.1:{tier_port}", "--port",
-                        str(edge_port)], tmp_path / "edge.log")
+                        str(edge_port)], tmp / "edge.log")
         services.append(edge)
+        edge_url = f"http://127.0.0.1:{edge_port}"
         wait_http(f"{edge_url}/healthz", 30, edge.proc)
-
-        created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
-        assert created.status_code == 201, created.text
-        key = created.json()["stream_key"]
-        speaker = Speaker(f"rtmp://127.0.0.1:{one.rtmp}/live/{key}", tmp_path / "speaker.log")
-        speaker.start()
-        wait_http(f"{edge_url}/live/{ROOM}/master.m3u8", 45)
-        room = httpx.get(f"{two.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json()
-        assert room["node"] == "node-1", "any node's API names the owner"
-        with chromium() as browser:
-            page = browser.new_page()
-            page.goto(f"{edge_url}/listen/{ROOM}")
-            listeners = Listeners({"listen": page})
-            listeners.wait_playing(45, advance=3.0)
-
-            killed_at = time.monotonic()
-            one.svc.proc.kill()  # SIGKILL, by the pid this test started
-            one.svc.proc.wait(10)
-            # The load balancer now sends the speaker to the node that is left.
-            speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
-            listeners.wait_playing(60, advance=3.0)
-            assert page.evaluate("window.townsquare.state") == "playing"
-            stalled, heard_at = listeners.stall("listen", killed_at)
-        room = httpx.get(f"{two.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json()
-        assert room["live"] and room["node"] == "node-2", room
-        deadline = time.monotonic() + 30
-        while not httpx.get(f"{two.api}/rooms/{ROOM}", headers=AUTH).json()["speakers"]:
-            assert time.monotonic() < deadline, "the speaker was not taken by the other node"
-            time.sleep(0.3)
-        time.sleep(4.5)
-        assert tone_db(recent_audio(f"http://127.0.0.1:{two.origin}", ROOM), 440) > -10
-        print(f"failover: kill -> audio back at the listener {heard_at - killed_at:.2f} s "
-              f"(lease {LEASE} s), silence heard {heard_at - stalled:.2f} s")
+        yield one, two, edge_url
     finally:
-        if speaker is not None:
-            speaker.stop()
         for svc in services:
             svc.stop()
         s3.server.stop()  # type: ignore[attr-defined]
+
+
+def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict[str, float]:
+    """A room on node 1 with a speaker and a listener; node 1 stopped (`kill` or `term`);
+    returns how long the listener heard nothing and when audio came back."""
+    with cluster(tmp, postgres) as (one, two, edge):
+        created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
+        assert created.status_code == 201, created.text
+        key = created.json()["stream_key"]
+        speaker = Speaker(f"rtmp://127.0.0.1:{one.rtmp}/live/{key}", tmp / "speaker.log")
+        speaker.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not one.room()["speakers"]:
+                assert time.monotonic() < deadline, "the speaker never joined"
+                time.sleep(0.2)
+            wait_http(f"{edge}/live/{ROOM}/master.m3u8", 45)
+            assert two.room()["node"] == "node-1", "any node's API names the owner"
+            with chromium() as browser:
+                page = browser.new_page()
+                page.goto(f"{edge}/listen/{ROOM}")
+                listeners = Listeners({"listen": page})
+                listeners.wait_playing(45, advance=3.0)
+                stopped_at = time.monotonic()
+                if stop_owner == "kill":
+                    one.svc.proc.kill()  # SIGKILL, by the pid this test started
+                else:
+                    one.svc.proc.send_signal(signal.SIGTERM)
+                one.svc.proc.wait(30)
+                # The load balancer now sends the speaker to the node that is left.
+                speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
+                listeners.wait_playing(60, advance=3.0)
+                assert page.evaluate("window.townsquare.state") == "playing"
+                silent_from, back_at = listeners.stall("listen", stopped_at)
+            room = two.room()
+            assert room["live"] and room["node"] == "node-2", room
+            deadline = time.monotonic() + 30
+            while not two.room()["speakers"]:
+                assert time.monotonic() < deadline, "the speaker was not taken by the other node"
+                time.sleep(0.3)
+            time.sleep(4.5)
+            assert tone_db(recent_audio(f"http://127.0.0.1:{two.origin}", ROOM), 440) > -10
+        finally:
+            speaker.stop()
+    return {"audio_back_s": round(back_at - stopped_at, 2),
+            "silence_heard_s": round(back_at - silent_from, 2)}
+
+
+def test_a_killed_node_s_room_is_adopted_and_heard_again(
+        tmp_path: Path, own_postgres: PostgresServer) -> None:
+    figures = _move_the_room(tmp_path, own_postgres, "kill")
+    print(f"failover (kill -9, lease {LEASE} s):", figures)
+
+
+def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: PostgresServer) -> None:
+    figures = _move_the_room(tmp_path, own_postgres, "term")
+    print("hand-over (SIGTERM):", figures)
+    assert figures["silence_heard_s"] <= 1.92 + 1.0, "about one segment of silence at most"

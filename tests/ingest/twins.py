@@ -58,6 +58,9 @@ class RecordingPackager:
     async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int:
         return 0
 
+    async def flush(self, deadline: float) -> bool:
+        return True
+
     def start_broadcast(self, room: str, plan: EpochPlan | None = None,
                         on_segment: Callable[[int], None] | None = None) -> RecordedBroadcast:
         b = RecordedBroadcast(room, plan.broadcast if plan else f"b{len(self.broadcasts) + 1}")
