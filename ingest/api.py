@@ -181,7 +181,7 @@ def build_app(
              summary="A room's state: live or not, speakers, started at, duration")
     async def get_room(room: str) -> dict[str, Any]:
         r = await room_or_404(room)
-        await rooms.refresh_owner(r)
+        await rooms.refresh(r)
         return r.describe()
 
     @app.post("/rooms/{room}/end", dependencies=[Depends(admin)], tags=["rooms"],

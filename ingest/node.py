@@ -141,12 +141,22 @@ class Node:
             if not self.draining:
                 await self._adopt(len(owned) - (len(owned) - len(renewed)))
 
+    def has_room(self, owning: int) -> bool:
+        return not self.draining and owning < self.info.capacity
+
     async def _adopt(self, owning: int) -> None:
         assert self.rooms is not None
         try:
             orphans = await self.registry.rooms_to_adopt()
+            if not orphans:
+                return
+            # Orphans go to the least loaded nodes: the others leave them a moment first.
+            alive = await self.registry.nodes(alive_within=self.ttl)
         except RegistryError:
             return
+        rank = next((i for i, n in enumerate(alive) if n.id == self.id), len(alive))
+        if rank > 0:
+            await asyncio.sleep(min(rank * ADOPT_EVERY, self.ttl / 3))
         for rec in orphans:
             if owning >= self.info.capacity:
                 return

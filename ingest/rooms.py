@@ -229,14 +229,22 @@ class Rooms:
             raise RoomNotFound(f"no room named {name!r}")
         return room
 
-    async def refresh_owner(self, room: Room) -> None:
-        """Read which node holds the room's lease now (cluster mode)."""
-        if self.node is not None and self.registry is not None:
-            try:
-                owner = await self.registry.owner_of(room.name)
-            except RegistryError:
-                return  # what was last read stands
-            room.owner = owner.node if owner is not None else None
+    async def refresh(self, room: Room) -> None:
+        """In cluster mode, read what the registry says of a room another node may publish:
+        its state and which node holds its lease now."""
+        if self.node is None or self.registry is None or room.on_air:
+            return
+        try:
+            rec = await self.registry.get_room(room.name)
+            owner = await self.registry.owner_of(room.name)
+        except RegistryError:
+            return  # what was last read stands
+        if rec is not None:
+            room.state, room.started_at, room.broadcast_id = rec.state, rec.started_at, \
+                rec.broadcast_id
+            room.ended_at, room.end_reason = rec.ended_at, rec.end_reason
+            room.epoch, room.next_msn = rec.epoch, rec.next_msn
+        room.owner = owner.node if owner is not None else None
 
     async def find_by_key(self, key: str) -> Room:
         """`by_key`, falling back on the registry for rooms created on another node."""
@@ -268,6 +276,10 @@ class Rooms:
             return
         if room.state == "ended":
             raise RoomEnded(f"room {room.name!r} has ended")
+        owning = sum(r.on_air for r in self._rooms.values())
+        if not self.node.has_room(owning):
+            raise RoomFull(f"node {self.node.id} publishes {owning} rooms, its capacity; "
+                           "this room can go on air on another node")
         bid = new_broadcast_id(time.time()) if room.state == "waiting" else None
         try:
             lease = await self.node.take(room.name, go_live=bid)

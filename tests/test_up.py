@@ -85,3 +85,34 @@ def test_up_killed_takes_its_edge_along_and_resumes_the_demo_room(tmp_path: Path
         assert "stream key unchanged" in up.output()
         text = httpx.get(f"{edge}/live/demo/aac96/live.m3u8").text
         assert "#EXT-X-DISCONTINUITY" in text
+
+
+def test_up_with_two_nodes_serves_rooms_from_either_through_one_entry(tmp_path: Path) -> None:
+    args, ports = _up(tmp_path)
+    edge = f"http://127.0.0.1:{ports['edge']}"
+    control = f"http://127.0.0.1:{ports['control']}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with running([*args, "--nodes", "2"], tmp_path / "up.log", f"{control}/healthz",
+                 env={"TOWNSQUARE_ADMIN_TOKEN": TOKEN}) as up:
+        wait_http(f"http://127.0.0.1:{ports['control'] + 10}/healthz", 60, up.proc)
+        wait_http(f"{edge}/live/demo/master.m3u8", 60, up.proc)
+        room = httpx.post(f"{control}/rooms", json={"name": "second"}, headers=auth).json()
+        # The speaker lands on node 2 (RTMP one port up): the room goes on air there.
+        publish = room["rtmp_publish_url"].replace(f":{ports['rtmp']}/", f":{ports['rtmp'] + 1}/")
+        speaker = subprocess.Popen(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
+             "-i", "sine=frequency=660", "-t", "40", "-c:a", "aac", "-f", "flv", publish])
+        try:
+            wait_http(f"{edge}/live/second/master.m3u8", 60, up.proc)
+            state = httpx.get(f"{control}/rooms/second", headers=auth).json()
+            assert state["node"] == "node-2" and state["live"], state
+            out = tmp_path / "second.wav"
+            subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i",
+                            f"{edge}/live/second/master.m3u8", "-t", "3", "-y", str(out)],
+                           check=True, timeout=60)
+            assert out.stat().st_size > 3 * 48_000 * 2
+        finally:
+            speaker.terminate()
+            speaker.wait(10)
+        printed = up.output()
+        assert "node 2:" in printed and "(the origin tier)" in printed

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--edge-port", type=int)
     up.add_argument("--rtmp-port", type=int)
     up.add_argument("--no-edge", action="store_true", help="do not start the edge")
+    up.add_argument("--nodes", type=int, default=1, metavar="N",
+                    help="run N ingest nodes sharing the rooms database and store, behind an "
+                         "origin tier on the origin port (node i: RTMP 1935+i-1)")
     _add_store_flags(up)
 
     origin = sub.add_parser("origin", help="serve live playlists and media from the store")

@@ -68,8 +68,40 @@ async def _until(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
 def spawn_edge(upstream: str, host: str, port: int) -> subprocess.Popen[bytes]:
     """The edge runs in its own process so that it has a core to itself; it dies with this
     process, however this one ends (`kill -9` included), so no orphan keeps its port."""
-    return subprocess.Popen([sys.executable, "-m", "townsquare", "edge", "--upstream", upstream,
-                             "--host", host, "--port", str(port)], preexec_fn=_die_with_parent)
+    return _spawn_child(["edge", "--upstream", upstream, "--host", host, "--port", str(port)])
+
+
+def _node_port(base: int, i: int) -> int:
+    """Node i's own origin, behind the tier: base + 100 + i."""
+    return base + 100 + i
+
+
+def _node_ports(settings: IngestSettings, tier_port: int, i: int) -> tuple[int, int, int]:
+    """(control, origin, RTMP) of node i of `up --nodes`: the control API of node 1 plus
+    10 × (i − 1), its origin behind the tier, RTMP on 1935 + i − 1."""
+    return (settings.control_port + 10 * (i - 1), _node_port(tier_port, i),
+            settings.rtmp_port + i - 1)
+
+
+def _spawn_child(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "townsquare", *argv],
+                            env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+
+
+def _spawn_node(args: argparse.Namespace, settings: IngestSettings, i: int,
+                ports: tuple[int, int, int]) -> subprocess.Popen[bytes]:
+    control, origin, rtmp = ports
+    env = {"TOWNSQUARE_NODE_ID": f"node-{i}",
+           "TOWNSQUARE_STORE_SPILL_DIR": str(settings.data_dir / "spill" / f"node-{i}")}
+    if settings.public_edge_url:
+        env["TOWNSQUARE_PUBLIC_EDGE_URL"] = settings.public_edge_url
+    argv = ["ingest", "--host", settings.host, "--control-port", str(control),
+            "--origin-port", str(origin), "--rtmp-port", str(rtmp)]
+    for flag, attr in (("--data", "data"), ("--s3-bucket", "s3_bucket"),
+                       ("--s3-endpoint-url", "s3_endpoint_url"), ("--s3-prefix", "s3_prefix")):
+        if getattr(args, attr, None) is not None:
+            argv += [flag, str(getattr(args, attr))]
+    return _spawn_child(argv, env)
 
 
 def _die_with_parent() -> None:
@@ -152,12 +184,21 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     with_edge = args.command == "up" and not args.no_edge
     edge_port = getattr(args, "edge_port", None) or 8080
+    nodes = getattr(args, "nodes", None) or 1
     settings = IngestSettings(**_store_overrides(args),
                               **_pick(args, "host", "control_port", "origin_port", "rtmp_port"))
     show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if with_edge and settings.public_edge_url is None:
         # Rooms hand out listener URLs on the edge, not on the origin.
         settings = settings.model_copy(update={"public_edge_url": f"http://{show}:{edge_port}"})
+    tier_port = settings.origin_port
+    children: list[subprocess.Popen[bytes]] = []
+    if nodes > 1:
+        # Node 1 runs here; nodes 2..N are child processes; the origin tier takes the origin
+        # port and every node's own origin sits behind it.
+        settings = settings.model_copy(update={
+            "node_id": "node-1", "origin_port": _node_port(tier_port, 1),
+            "store_spill_dir": settings.data_dir / "spill" / "node-1"})
     packager = Packager(settings)
     store = packager.store
     store_problem = await packager.start()
@@ -169,19 +210,34 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started, demo))
     await _until_started(ingest_started, ingest_task)
 
+    node_lines = []
+    if nodes > 1:
+        for i in range(2, nodes + 1):
+            ports = _node_ports(settings, tier_port, i)
+            children.append(_spawn_node(args, settings, i, ports))
+            node_lines.append(f"node {i}:       control http://{show}:{ports[0]}, RTMP "
+                              f"rtmp://{show}:{ports[2]}/live/{{stream-key}}, origin "
+                              f"http://{show}:{ports[1]}")
+        children.append(_spawn_child(["tier", "--host", settings.host, "--port", str(tier_port),
+                                      "--data", str(settings.data_dir)]))
+    upstream_port = tier_port
     edge_proc = None
     if with_edge:
-        edge_proc = spawn_edge(f"http://127.0.0.1:{settings.origin_port}", settings.host, edge_port)
+        edge_proc = spawn_edge(f"http://127.0.0.1:{upstream_port}", settings.host, edge_port)
 
-    origin_url = f"http://{show}:{settings.origin_port}"
+    origin_url = f"http://{show}:{upstream_port}"
     edge_url = f"http://{show}:{edge_port}" if edge_proc else origin_url
     lines = [
         f"store:        {store.describe()}"
         + (f"  -- NOT WRITABLE: {store_problem}" if store_problem else ""),
         f"control API:  http://{show}:{settings.control_port}/docs",
         f"RTMP:         rtmp://{show}:{settings.rtmp_port}/live/{{stream-key}}",
-        f"origin:       {origin_url}",
+        f"origin:       {origin_url}" + ("  (the origin tier)" if nodes > 1 else ""),
     ]
+    if nodes > 1:
+        lines[1:1] = [f"node 1:       control http://{show}:{settings.control_port}, RTMP "
+                      f"rtmp://{show}:{settings.rtmp_port}/live/{{stream-key}}, origin "
+                      f"http://{show}:{settings.origin_port}", *node_lines]
     if edge_proc:
         lines.append(f"edge:         {edge_url}")
     if args.command == "up":
@@ -205,9 +261,11 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
         await cancel_and_wait(origin_task)
-        if edge_proc is not None:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for proc in [*children, *([edge_proc] if edge_proc is not None else [])]:
             with contextlib.suppress(Exception):
-                edge_proc.wait(5)
+                proc.wait(15)
 
 
 async def _until_started(started: asyncio.Event, task: asyncio.Task[None]) -> None:
