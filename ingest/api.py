@@ -29,6 +29,8 @@ from ingest.errors import (
     UnsupportedCodec,
 )
 from ingest.metrics import IngestMetrics
+from ingest.relay import RELAY_PATH
+from ingest.relay import receive as receive_relay
 from ingest.rooms import Room, Rooms
 from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
 
@@ -73,7 +75,8 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(RELAY_PATH):
+            # A relayed speaker's audio is a body as long as they speak (bounded by time).
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
@@ -284,6 +287,21 @@ def build_app(
                         headers={**_CORS, "Allow": "DELETE, OPTIONS"})
 
     # --- page, health, metrics -------------------------------------------------------
+    @app.post(RELAY_PATH + "{room}", include_in_schema=False, dependencies=[Depends(admin)],
+              status_code=204)
+    async def relay_in(room: str, request: Request) -> Response:
+        """Another node of the cluster relays a speaker's audio into a room published here."""
+        r = await room_or_404(room)
+        remote = f"relay from {request.client.host}" if request.client else "relay"
+        speaker = rooms.join(r, "relay", remote)
+        try:
+            samples = await receive_relay(request.stream(), speaker.push)
+        finally:
+            rooms.leave(r, speaker)
+        log.info("room %s: relayed speaker %s ended after %.1f s", room, speaker.id,
+                 samples / 48_000)
+        return Response(status_code=204)
+
     @app.get("/broadcast/{room}", response_class=HTMLResponse, tags=["page"],
              summary="The broadcaster page: microphone → WHIP")
     async def broadcast_page(room: str) -> HTMLResponse:

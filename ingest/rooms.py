@@ -39,6 +39,7 @@ from ingest.errors import (
 from ingest.jitter import JitterBuffer
 from ingest.ledger import Ledger
 from ingest.node import Node
+from ingest.relay import RELAY_PATH, RelayLink
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
 from ingest.stream_keys import hash_key, key_matches, new_key
@@ -50,7 +51,7 @@ from registry import Lease, Registry, RegistryError, RoomRecord, RoomTaken
 log = logging.getLogger("townsquare.ingest.rooms")
 
 RoomState = Literal["waiting", "live", "ended"]
-SpeakerKind = Literal["rtmp", "whip", "local"]
+SpeakerKind = Literal["rtmp", "whip", "local", "relay"]
 
 
 class BroadcastSink(Protocol):
@@ -84,9 +85,13 @@ class Speaker:
     connected_at: float
     input: MixerInput
     disconnect: Callable[[], Awaitable[None]] | None = None
+    relay: RelayLink | None = None  # set when the room is published by another node
 
     def push(self, pcm: np.ndarray) -> None:
-        self.input.buffer.push(pcm)
+        if self.relay is not None:
+            self.relay.push(pcm)
+        else:
+            self.input.buffer.push(pcm)
 
     def describe(self) -> dict[str, Any]:
         buf = self.input.buffer
@@ -116,6 +121,7 @@ class Room:
     next_msn: int = 1  # the media sequence number its next segment gets
     owner: str | None = None  # the node holding its lease, as last read (cluster mode)
     speakers: dict[str, Speaker] = field(default_factory=dict)
+    relayed: dict[str, Speaker] = field(default_factory=dict)  # heard on another node
     _mixer: Mixer | None = None
     _clock: ProgramClock | None = None
     _broadcast: BroadcastSink | None = None
@@ -160,7 +166,8 @@ class RoomPolicy:
     hold: np.ndarray | None = None  # program audio looped while nobody is connected
     max_speakers: int = 16
     jitter_ms: dict[str, float] = field(
-        default_factory=lambda: {"rtmp": 200.0, "whip": 100.0, "local": 100.0}
+        default_factory=lambda: {"rtmp": 200.0, "whip": 100.0, "local": 100.0,
+                                 "relay": 250.0}
     )
 
 
@@ -180,6 +187,7 @@ class Rooms:
         self.metrics = metrics or IngestMetrics()
         self.ledger = Ledger()
         self.node: Node | None = None  # set in cluster mode: rooms are published under leases
+        self.relay_token: str | None = None  # what relays to other nodes authenticate with
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
 
@@ -437,7 +445,57 @@ class Rooms:
         log.info("room %s: speaker %s joined from %s", room.name, sid, remote)
         return speaker
 
+    async def speak(self, room: Room, kind: SpeakerKind, remote: str,
+                    disconnect: Callable[[], Awaitable[None]] | None = None) -> Speaker:
+        """A speaker for `room`: mixed here when this node publishes the room (or can take
+        it), relayed to the node that does otherwise (cluster mode)."""
+        try:
+            await self.admit(room)
+            return self.join(room, kind, remote, disconnect)
+        except RoomElsewhere:
+            if self.node is None or self.registry is None or self.relay_token is None:
+                raise
+            url = await self._relay_url(room)
+            if url is None:
+                raise
+        room._seq += 1
+        speaker = Speaker(f"{kind}-{room._seq}-relayed", kind, remote, time.time(),
+                          MixerInput(JitterBuffer()), disconnect)
+
+        def link_closed() -> None:
+            # The owner went away or refused: the speaker reconnects (and lands anew).
+            if room.relayed.pop(speaker.id, None) is not None and speaker.disconnect:
+                self._spawn(speaker.disconnect(), f"relay-closed-{room.name}")
+
+        speaker.relay = RelayLink(url, self.relay_token, link_closed)
+        room.relayed[speaker.id] = speaker
+        log.info("room %s: speaker %s from %s relayed to %s", room.name, speaker.id, remote, url)
+        return speaker
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run(), name=name)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _relay_url(self, room: Room) -> str | None:
+        assert self.registry is not None
+        try:
+            owner = await self.registry.owner_of(room.name)
+            if owner is None:
+                return None
+            node = next((n for n in await self.registry.nodes() if n.id == owner.node), None)
+        except RegistryError:
+            return None
+        return f"{node.control_url.rstrip('/')}{RELAY_PATH}{room.name}" if node else None
+
     def leave(self, room: Room, speaker: Speaker) -> None:
+        if speaker.relay is not None:
+            if room.relayed.pop(speaker.id, None) is not None:
+                self._spawn(speaker.relay.close(), f"relay-close-{room.name}")
+            return
         if room.speakers.pop(speaker.id, None) is None:
             return
         if room._mixer is not None:
@@ -512,6 +570,9 @@ class Rooms:
         service resumes it), then write what the registry is still owed."""
         if self.node is not None:
             await self.node.stop()
+        for room in self._rooms.values():
+            for speaker in list(room.relayed.values()):
+                self.leave(room, speaker)
         stopped = []
         for room in list(self._rooms.values()):
             if room.state == "live" and room.on_air:

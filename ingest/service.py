@@ -182,6 +182,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
             rooms.node = Node(registry, settings.node_id, settings.internal_url or urls.origin,
                               urls.control, rtmp.port, settings.node_capacity,
                               settings.lease_seconds)
+            rooms.relay_token = token
             await rooms.node.start(rooms)
         await rooms.resume(live)
         if demo is not None:

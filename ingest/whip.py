@@ -133,8 +133,7 @@ class WhipSession:
             await pc.setLocalDescription(answer)
         except Exception as exc:  # aiortc reports a bad offer with many exception types
             raise SdpError(f"cannot answer the offer: {type(exc).__name__}: {exc}") from exc
-        await self._rooms.admit(self.room)
-        self.speaker = self._rooms.join(self.room, "whip", self.remote, self._disconnect)
+        self.speaker = await self._rooms.speak(self.room, "whip", self.remote, self._disconnect)
         self._set_state("connecting")
         self._spawn(self._connect_deadline())
         self.answer_sdp = str(pc.localDescription.sdp)

@@ -257,8 +257,7 @@ class RtmpSession:
         try:
             room = await self._rooms.find_by_key(key)
             self.room = room
-            await self._rooms.admit(room)
-            self.speaker = self._rooms.join(room, "rtmp", self.remote, self._disconnect)
+            self.speaker = await self._rooms.speak(room, "rtmp", self.remote, self._disconnect)
         except BadKey:
             self._refuse(stream_id, "NetStream.Publish.BadName", "invalid stream key", "key")
             await self._writer.drain()

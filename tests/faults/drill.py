@@ -104,12 +104,13 @@ class Stack:
 
 
 class Speaker(threading.Thread):
-    """ffmpeg publishing a 440 Hz tone over RTMP, started again a second after it drops, as
-    OBS reconnects on its own."""
+    """ffmpeg publishing a tone (440 Hz unless told) over RTMP, started again a second after
+    it drops, as OBS reconnects on its own."""
 
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, freq: int = 440) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.freq = freq
         self.log = log
         self.halt = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -121,7 +122,7 @@ class Speaker(threading.Thread):
                 self.connects += 1
                 self.proc = subprocess.Popen(
                     ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-f",
-                     "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-c:a", "aac",
+                     "lavfi", "-i", f"sine=frequency={self.freq}:sample_rate=48000", "-c:a", "aac",
                      "-b:a", "96k", "-f", "flv", self.url],
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
                 self.proc.wait()

@@ -129,3 +129,31 @@ def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: Postg
     figures = _move_the_room(tmp_path, own_postgres, "term")
     print("hand-over (SIGTERM):", figures)
     assert figures["silence_heard_s"] <= 1.92 + 1.0, "about one segment of silence at most"
+
+
+def test_a_speaker_on_another_node_is_relayed_into_the_room(
+        tmp_path: Path, own_postgres: PostgresServer) -> None:
+    with cluster(tmp_path, own_postgres) as (one, two, _edge):
+        created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
+        key = created.json()["stream_key"]
+        host = Speaker(f"rtmp://127.0.0.1:{one.rtmp}/live/{key}", tmp_path / "host.log")
+        guest = Speaker(f"rtmp://127.0.0.1:{two.rtmp}/live/{key}", tmp_path / "guest.log", 660)
+        host.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not one.room()["speakers"]:
+                assert time.monotonic() < deadline, "the host never joined"
+                time.sleep(0.2)
+            guest.start()
+            deadline = time.monotonic() + 30
+            while len(one.room()["speakers"]) < 2:  # type: ignore[arg-type]
+                assert time.monotonic() < deadline, "the guest was not relayed to the owner"
+                time.sleep(0.2)
+            kinds = sorted(s["kind"] for s in one.room()["speakers"])  # type: ignore[union-attr]
+            assert kinds == ["relay", "rtmp"], kinds
+            time.sleep(4.5)
+            pcm = recent_audio(f"http://127.0.0.1:{one.origin}", ROOM)
+            assert tone_db(pcm, 440) > -10 and tone_db(pcm, 660) > -10, "both are in the mix"
+        finally:
+            guest.stop()
+            host.stop()
