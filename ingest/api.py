@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -191,6 +192,17 @@ def build_app(
               summary="End the room: ENDLIST on its playlists, the recording kept")
     async def end_room(room: str) -> dict[str, Any]:
         r = await room_or_404(room)
+        owner = await rooms.owner_api(r)
+        if owner is not None:
+            # Another node publishes it: that node ends it (ENDLIST, the recording closed).
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.post(f"{owner}/rooms/{room}/end",
+                                           headers={"Authorization": f"Bearer {admin_token}"})
+            if answer.status_code != 200:
+                raise HTTPException(502, f"the node publishing {room!r} answered "
+                                         f"{answer.status_code}: {answer.text[:200]}")
+            await rooms.refresh(r)
+            return dict(answer.json())
         await rooms.end(r, "ended by request")
         return r.describe()
 

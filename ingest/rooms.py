@@ -480,6 +480,13 @@ class Rooms:
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
+    async def owner_api(self, room: Room) -> str | None:
+        """The control API of the node publishing `room`, when that is another node."""
+        if self.node is None or room.on_air:
+            return None
+        url = await self._relay_url(room)
+        return url[: -len(RELAY_PATH + room.name)] if url else None
+
     async def _relay_url(self, room: Room) -> str | None:
         assert self.registry is not None
         try:
