@@ -5,6 +5,7 @@ balancer would send it, and the listener page plays on without a reload."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import m3u8
 import pytest
 
 from tests.conftest import start_moto
@@ -28,13 +30,20 @@ LEASE = 3.0
 
 class Node:
     def __init__(self, n: int, tmp: Path, env: dict[str, str]) -> None:
+        self.n, self.tmp = n, tmp
         self.control, self.origin, self.rtmp = free_port(), free_port(), free_port()
-        env = {**env, "TOWNSQUARE_NODE_ID": f"node-{n}",
-               "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
-        args = ["ingest", "--data", str(tmp / "data"), "--control-port", str(self.control),
+        self.env = {**env, "TOWNSQUARE_NODE_ID": f"node-{n}",
+                    "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
+        self.runs = 0
+        self.svc = self.start()
+
+    def start(self) -> Service:
+        self.runs += 1
+        args = ["ingest", "--data", str(self.tmp / "data"), "--control-port", str(self.control),
                 "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
-        self.svc = Service(args, tmp / f"node-{n}.log", env)
+        self.svc = Service(args, self.tmp / f"node-{self.n}-{self.runs}.log", self.env)
         wait_http(f"{self.api}/healthz", 60, self.svc.proc)
+        return self.svc
 
     @property
     def api(self) -> str:
@@ -45,8 +54,8 @@ class Node:
 
 
 @contextmanager
-def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], str]]:
-    """Three nodes, the origin tier and an edge; yields (the nodes, edge URL)."""
+def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], str, str]]:
+    """Three nodes, the origin tier and an edge; yields (the nodes, edge URL, tier URL)."""
     s3 = start_moto(f"cluster-{time.time_ns()}")  # moto's objects outlive a server
     env = {**s3.env(), "TOWNSQUARE_ADMIN_TOKEN": TOKEN,
            "TOWNSQUARE_DATABASE_URL": postgres.create_database("cluster"),
@@ -68,7 +77,7 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
         services.append(edge)
         edge_url = f"http://127.0.0.1:{edge_port}"
         wait_http(f"{edge_url}/healthz", 30, edge.proc)
-        yield [one, two, three], edge_url
+        yield [one, two, three], edge_url, f"http://127.0.0.1:{tier_port}"
     finally:
         for svc in services:
             svc.stop()
@@ -78,7 +87,7 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
 def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict[str, object]:
     """A room on node 1 with a speaker and a listener; node 1 stopped (`kill` or `term`);
     returns how long the listener heard nothing and when audio came back."""
-    with cluster(tmp, postgres) as (nodes, edge):
+    with cluster(tmp, postgres) as (nodes, edge, _tier):
         one, two, _ = nodes
         created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
         assert created.status_code == 201, created.text
@@ -137,7 +146,7 @@ def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: Postg
 
 def test_a_speaker_on_another_node_is_relayed_into_the_room(
         tmp_path: Path, own_postgres: PostgresServer) -> None:
-    with cluster(tmp_path, own_postgres) as (nodes, _edge):
+    with cluster(tmp_path, own_postgres) as (nodes, _edge, _tier):
         one, two, _ = nodes
         created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
         key = created.json()["stream_key"]
@@ -167,3 +176,75 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room(
         finally:
             guest.stop()
             host.stop()
+
+
+def _newest_part(tier: str, room: str) -> tuple[int, int]:
+    """(media sequence, part) of the newest part the room's AAC playlist lists."""
+    text = httpx.get(f"{tier}/live/{room}/aac96/live.m3u8", timeout=15).text
+    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="[^"]*p(\d+)\.(\d+)\.m4s"', text)
+    return (int(hint[1]), int(hint[2])) if hint else (-1, -1)
+
+
+def test_a_rolling_restart_of_every_node_ends_no_room(
+        tmp_path: Path, own_postgres: PostgresServer) -> None:
+    with cluster(tmp_path, own_postgres) as (nodes, _edge, tier):
+        speakers = []
+        for i, room in enumerate(("alpha", "beta")):
+            r = httpx.post(f"{nodes[i].api}/rooms", json={"name": room}, headers=AUTH, timeout=10)
+            key = r.json()["stream_key"]
+            sp = Speaker(f"rtmp://127.0.0.1:{nodes[i].rtmp}/live/{key}",
+                         tmp_path / f"speaker-{room}.log", 440 + 220 * i)
+            sp.key = key  # type: ignore[attr-defined]
+            sp.start()
+            speakers.append(sp)
+        try:
+            for room in ("alpha", "beta"):
+                wait_http(f"{tier}/live/{room}/master.m3u8", 45)
+            worst = {"alpha": 0.0, "beta": 0.0}
+            last = {room: (_newest_part(tier, room), time.monotonic()) for room in worst}
+
+            def watch(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    for room in worst:
+                        pos, now = _newest_part(tier, room), time.monotonic()
+                        if pos > last[room][0]:
+                            worst[room] = max(worst[room], now - last[room][1])
+                            last[room] = (pos, now)
+                    time.sleep(0.2)
+
+            watch(3)
+            for node in nodes:
+                # The load balancer stops sending speakers to the node going down.
+                other = nodes[node.n % len(nodes)]
+                for sp in speakers:
+                    if f":{node.rtmp}/" in sp.url:
+                        sp.url = f"rtmp://127.0.0.1:{other.rtmp}/live/{sp.key}"  # type: ignore[attr-defined]
+                node.svc.proc.send_signal(signal.SIGTERM)
+                node.svc.proc.wait(30)
+                watch(2)
+                node.start()
+                watch(4)
+            for room, gap in worst.items():
+                assert gap < 4.0, f"room {room} stopped for {gap:.1f} s during the restarts"
+            rooms = {room: httpx.get(f"{nodes[0].api}/rooms/{room}", headers=AUTH).json()
+                     for room in worst}
+            for room, state in rooms.items():
+                ended = httpx.post(f"{nodes[0].api}/rooms/{room}/end", headers=AUTH, timeout=30)
+                assert ended.status_code == 200, ended.text
+                rec_url = f"{tier}/live/{room}/{state['broadcast_id']}/aac96/recording.m3u8"
+                deadline = time.monotonic() + 20
+                while "#EXT-X-ENDLIST" not in (rec := httpx.get(rec_url, timeout=10).text):
+                    assert time.monotonic() < deadline, rec[-300:]
+                    time.sleep(0.5)
+                pl = m3u8.loads(rec)
+                assert pl.segments and all(seg.duration > 0 for seg in pl.segments)
+                msns = [int(re.search(r"s(\d+)\.m4s", seg.uri)[1]) for seg in pl.segments]  # type: ignore[index]
+                assert msns == sorted(set(msns)), "every segment once, in order"
+                holes = [b - a for a, b in zip(msns, msns[1:], strict=False) if b - a > 2]
+                assert not holes, f"{room}: segments missing from the recording: {holes}"
+            print("rolling restart: longest wait for a new part", {k: round(v, 2)
+                                                                    for k, v in worst.items()})
+        finally:
+            for sp in speakers:
+                sp.stop()
