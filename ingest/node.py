@@ -54,6 +54,7 @@ class RoomKeeper(Protocol[R]):
 
 log = logging.getLogger("townsquare.ingest.node")
 ADOPT_EVERY = 0.25  # seconds between looks for rooms nobody holds
+FENCE_EVERY = 0.1  # seconds between checks that the leases are still safe to publish under
 
 
 class Node:
@@ -66,20 +67,30 @@ class Node:
         self.ttl = lease_seconds
         self.rooms: RoomKeeper[Any] | None = None
         self.draining = False
-        self._last_renewal = time.monotonic()
+        # Until when (monotonic) publishing is safe: two thirds of a lease after the start of
+        # the last renewal that succeeded (the lease itself runs a full ttl from then).
+        self._safe_until = time.monotonic() + lease_seconds * 2 / 3
+        self._fence_reason = "no renewal yet"
         self._task: asyncio.Task[None] | None = None
+        self._fence: asyncio.Task[None] | None = None
         self._cpu = (time.process_time(), time.monotonic())
 
     async def start(self, rooms: RoomKeeper[Any]) -> None:
         self.rooms = rooms
         await self.registry.register_node(self.info)
-        self._last_renewal = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._keep(), name="node-keeper")
+        self._safe_until = time.monotonic() + self.ttl * 2 / 3
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._keep(), name="node-keeper")
+        self._fence = loop.create_task(self._watch(), name="node-fence")
         log.info("node %s in the cluster (%s), leases of %.1f s", self.id, self.info.internal_url,
                  self.ttl)
 
     async def take(self, name: str, go_live: str | None = None) -> Lease | None:
-        return await self.registry.take_room(name, self.id, self.ttl, go_live=go_live)
+        started = time.monotonic()
+        lease = await self.registry.take_room(name, self.id, self.ttl, go_live=go_live)
+        if lease is not None:  # the database answered: this lease is safe as long as a renewal
+            self._safe_until = max(self._safe_until, started + self.ttl * 2 / 3)
+        return lease
 
     def owned(self) -> list[Any]:
         assert self.rooms is not None
@@ -89,8 +100,8 @@ class Node:
         """Leave the cluster: stop keeping leases and hand every room back (released leases
         are adopted by the other nodes at once)."""
         self.draining = True
-        await cancel_and_wait(self._task)
-        self._task = None
+        await cancel_and_wait(self._task, self._fence)
+        self._task = self._fence = None
 
     async def release(self, room: LeasedRoom) -> None:
         try:
@@ -116,20 +127,21 @@ class Node:
                 if not self.draining:
                     await self._adopt(len(self.owned()))
                 continue
-            next_renewal = time.monotonic() + self.ttl / 3
+            started = time.monotonic()
+            next_renewal = started + self.ttl / 3
             owned = self.owned()
             try:
-                renewed = await self.registry.renew_leases(self.id, [r.name for r in owned],
-                                                           self.ttl)
-                self._last_renewal = time.monotonic()
-                await self.registry.heartbeat(self.id, len(owned), self._load(), self.draining)
-            except RegistryUnavailable as exc:
-                # Stop publishing before the last lease renewed can expire: by then another
-                # node may take the rooms, and a room has one voice at a time.
-                if time.monotonic() - self._last_renewal > self.ttl * 2 / 3:
-                    for room in self.owned():
-                        log.error("room %s: lease not renewed (%s); stopped here", room.name, exc)
-                        await rooms.lose(room)
+                # No call may outlast the leases: a database that stops answering (a silent
+                # partition) must not hold the keeper past the moment the fence acts.
+                renewed = await asyncio.wait_for(
+                    self.registry.renew_leases(self.id, [r.name for r in owned], self.ttl),
+                    max(0.1, self._safe_until - started + self.ttl / 3))
+                self._safe_until = started + self.ttl * 2 / 3
+                await asyncio.wait_for(
+                    self.registry.heartbeat(self.id, len(owned), self._load(), self.draining),
+                    self.ttl / 3)
+            except (RegistryUnavailable, TimeoutError) as exc:
+                self._fence_reason = str(exc) or "the rooms database did not answer in time"
                 continue
             except RegistryError as exc:
                 log.error("node %s: %s", self.id, exc)
@@ -141,18 +153,33 @@ class Node:
             if not self.draining:
                 await self._adopt(len(owned) - (len(owned) - len(renewed)))
 
+    async def _watch(self) -> None:
+        """The fence: stop publishing every room before the last lease renewed can expire
+        (another node may take them then, and a room has one voice at a time), whatever
+        the keeper is still waiting for."""
+        assert self.rooms is not None
+        while True:
+            await asyncio.sleep(FENCE_EVERY)
+            if time.monotonic() < self._safe_until:
+                continue
+            for room in self.owned():
+                log.error("room %s: lease not renewed (%s); stopped here", room.name,
+                          self._fence_reason)
+                await self.rooms.lose(room)
+
     def has_room(self, owning: int) -> bool:
         return not self.draining and owning < self.info.capacity
 
     async def _adopt(self, owning: int) -> None:
         assert self.rooms is not None
         try:
-            orphans = await self.registry.rooms_to_adopt()
+            orphans = await asyncio.wait_for(self.registry.rooms_to_adopt(), self.ttl / 3)
             if not orphans:
                 return
             # Orphans go to the least loaded nodes: the others leave them a moment first.
-            alive = await self.registry.nodes(alive_within=self.ttl)
-        except RegistryError:
+            alive = await asyncio.wait_for(self.registry.nodes(alive_within=self.ttl),
+                                           self.ttl / 3)
+        except (RegistryError, TimeoutError):
             return
         rank = next((i for i, n in enumerate(alive) if n.id == self.id), len(alive))
         if rank > 0:
