@@ -5,5 +5,8 @@
     local capture (--source)  ──────┘   (48 kHz)    (per speaker)            └▶ Broadcast.feed
 
 `ingest.service.run(settings, packager)` serves the rooms API, WHIP, the broadcaster page
-and RTMP; `ingest.capture.play` feeds one local source straight into a broadcast.
+and RTMP; `ingest.capture.play` feeds one local source straight into a broadcast. Rooms live
+in the registry (`ingest.rooms`, written through `ingest.ledger`); in cluster mode
+`ingest.node` keeps this node's room leases and `ingest.relay` carries a speaker's audio to
+the node that publishes their room.
 """
