@@ -38,10 +38,10 @@ from ingest.errors import (
 )
 from ingest.jitter import JitterBuffer
 from ingest.ledger import Ledger
-from ingest.node import Node
-from ingest.relay import RELAY_PATH, RelayLink
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
+from ingest.node import Node
+from ingest.relay import RELAY_PATH, RelayLink
 from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
@@ -313,15 +313,7 @@ class Rooms:
         resumed = room.state == "live"
         if resumed:
             point = await self.packager.resume_point(room.name)
-            prior: tuple[EpochInfo, ...] = ()
-            if self.registry is not None and lease.broadcast_id is not None:
-                try:
-                    prior = tuple(
-                        EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at, e.first_msn)
-                        for e in await self.registry.epochs(room.name, lease.broadcast_id)
-                        if e.epoch < lease.epoch)
-                except RegistryError as exc:
-                    log.warning("room %s: earlier epochs unknown (%s)", room.name, exc)
+            prior = await self._prior_epochs(room.name, lease.broadcast_id, lease.epoch)
         else:
             point, prior = ResumePoint(), ()
         plan = plan_epoch(point, lease.broadcast_id, lease.epoch, lease.next_msn, prior)
@@ -329,12 +321,27 @@ class Rooms:
         plan = replace(plan, number=lease.epoch)
         room.owner = self.node.id
         self._go_live(room, plan, resumed=resumed, recorded=True)
+        self._repair(room, plan)
+
+    def _repair(self, room: Room, plan: EpochPlan) -> None:
+        """The epoch a crash cut short has an index behind its segments: rebuild it."""
         if plan.prior:
-            task = asyncio.get_running_loop().create_task(
-                self.packager.repair(room.name, plan.broadcast, plan.prior),
-                name=f"repair-{room.name}")
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
+            self._spawn(self.packager.repair(room.name, plan.broadcast, plan.prior),
+                        f"repair-{room.name}")
+
+    async def _prior_epochs(self, name: str, broadcast: str | None,
+                            below: int | None = None) -> tuple[EpochInfo, ...]:
+        """The registry's epochs of a broadcast (below epoch `below`); () when unknown, and
+        the store's epochs.json then speaks for them."""
+        if self.registry is None or broadcast is None:
+            return ()
+        try:
+            return tuple(EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at, e.first_msn)
+                         for e in await self.registry.epochs(name, broadcast)
+                         if below is None or e.epoch < below)
+        except RegistryError as exc:
+            log.warning("room %s: earlier epochs unknown (%s); using the store's", name, exc)
+            return ()
 
     async def lose(self, room: Room) -> None:
         """Stop publishing a room whose lease this node no longer holds (it stays live:
@@ -345,24 +352,10 @@ class Rooms:
 
     async def _resume(self, room: Room) -> None:
         point = await self.packager.resume_point(room.name)
-        prior: tuple[EpochInfo, ...] = ()
-        if self.registry is not None and room.broadcast_id is not None:
-            try:
-                prior = tuple(EpochInfo(epoch_id(e.epoch, e.broadcast_id), e.started_at,
-                                        e.first_msn)
-                              for e in await self.registry.epochs(room.name, room.broadcast_id))
-            except RegistryError as exc:
-                log.warning("room %s: earlier epochs unknown (%s); using the store's", room.name,
-                            exc)
+        prior = await self._prior_epochs(room.name, room.broadcast_id)
         plan = plan_epoch(point, room.broadcast_id, room.epoch + 1, room.next_msn, prior)
         self._go_live(room, plan, resumed=True)
-        if plan.prior:
-            # The epoch a crash cut short has an index behind its segments: rebuild it.
-            task = asyncio.get_running_loop().create_task(
-                self.packager.repair(room.name, plan.broadcast, plan.prior),
-                name=f"repair-{room.name}")
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
+        self._repair(room, plan)
 
     # --- lookup -----------------------------------------------------------------------
     def get(self, name: str) -> Room:
@@ -472,7 +465,7 @@ class Rooms:
         log.info("room %s: speaker %s from %s relayed to %s", room.name, speaker.id, remote, url)
         return speaker
 
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
+    def _spawn(self, work: Awaitable[object], name: str) -> None:
         async def run() -> None:
             await work
 

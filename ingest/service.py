@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Any
 
 import numpy as np
@@ -179,9 +180,15 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
                  settings.host, settings.control_port, rtmp.port)
         if settings.node_id:
             urls = public_urls(settings)
-            rooms.node = Node(registry, settings.node_id, settings.internal_url or urls.origin,
-                              urls.control, rtmp.port, settings.node_capacity,
-                              settings.lease_seconds)
+            internal_origin = settings.internal_url or urls.origin
+            # Other nodes reach this one inside the network (relays, ending its rooms): the
+            # host of its internal origin URL with the control port, never a public balancer
+            # that may pick any node.
+            host = urlsplit(internal_origin).hostname if settings.internal_url else None
+            internal_control = (f"http://{host}:{settings.control_port}" if host
+                                else urls.control)
+            rooms.node = Node(registry, settings.node_id, internal_origin, internal_control,
+                              rtmp.port, settings.node_capacity, settings.lease_seconds)
             rooms.relay_token = token
             await rooms.node.start(rooms)
         await rooms.resume(live)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
@@ -308,9 +309,12 @@ class Origin:
 
 def build_app(store: Store, rooms: LiveSource) -> Starlette:
     origin = Origin(store, rooms)
+    return Starlette(routes=live_routes(origin.handle))
 
-    async def live(request: Request) -> Response:
-        return await origin.handle(request)
+
+def live_routes(handle: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    """What every origin-like service answers: `/live/...` by `handle`, CORS preflights,
+    `/healthz` and `/metrics`."""
 
     async def healthz(request: Request) -> Response:
         return Response(b"ok\n", media_type="text/plain")
@@ -321,10 +325,9 @@ def build_app(store: Store, rooms: LiveSource) -> Starlette:
     async def options(request: Request) -> Response:
         return Response(b"", 204, headers={**CORS, **dict(PREFLIGHT_HEADERS)})
 
-    routes = [
-        Route("/live/{path:path}", live, methods=["GET", "HEAD"]),
+    return [
+        Route("/live/{path:path}", handle, methods=["GET", "HEAD"]),
         Route("/live/{path:path}", options, methods=["OPTIONS"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ]
-    return Starlette(routes=routes)

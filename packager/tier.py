@@ -46,11 +46,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import Counter, Gauge
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from hls.directives import BadDirective, parse_query
 from hls.http import (
@@ -59,7 +58,6 @@ from hls.http import (
     IMMUTABLE,
     NO_STORE,
     PLAYLIST_TYPE,
-    PREFLIGHT_HEADERS,
     REFUSED,
     SHORT,
     content_type_for_key,
@@ -67,6 +65,7 @@ from hls.http import (
 )
 from hls.names import LIVE_ROOT, ObjectName, parse_object
 from packager.errors import StoreError
+from packager.origin import live_routes
 from packager.recording import RecordingComposer
 from packager.settings import TierSettings
 from packager.store import Store
@@ -514,29 +513,11 @@ def build_tier_app(store: Store, registry: OwnerLookup, settings: TierSettings) 
     client = OwnerClient(settings.tier_forward_timeout_seconds, settings.tier_max_connections)
     tier = Tier(store, owners, client, settings.tier_failover_wait_seconds)
 
-    async def live(request: Request) -> Response:
-        return await tier.handle(request)
-
-    async def healthz(request: Request) -> Response:
-        return Response(b"ok\n", media_type="text/plain")
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    async def options(request: Request) -> Response:
-        return Response(b"", 204, headers={**CORS, **dict(PREFLIGHT_HEADERS)})
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await tier.aclose()
 
-    routes = [
-        Route("/live/{path:path}", live, methods=["GET", "HEAD"]),
-        Route("/live/{path:path}", options, methods=["OPTIONS"]),
-        Route("/healthz", healthz),
-        Route("/metrics", metrics),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=live_routes(tier.handle), lifespan=lifespan)
     app.state.tier = tier
     return app
