@@ -28,7 +28,7 @@ def _rel(path: Path) -> str:
 
 
 def test_there_are_modules_and_an_example() -> None:
-    assert {m.name for m in modules()} >= {"storage", "origin", "edge", "cdn"}
+    assert {m.name for m in modules()} >= {"storage", "database", "origin", "tier", "edge", "cdn"}
     assert "complete" in {e.name for e in examples()}
 
 

@@ -140,12 +140,33 @@ resource "aws_acm_certificate_validation" "cdn" {
 # Services
 ################################################################################
 
+# The rooms database: rooms, stream-key hashes, epochs, the node directory and the room
+# leases of the ingest nodes; the tier finds each room's owner there.
+module "database" {
+  source = "../../modules/database"
+
+  name       = "${var.name}-rooms"
+  vpc_id     = module.vpc.vpc_id
+  subnet_ids = module.vpc.private_subnets
+  allowed_security_group_ids = {
+    ingest = module.origin.security_group_id
+    tier   = module.tier.security_group_id
+  }
+
+  instance_class      = var.database_instance_class
+  multi_az            = var.database_multi_az
+  deletion_protection = var.deletion_protection
+}
+
+# The ingest nodes: control API, WHIP, RTMP, and the packager and origin of the rooms each
+# holds the lease of.
 module "origin" {
   source = "../../modules/origin"
 
   name               = "${var.name}-ingest"
   cluster_arn        = aws_ecs_cluster.this.arn
   image              = var.image
+  ingest_count       = var.ingest_count
   vpc_id             = module.vpc.vpc_id
   public_subnet_ids  = module.vpc.public_subnets
   private_subnet_ids = module.vpc.private_subnets
@@ -155,11 +176,73 @@ module "origin" {
   s3_key_prefix        = module.storage.bucket_key_prefix
   s3_writer_policy_arn = module.storage.writer_policy_arn
 
+  database_url_secret_arn = module.database.database_url_secret_arn
+  origin_client_security_group_ids = {
+    tier = module.tier.security_group_id
+  }
+
   public_control_url = "https://${local.control_host}"
   public_rtmp_url    = "rtmp://${local.rtmp_host}:1935"
   public_edge_url    = "https://${local.listen_host}"
 
   deletion_protection = var.deletion_protection
+}
+
+# The origin tier behind the internal origin ALB: the shield's (or the edges') upstream.
+module "tier" {
+  source = "../../modules/tier"
+
+  name               = "${var.name}-tier"
+  cluster_arn        = aws_ecs_cluster.this.arn
+  image              = var.image
+  vpc_id             = module.vpc.vpc_id
+  private_subnet_ids = module.vpc.private_subnets
+
+  s3_bucket            = module.storage.bucket_id
+  s3_key_prefix        = module.storage.bucket_key_prefix
+  s3_reader_policy_arn = module.storage.reader_policy_arn
+
+  database_url_secret_arn = module.database.database_url_secret_arn
+
+  desired_count = var.tier_min_count
+  min_count     = var.tier_min_count
+  max_count     = var.tier_max_count
+
+  deletion_protection = var.deletion_protection
+}
+
+# A stack applied before the origin tier existed had the internal origin ALB in the origin
+# module, in front of the single ingest task: it now fronts the tier, same name and DNS.
+moved {
+  from = module.origin.aws_lb.origin
+  to   = module.tier.aws_lb.this
+}
+
+moved {
+  from = module.origin.aws_lb_target_group.origin
+  to   = module.tier.aws_lb_target_group.this
+}
+
+moved {
+  from = module.origin.aws_lb_listener.origin
+  to   = module.tier.aws_lb_listener.this
+}
+
+moved {
+  from = module.origin.aws_security_group.origin_alb
+  to   = module.tier.aws_security_group.lb
+}
+
+# The VPC-wide ingress rules are now keyed "vpc" rather than by the CIDR (the default
+# vpc_cidr's here; with another one, the old rules are replaced).
+moved {
+  from = module.origin.aws_vpc_security_group_ingress_rule.origin_alb["10.42.0.0/16"]
+  to   = module.tier.aws_vpc_security_group_ingress_rule.lb["vpc"]
+}
+
+moved {
+  from = module.shield[0].aws_vpc_security_group_ingress_rule.lb["10.42.0.0/16"]
+  to   = module.shield[0].aws_vpc_security_group_ingress_rule.lb["vpc"]
 }
 
 module "shield" {
@@ -173,7 +256,7 @@ module "shield" {
   vpc_id          = module.vpc.vpc_id
   lb_subnet_ids   = module.vpc.private_subnets
   task_subnet_ids = module.vpc.private_subnets
-  upstream_url    = module.origin.origin_internal_url
+  upstream_url    = module.tier.origin_internal_url
 
   desired_count = 2
   min_count     = 2
@@ -192,7 +275,7 @@ module "edge" {
   lb_subnet_ids   = module.vpc.public_subnets
   task_subnet_ids = module.vpc.private_subnets
   certificate_arn = aws_acm_certificate_validation.regional.certificate_arn
-  upstream_url    = var.enable_shield ? module.shield[0].url : module.origin.origin_internal_url
+  upstream_url    = var.enable_shield ? module.shield[0].url : module.tier.origin_internal_url
 
   restrict_to_cloudfront = var.enable_cdn
 

@@ -33,9 +33,24 @@ output "bucket_name" {
   value       = module.storage.bucket_id
 }
 
-output "origin_service_name" {
-  description = "ECS service of the origin/ingest task."
+output "ingest_service_name" {
+  description = "ECS service of the ingest nodes."
   value       = module.origin.service_name
+}
+
+output "tier_service_name" {
+  description = "ECS service of the origin tier."
+  value       = module.tier.service_name
+}
+
+output "ingest_nodes_dns_name" {
+  description = "Private DNS name resolving to every running ingest node (inside the VPC)."
+  value       = module.origin.nodes_dns_name
+}
+
+output "database_url_secret_arn" {
+  description = "Secrets Manager secret holding TOWNSQUARE_DATABASE_URL (the rooms database)."
+  value       = module.database.database_url_secret_arn
 }
 
 output "edge_service_name" {

@@ -38,6 +38,36 @@ variable "enable_shield" {
   default     = true
 }
 
+variable "ingest_count" {
+  description = "Ingest nodes (tasks). Two or more: a node that stops hands its rooms over, one that dies loses them to another within a lease."
+  type        = number
+  default     = 2
+}
+
+variable "tier_min_count" {
+  description = "Fewest origin tier tasks."
+  type        = number
+  default     = 2
+}
+
+variable "tier_max_count" {
+  description = "Most origin tier tasks autoscaling may run."
+  type        = number
+  default     = 6
+}
+
+variable "database_instance_class" {
+  description = "RDS instance class of the rooms database."
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "database_multi_az" {
+  description = "Keep a standby of the rooms database in the second zone."
+  type        = bool
+  default     = true
+}
+
 variable "edge_min_count" {
   description = "Fewest edge tasks."
   type        = number
@@ -51,7 +81,7 @@ variable "edge_max_count" {
 }
 
 variable "deletion_protection" {
-  description = "Protect the load balancers from deletion; set false and apply before `terraform destroy`."
+  description = "Protect the load balancers and the rooms database from deletion; set false and apply before `terraform destroy`."
   type        = bool
   default     = true
 }

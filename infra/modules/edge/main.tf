@@ -19,10 +19,12 @@ locals {
   cluster_name   = element(split("/", var.cluster_arn), 1)
   listener_port  = var.internal ? local.edge_port : 443
 
+  # Keyed by a name known at plan time: a VPC created in the same apply has no CIDR yet
+  # (a set of CIDRs would fail the shield's first plan).
   ingress_cidr_blocks = (
-    var.restrict_to_cloudfront ? [] :
-    var.ingress_cidr_blocks != null ? var.ingress_cidr_blocks :
-    var.internal ? [data.aws_vpc.this.cidr_block] : ["0.0.0.0/0"]
+    var.restrict_to_cloudfront ? {} :
+    var.ingress_cidr_blocks != null ? { for c in var.ingress_cidr_blocks : c => c } :
+    var.internal ? { vpc = data.aws_vpc.this.cidr_block } : { "0.0.0.0/0" = "0.0.0.0/0" }
   )
 
   # Every key is a field of edge.settings.EdgeSettings (TOWNSQUARE_ + field name);
@@ -97,7 +99,7 @@ resource "aws_security_group" "lb" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "lb" {
-  for_each          = toset(local.ingress_cidr_blocks)
+  for_each          = local.ingress_cidr_blocks
   security_group_id = aws_security_group.lb.id
   description       = "Listeners (or the tier below) to ${var.name}"
   ip_protocol       = "tcp"
@@ -118,7 +120,7 @@ resource "aws_vpc_security_group_ingress_rule" "lb_cloudfront" {
 
 resource "aws_vpc_security_group_ingress_rule" "lb_http_redirect" {
   #checkov:skip=CKV_AWS_260:Port 80 only answers with a redirect to HTTPS.
-  for_each          = var.internal ? toset([]) : toset(local.ingress_cidr_blocks)
+  for_each          = var.internal ? {} : local.ingress_cidr_blocks
   security_group_id = aws_security_group.lb.id
   description       = "HTTP, redirected to HTTPS"
   ip_protocol       = "tcp"

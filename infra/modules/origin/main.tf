@@ -1,13 +1,11 @@
-# The origin/ingest service: one `townsquare ingest` task runs the control API (8000,
-# rooms API + WHIP + broadcaster page), the RTMP server (1935), the packager and the
-# origin (8001). The origin's blocking playlist reload is fed in-process by the packager
-# and live rooms are held in this task's memory, so exactly one task runs at a time.
+# The ingest nodes: `townsquare ingest` tasks in cluster mode. Each runs the control API
+# (8000: rooms API, WHIP, broadcaster page), the RTMP server (1935), the packagers of the
+# rooms it holds the lease of, and its own origin (8001), which the origin tier (the tier
+# module) forwards live requests to. Rooms move between nodes by leases kept in the rooms
+# database: a stopping node hands its rooms over, a dead node's rooms are adopted by
+# another once their lease has run out.
 
 data "aws_region" "current" {}
-
-data "aws_vpc" "this" {
-  id = var.vpc_id
-}
 
 locals {
   # Ports are the services' defaults, passed explicitly so that the task definition,
@@ -20,9 +18,6 @@ locals {
   create_token   = var.admin_token_parameter_arn == null
   admin_token_arn = (
     local.create_token ? aws_ssm_parameter.admin_token[0].arn : var.admin_token_parameter_arn
-  )
-  origin_ingress_cidr_blocks = (
-    var.origin_ingress_cidr_blocks != null ? var.origin_ingress_cidr_blocks : [data.aws_vpc.this.cidr_block]
   )
 
   # Every key is a field of ingest.settings.IngestSettings (TOWNSQUARE_ + field name);
@@ -42,7 +37,10 @@ locals {
     TOWNSQUARE_PUBLIC_EDGE_URL      = var.public_edge_url
     TOWNSQUARE_LADDER               = var.ladder
     TOWNSQUARE_IDLE_TIMEOUT_SECONDS = var.idle_timeout_seconds
-    # The origin runs in this task and reads live state in-process: no state.json PUTs.
+    TOWNSQUARE_LEASE_SECONDS        = var.lease_seconds
+    TOWNSQUARE_NODE_CAPACITY        = var.node_capacity
+    # Each node's origin reads live state in-process and the tier forwards live requests to
+    # it: nobody follows state.json, so it is not written (~13 PUTs/s a room saved).
     TOWNSQUARE_PUBLISH_STATE = false
     # Fargate's public IP is a 1:1 NAT the task cannot see: STUN finds it for ICE.
     TOWNSQUARE_WHIP_ICE_SERVERS  = var.assign_public_ip ? var.whip_ice_servers : null
@@ -51,10 +49,37 @@ locals {
 
   # Null values are left out, as above.
   container_secrets = {
+    # The nodes share it: any node's API accepts it.
     TOWNSQUARE_ADMIN_TOKEN = local.admin_token_arn
-    # Rooms and stream keys outlive the task only in a database that does (PostgreSQL).
+    # The rooms database every node and the tier share (PostgreSQL): rooms, key hashes,
+    # epochs, the node directory and the room leases.
     TOWNSQUARE_DATABASE_URL = var.database_url_secret_arn
   }
+
+  # Set per task at container start (a task definition has no per-task values), then the
+  # process becomes `townsquare <command>`; values already in the environment win:
+  #   TOWNSQUARE_NODE_ID       the ECS task id (unique per task, never reused);
+  #   TOWNSQUARE_INTERNAL_URL  http://<the task's private IP>:<origin port>, where the
+  #                            origin tier reaches this node's origin.
+  # Both are read from the ECS task metadata endpoint (v4), else from the hostname.
+  entrypoint = <<-EOT
+    import json, os, socket, sys, urllib.request
+    task = {}
+    try:
+        url = os.environ["ECS_CONTAINER_METADATA_URI_V4"] + "/task"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            task = json.load(answer)
+    except Exception as exc:
+        print(f"ECS task metadata unavailable ({exc!r}); using the hostname", file=sys.stderr)
+    ips = [a for c in task.get("Containers", []) for n in c.get("Networks", [])
+           for a in n.get("IPv4Addresses", [])]
+    ip = ips[0] if ips else socket.gethostbyname(socket.gethostname())
+    node = task.get("TaskARN", socket.gethostname()).rsplit("/", 1)[-1]
+    os.environ.setdefault("TOWNSQUARE_NODE_ID", node)
+    os.environ.setdefault("TOWNSQUARE_INTERNAL_URL", f"http://{ip}:${local.origin_port}")
+    print("node", os.environ["TOWNSQUARE_NODE_ID"], "at", os.environ["TOWNSQUARE_INTERNAL_URL"], file=sys.stderr)
+    os.execvp("townsquare", ["townsquare", *sys.argv[1:]])
+  EOT
 
   healthcheck = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.control_port}/healthz', timeout=3)"
 }
@@ -110,7 +135,7 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 
 resource "aws_iam_role" "execution" {
   name_prefix        = "${var.name}-exec-"
-  description        = "Pulls the image, writes logs and reads the admin token for ${var.name}."
+  description        = "Pulls the image, writes logs and reads the admin token and database URL for ${var.name}."
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
   tags               = var.tags
 }
@@ -122,15 +147,15 @@ resource "aws_iam_role_policy_attachment" "execution" {
 
 data "aws_iam_policy_document" "read_admin_token" {
   statement {
-    sid       = "ReadAdminToken"
+    sid       = "ReadSecrets"
     actions   = ["ssm:GetParameters", "secretsmanager:GetSecretValue"]
-    resources = compact([local.admin_token_arn, var.database_url_secret_arn])
+    resources = [local.admin_token_arn, var.database_url_secret_arn]
   }
 
   dynamic "statement" {
     for_each = var.secrets_kms_key_arn == null ? [] : [var.secrets_kms_key_arn]
     content {
-      sid       = "DecryptAdminToken"
+      sid       = "DecryptSecrets"
       actions   = ["kms:Decrypt"]
       resources = [statement.value]
     }
@@ -200,36 +225,6 @@ resource "aws_vpc_security_group_egress_rule" "control_alb_to_task" {
   referenced_security_group_id = aws_security_group.task.id
 }
 
-resource "aws_security_group" "origin_alb" {
-  name_prefix = "${var.name}-origin-alb-"
-  description = "townsquare internal origin load balancer"
-  vpc_id      = var.vpc_id
-  tags        = var.tags
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "origin_alb" {
-  for_each          = toset(local.origin_ingress_cidr_blocks)
-  security_group_id = aws_security_group.origin_alb.id
-  description       = "Origin HTTP from edges and shields inside the VPC"
-  ip_protocol       = "tcp"
-  from_port         = local.origin_port
-  to_port           = local.origin_port
-  cidr_ipv4         = each.value
-}
-
-resource "aws_vpc_security_group_egress_rule" "origin_alb_to_task" {
-  security_group_id            = aws_security_group.origin_alb.id
-  description                  = "To the origin"
-  ip_protocol                  = "tcp"
-  from_port                    = local.origin_port
-  to_port                      = local.origin_port
-  referenced_security_group_id = aws_security_group.task.id
-}
-
 resource "aws_security_group" "rtmp_nlb" {
   name_prefix = "${var.name}-rtmp-nlb-"
   description = "townsquare RTMP network load balancer"
@@ -263,7 +258,7 @@ resource "aws_vpc_security_group_egress_rule" "rtmp_nlb_to_task" {
 
 resource "aws_security_group" "task" {
   name_prefix = "${var.name}-task-"
-  description = "townsquare origin/ingest task"
+  description = "townsquare ingest nodes"
   vpc_id      = var.vpc_id
   tags        = var.tags
 
@@ -286,12 +281,28 @@ resource "aws_vpc_security_group_ingress_rule" "task_control" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "task_origin" {
+  for_each                     = var.origin_client_security_group_ids
   security_group_id            = aws_security_group.task.id
-  description                  = "Origin HTTP from the internal ALB"
+  description                  = "Origin HTTP (8001) from ${each.key}"
   ip_protocol                  = "tcp"
   from_port                    = local.origin_port
   to_port                      = local.origin_port
-  referenced_security_group_id = aws_security_group.origin_alb.id
+  referenced_security_group_id = each.value
+}
+
+# Node to node, inside the VPC: every node may reach the others' control API (relayed
+# speakers, forwarded "end room") and origin.
+resource "aws_vpc_security_group_ingress_rule" "task_nodes" {
+  for_each = {
+    control = local.control_port
+    origin  = local.origin_port
+  }
+  security_group_id            = aws_security_group.task.id
+  description                  = "${each.key} port from the other ingest nodes"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value
+  to_port                      = each.value
+  referenced_security_group_id = aws_security_group.task.id
 }
 
 resource "aws_vpc_security_group_ingress_rule" "task_rtmp" {
@@ -314,9 +325,9 @@ resource "aws_vpc_security_group_ingress_rule" "task_whip_media" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "task" {
-  #checkov:skip=CKV_AWS_382:The task reaches S3, ECR, SSM, CloudWatch and STUN/WebRTC peers on the internet; narrowing needs VPC endpoints the operator may add.
+  #checkov:skip=CKV_AWS_382:The nodes reach S3, ECR, SSM, Secrets Manager, CloudWatch and STUN/WebRTC peers on the internet, and the database and each other in the VPC; narrowing needs VPC endpoints the operator may add.
   security_group_id = aws_security_group.task.id
-  description       = "S3, ECR, SSM, logs, STUN and WebRTC peers"
+  description       = "S3, ECR, SSM, Secrets Manager, logs, STUN, WebRTC peers, the database, other nodes"
   ip_protocol       = "-1"
   cidr_ipv4         = "0.0.0.0/0"
 }
@@ -428,69 +439,6 @@ resource "aws_lb_listener" "control_http" {
   }
 }
 
-resource "aws_lb" "origin" {
-  #checkov:skip=CKV2_AWS_28:Internal load balancer reachable only from inside the VPC; no WAF needed.
-  #checkov:skip=CKV2_AWS_20:Internal plain-HTTP origin listener on 8001, nothing to redirect; TLS ends at the public ALB/CloudFront.
-  #checkov:skip=CKV_AWS_91:Access logs are optional (var.access_logs_bucket).
-  name_prefix                = "tsorg-"
-  load_balancer_type         = "application"
-  internal                   = true
-  subnets                    = var.private_subnet_ids
-  security_groups            = [aws_security_group.origin_alb.id]
-  drop_invalid_header_fields = true
-  enable_deletion_protection = var.deletion_protection
-  # Blocking playlist requests are held up to 3 × target duration (6 s); 60 s leaves room.
-  idle_timeout = 60
-  tags         = merge(var.tags, { Name = "${var.name}-origin" })
-
-  dynamic "access_logs" {
-    for_each = var.access_logs_bucket == null ? [] : [var.access_logs_bucket]
-    content {
-      bucket  = access_logs.value
-      prefix  = "${var.name}/origin"
-      enabled = true
-    }
-  }
-}
-
-resource "aws_lb_target_group" "origin" {
-  #checkov:skip=CKV_AWS_378:VPC-internal hop from edges to the origin; TLS ends at the public ALB/CloudFront.
-  name_prefix          = "tsorg-"
-  port                 = local.origin_port
-  protocol             = "HTTP"
-  target_type          = "ip"
-  vpc_id               = var.vpc_id
-  deregistration_delay = 10
-  tags                 = var.tags
-
-  health_check {
-    path                = "/healthz"
-    matcher             = "200"
-    interval            = 10
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 3
-  }
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_lb_listener" "origin" {
-  #checkov:skip=CKV_AWS_2:Internal listener inside the VPC; listeners reach the origin only through edges, which terminate TLS.
-  #checkov:skip=CKV_AWS_103:No TLS on this VPC-internal listener (see CKV_AWS_2).
-  load_balancer_arn = aws_lb.origin.arn
-  port              = local.origin_port
-  protocol          = "HTTP"
-  tags              = var.tags
-
-  default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.origin.arn
-  }
-}
-
 resource "aws_lb" "rtmp" {
   #checkov:skip=CKV_AWS_91:Access logs are optional (var.access_logs_bucket).
   name_prefix                      = "tsrtm-"
@@ -512,6 +460,9 @@ resource "aws_lb" "rtmp" {
   }
 }
 
+# Each new RTMP connection goes to one node, picked by the NLB's flow hash over the healthy
+# nodes of every zone (cross-zone on); no stickiness. A deregistered node keeps the
+# connections it has until it stops and hands its rooms over.
 resource "aws_lb_target_group" "rtmp" {
   name_prefix          = "tsrtm-"
   port                 = local.rtmp_port
@@ -549,6 +500,37 @@ resource "aws_lb_listener" "rtmp" {
 }
 
 ################################################################################
+# Service discovery: every running node under one private DNS name
+################################################################################
+
+resource "aws_service_discovery_private_dns_namespace" "this" {
+  name        = coalesce(var.service_discovery_namespace_name, "${var.name}.internal")
+  description = "townsquare ${var.name}: ingest nodes inside the VPC"
+  vpc         = var.vpc_id
+  tags        = var.tags
+}
+
+# <service_discovery_name>.<namespace> answers with the private IP of every running node
+# (A records, multivalue): node to node links, Prometheus DNS discovery, operators.
+resource "aws_service_discovery_service" "this" {
+  name = var.service_discovery_name
+  tags = var.tags
+
+  dns_config {
+    namespace_id   = aws_service_discovery_private_dns_namespace.this.id
+    routing_policy = "MULTIVALUE"
+
+    dns_records {
+      type = "A"
+      ttl  = 10
+    }
+  }
+
+  # ECS reports each task's health: a node stops being listed as soon as it stops.
+  health_check_custom_config {}
+}
+
+################################################################################
 # Task and service
 ################################################################################
 
@@ -578,15 +560,19 @@ resource "aws_ecs_task_definition" "this" {
 
   container_definitions = jsonencode([
     {
-      name                   = local.container_name
-      image                  = var.image
-      essential              = true
+      name      = local.container_name
+      image     = var.image
+      essential = true
+      # `python -c local.entrypoint ingest`: the node's identity, then `townsquare ingest`.
+      entryPoint             = ["python", "-c", local.entrypoint]
       command                = ["ingest"]
       readonlyRootFilesystem = true
       # A tiny init as PID 1 forwards SIGTERM and reaps children.
       linuxParameters = { initProcessEnabled = true }
-      # Up to Fargate's maximum, so live rooms can end cleanly (ENDLIST, recordings).
-      stopTimeout = 120
+      # SIGTERM makes the node hand its rooms over: stop them, let the store and the
+      # database take where each stopped (up to store_drain_seconds each, 10 s by default),
+      # release the leases. SIGKILL comes after this many seconds.
+      stopTimeout = var.stop_timeout_seconds
 
       portMappings = [
         { containerPort = local.control_port, protocol = "tcp" },
@@ -637,11 +623,11 @@ resource "aws_ecs_service" "this" {
   health_check_grace_period_seconds = 30
   enable_execute_command            = false
   wait_for_steady_state             = false
-  # Rooms live in the task's memory: never two tasks at once. A deploy stops the old task
-  # (its rooms end, recordings are closed in S3) before the new one starts.
-  desired_count                      = 1
-  deployment_minimum_healthy_percent = 0
-  deployment_maximum_percent         = 100
+  # Rolling: new nodes start (up to twice the count) and old ones stop, at least half the
+  # count staying healthy; each stopping node hands its rooms over to the nodes running.
+  desired_count                      = var.ingest_count
+  deployment_minimum_healthy_percent = 50
+  deployment_maximum_percent         = 200
   tags                               = var.tags
 
   deployment_circuit_breaker {
@@ -662,20 +648,17 @@ resource "aws_ecs_service" "this" {
   }
 
   load_balancer {
-    target_group_arn = aws_lb_target_group.origin.arn
-    container_name   = local.container_name
-    container_port   = local.origin_port
-  }
-
-  load_balancer {
     target_group_arn = aws_lb_target_group.rtmp.arn
     container_name   = local.container_name
     container_port   = local.rtmp_port
   }
 
+  service_registries {
+    registry_arn = aws_service_discovery_service.this.arn
+  }
+
   depends_on = [
     aws_lb_listener.control_https,
-    aws_lb_listener.origin,
     aws_lb_listener.rtmp,
   ]
 }

@@ -1,8 +1,3 @@
-output "origin_internal_url" {
-  description = "URL edges (or the shield tier) use as their upstream: the internal origin ALB."
-  value       = "http://${aws_lb.origin.dns_name}:${local.origin_port}"
-}
-
 output "control_lb_dns_name" {
   description = "DNS name of the control API ALB (point control.<domain> here)."
   value       = aws_lb.control.dns_name
@@ -49,17 +44,27 @@ output "admin_token_parameter_arn" {
 }
 
 output "security_group_id" {
-  description = "Security group of the origin/ingest task."
+  description = "Security group of the ingest nodes: admit it to the rooms database."
   value       = aws_security_group.task.id
 }
 
+output "nodes_dns_name" {
+  description = "Private DNS name that resolves to every running node's IP (Cloud Map, inside the VPC): control API on 8000, origin on 8001, /metrics on both."
+  value       = "${aws_service_discovery_service.this.name}.${aws_service_discovery_private_dns_namespace.this.name}"
+}
+
+output "service_discovery_namespace_id" {
+  description = "Cloud Map private DNS namespace the nodes are registered in (register other services in it too)."
+  value       = aws_service_discovery_private_dns_namespace.this.id
+}
+
 output "service_name" {
-  description = "Name of the ECS service (for `aws ecs update-service`)."
+  description = "Name of the ECS service of the ingest nodes (for `aws ecs update-service`)."
   value       = aws_ecs_service.this.name
 }
 
 output "task_role_arn" {
-  description = "IAM role of the running process (has the bucket writer policy)."
+  description = "IAM role of the ingest processes (has the bucket writer policy)."
   value       = aws_iam_role.task.arn
 }
 

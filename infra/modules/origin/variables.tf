@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Name prefix for every resource of the origin/ingest service."
+  description = "Name prefix for every resource of the ingest service."
   type        = string
 }
 
@@ -24,16 +24,60 @@ variable "cpu_architecture" {
   }
 }
 
+variable "ingest_count" {
+  description = "Number of ingest nodes (tasks). Rooms are spread over them, each published by one node at a time; with two or more, a node that stops or dies loses no room for longer than a lease."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.ingest_count >= 1 && floor(var.ingest_count) == var.ingest_count
+    error_message = "ingest_count must be a whole number, at least 1."
+  }
+}
+
 variable "cpu" {
-  description = "Fargate CPU units for the task. Encoding runs in this task: one vCPU encodes the default ladder for several rooms."
+  description = "Fargate CPU units per node. Encoding runs here: one vCPU encodes the default ladder for several rooms."
   type        = number
   default     = 2048
 }
 
 variable "memory" {
-  description = "Fargate memory (MiB) for the task."
+  description = "Fargate memory (MiB) per node."
   type        = number
   default     = 4096
+}
+
+variable "node_capacity" {
+  description = "Rooms one node publishes at most (TOWNSQUARE_NODE_CAPACITY); past it the node adopts none and refuses new ones. null keeps the service's default (200): size it to what cpu can encode."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.node_capacity == null ? true : var.node_capacity >= 1
+    error_message = "node_capacity must be at least 1."
+  }
+}
+
+variable "lease_seconds" {
+  description = "Lifetime of a room's lease (TOWNSQUARE_LEASE_SECONDS), renewed every third of it: a dead node's rooms are adopted by another node within about this long. null keeps the service's default (6 s); the nodes' clocks must agree to well within it."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.lease_seconds == null ? true : var.lease_seconds >= 1.5
+    error_message = "lease_seconds must be at least 1.5."
+  }
+}
+
+variable "stop_timeout_seconds" {
+  description = "Seconds between SIGTERM and SIGKILL (the container's stopTimeout, at most 120 on Fargate). A stopping node hands its rooms over: stops them, waits for the store and the database (up to store_drain_seconds, 10 s, each), then releases the leases."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.stop_timeout_seconds >= 30 && var.stop_timeout_seconds <= 120
+    error_message = "stop_timeout_seconds must be between 30 (the hand-over needs it) and 120 (Fargate's maximum)."
+  }
 }
 
 variable "vpc_id" {
@@ -42,17 +86,17 @@ variable "vpc_id" {
 }
 
 variable "public_subnet_ids" {
-  description = "Public subnets for the internet-facing control ALB and RTMP NLB (and the task itself when assign_public_ip is true)."
+  description = "Public subnets for the internet-facing control ALB and RTMP NLB (and the nodes when assign_public_ip is true)."
   type        = list(string)
 }
 
 variable "private_subnet_ids" {
-  description = "Private subnets for the internal origin ALB (and the task when assign_public_ip is false)."
+  description = "Private subnets for the nodes when assign_public_ip is false."
   type        = list(string)
 }
 
 variable "assign_public_ip" {
-  description = "Run the task in a public subnet with a public IP. WHIP media is WebRTC over UDP straight to the task (no load balancer can carry ICE), so browsers can publish only when this is true."
+  description = "Run the nodes in public subnets with public IPs. WHIP media is WebRTC over UDP straight to a node (no load balancer can carry ICE), so browsers can publish only when this is true."
   type        = bool
   default     = true
 }
@@ -92,10 +136,22 @@ variable "rtmp_ingress_cidr_blocks" {
   default     = ["0.0.0.0/0"]
 }
 
-variable "origin_ingress_cidr_blocks" {
-  description = "Who may reach the internal origin ALB on 8001 (edges, shields); null means the whole VPC CIDR."
-  type        = list(string)
+variable "origin_client_security_group_ids" {
+  description = "Security groups allowed to reach the nodes' origins on 8001, keyed by a name known before apply: the origin tier's tasks (e.g. { tier = module.tier.security_group_id }). The nodes also admit each other."
+  type        = map(string)
+  default     = {}
+}
+
+variable "service_discovery_namespace_name" {
+  description = "Name of the Cloud Map private DNS namespace the module creates in the VPC for the nodes; null means <name>.internal."
+  type        = string
   default     = null
+}
+
+variable "service_discovery_name" {
+  description = "Cloud Map service name of the nodes: <service_discovery_name>.<namespace> resolves to every running node's private IP."
+  type        = string
+  default     = "nodes"
 }
 
 variable "s3_bucket" {
@@ -121,13 +177,12 @@ variable "admin_token_parameter_arn" {
 }
 
 variable "database_url_secret_arn" {
-  description = "Secrets Manager secret (or SSM SecureString) whose value is TOWNSQUARE_DATABASE_URL, e.g. postgresql://user:pass@host/db. Without it the rooms registry is SQLite on the task's ephemeral disk, and a task replacement forgets rooms and stream keys."
+  description = "Secrets Manager secret (or SSM SecureString) whose value is TOWNSQUARE_DATABASE_URL, postgresql://user:pass@host:5432/db (the database module's database_url_secret_arn). The nodes share rooms, stream-key hashes, epochs and leases through it."
   type        = string
-  default     = null
 }
 
 variable "secrets_kms_key_arn" {
-  description = "KMS key that encrypts the admin token, when it is not the AWS-managed aws/ssm key; the execution role is allowed to decrypt with it."
+  description = "KMS key that encrypts the admin token (and the database URL secret, if the same key does), when it is not the AWS-managed key; the execution role is allowed to decrypt with it."
   type        = string
   default     = null
 }

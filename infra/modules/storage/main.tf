@@ -154,8 +154,8 @@ resource "aws_s3_bucket_policy" "this" {
   depends_on = [aws_s3_bucket_public_access_block.this]
 }
 
-# The writer is the ingest process (packager + origin in one): it writes parts,
-# segments, playlists and recordings, and deletes parts that fall out of the window.
+# The writers are the ingest nodes (packager + origin in one process): they write parts,
+# segments, playlists and recordings, and delete parts that fall out of the window.
 data "aws_iam_policy_document" "writer" {
   statement {
     sid       = "ListOwnPrefix"
@@ -192,7 +192,8 @@ data "aws_iam_policy_document" "writer" {
   }
 }
 
-# Readers: a standalone origin (`townsquare origin`) and any recovery or replay tooling.
+# Readers: the origin tier (`townsquare tier`), a standalone origin (`townsquare origin`) and
+# any recovery or replay tooling.
 # Edges never read the bucket; they fetch from the origin or the shield over HTTP.
 data "aws_iam_policy_document" "reader" {
   statement {

@@ -19,11 +19,11 @@ output "bucket_key_prefix" {
 }
 
 output "writer_policy_arn" {
-  description = "IAM policy for the ingest/packager/origin task: read, write and delete under the prefix."
+  description = "IAM policy for the ingest nodes (packager and origin): read, write and delete under the prefix."
   value       = aws_iam_policy.writer.arn
 }
 
 output "reader_policy_arn" {
-  description = "IAM policy for read-only consumers (standalone origin, recovery tooling)."
+  description = "IAM policy for read-only consumers (the origin tier, a standalone origin, recovery tooling)."
   value       = aws_iam_policy.reader.arn
 }
