@@ -362,6 +362,10 @@ class StoreWriter:
 
     # --- sending ----------------------------------------------------------------------
     async def _dispatch(self) -> None:
+        if self._recovery is not None:
+            # What an earlier run spilled is queued first (a folder scan: milliseconds), so
+            # that nothing this run puts can overtake it as backlog.
+            await asyncio.wait([self._recovery])
         while True:
             try:
                 if self._failing:

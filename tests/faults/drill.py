@@ -209,6 +209,16 @@ class Listeners:
             time.sleep(0.1)
         raise AssertionError(f"not playing within {timeout}s: {self.samples[-5:]}")
 
+    def state(self, name: str, want: str = "playing", timeout: float = 10.0) -> str:
+        """The listener page's own state once it says `want` (or whatever it says at the
+        timeout): it turns "playing" at the watchdog's next look with audio buffered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = str(self.pages[name].evaluate("window.townsquare.state"))
+            if got == want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
+
     def longest_stall(self, name: str, since: float) -> float:
         """The longest time the page's playhead stood still after `since`."""
         start, end = self.stall(name, since)

@@ -115,7 +115,7 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                 # The load balancer now sends the speaker to the node that is left.
                 speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
                 listeners.wait_playing(60, advance=3.0)
-                assert page.evaluate("window.townsquare.state") == "playing"
+                assert listeners.state("listen") == "playing"
                 silent_from, back_at = listeners.stall("listen", stopped_at)
             room = two.room()
             assert room["live"] and room["node"] in ("node-2", "node-3"), room
