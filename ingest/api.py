@@ -179,6 +179,7 @@ def build_app(
 
     @app.get("/rooms", dependencies=[Depends(admin)], tags=["rooms"], summary="All rooms")
     async def list_rooms() -> dict[str, Any]:
+        await rooms.load_open()  # in a cluster, rooms other nodes created or publish too
         return {"rooms": [r.describe() for r in rooms.all()]}
 
     @app.get("/rooms/{room}", dependencies=[Depends(admin)], tags=["rooms"],
@@ -188,34 +189,51 @@ def build_app(
         await rooms.refresh(r)
         return r.describe()
 
+    async def on_owner(r: Room, method: str, path: str, body: Any = None) -> Response | None:
+        """In a cluster, send a request about a room another node publishes to that node
+        (it mixes the room's speakers and ends it); None when this node is the one."""
+        owner = await rooms.owner_api(r)
+        if owner is None:
+            return None
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.request(method, f"{owner}{path}", json=body,
+                                          headers={"Authorization": f"Bearer {admin_token}"})
+        if answer.status_code >= 500:
+            raise HTTPException(502, f"the node publishing {r.name!r} answered "
+                                     f"{answer.status_code}: {answer.text[:200]}")
+        return Response(answer.content, answer.status_code,
+                        media_type=answer.headers.get("content-type"))
+
     @app.post("/rooms/{room}/end", dependencies=[Depends(admin)], tags=["rooms"],
               summary="End the room: ENDLIST on its playlists, the recording kept")
-    async def end_room(room: str) -> dict[str, Any]:
+    async def end_room(room: str) -> Any:
         r = await room_or_404(room)
-        owner = await rooms.owner_api(r)
-        if owner is not None:
-            # Another node publishes it: that node ends it (ENDLIST, the recording closed).
-            async with httpx.AsyncClient(timeout=30) as client:
-                answer = await client.post(f"{owner}/rooms/{room}/end",
-                                           headers={"Authorization": f"Bearer {admin_token}"})
-            if answer.status_code != 200:
-                raise HTTPException(502, f"the node publishing {room!r} answered "
-                                         f"{answer.status_code}: {answer.text[:200]}")
+        forwarded = await on_owner(r, "POST", f"/rooms/{room}/end")
+        if forwarded is not None:
             await rooms.refresh(r)
-            return dict(answer.json())
+            return forwarded
         await rooms.end(r, "ended by request")
         return r.describe()
 
     @app.post("/rooms/{room}/speakers/{speaker}/mute", dependencies=[Depends(admin)],
               tags=["speakers"], summary="Mute or unmute a speaker in the mix")
-    async def mute(room: str, speaker: str, body: MuteRequest | None = None) -> dict[str, Any]:
-        s = rooms.mute(await room_or_404(room), speaker, body.muted if body else True)
+    async def mute(room: str, speaker: str, body: MuteRequest | None = None) -> Any:
+        r = await room_or_404(room)
+        forwarded = await on_owner(r, "POST", f"/rooms/{room}/speakers/{speaker}/mute",
+                                   body.model_dump() if body else None)
+        if forwarded is not None:
+            return forwarded
+        s = rooms.mute(r, speaker, body.muted if body else True)
         return s.describe()
 
     @app.delete("/rooms/{room}/speakers/{speaker}", status_code=204, dependencies=[Depends(admin)],
                 tags=["speakers"], summary="Disconnect a speaker")
     async def remove(room: str, speaker: str) -> Response:
-        await rooms.remove(await room_or_404(room), speaker)
+        r = await room_or_404(room)
+        forwarded = await on_owner(r, "DELETE", f"/rooms/{room}/speakers/{speaker}")
+        if forwarded is not None:
+            return forwarded
+        await rooms.remove(r, speaker)
         return Response(status_code=204)
 
     # --- WHIP -------------------------------------------------------------------------

@@ -254,6 +254,22 @@ class Rooms:
             room.epoch, room.next_msn = rec.epoch, rec.next_msn
         room.owner = owner.node if owner is not None else None
 
+    async def load_open(self) -> None:
+        """In cluster mode, learn the open rooms other nodes created; refresh the state of
+        those this node does not publish."""
+        if self.node is None or self.registry is None:
+            return
+        try:
+            records = await self.registry.open_rooms()
+        except RegistryError as exc:
+            raise Unavailable(f"rooms cannot be listed now: {exc}") from exc
+        for rec in records:
+            room = self._rooms.get(rec.name)
+            if room is None:
+                self._remember(rec)
+            elif not room.on_air:
+                await self.refresh(room)
+
     async def find_by_key(self, key: str) -> Room:
         """`by_key`, falling back on the registry for rooms created on another node."""
         try:

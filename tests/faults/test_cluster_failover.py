@@ -168,6 +168,14 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room(
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{one.origin}", ROOM)
             assert tone_db(pcm, 440) > -10 and tone_db(pcm, 660) > -10, "both are in the mix"
+            # Any node's API lists the room and acts on its speakers through its owner.
+            listed = httpx.get(f"{two.api}/rooms", headers=AUTH, timeout=10).json()["rooms"]
+            assert ROOM in [r["name"] for r in listed]
+            relayed = next(sp["id"] for sp in one.room()["speakers"]  # type: ignore[union-attr]
+                           if sp["kind"] == "relay")
+            muted = httpx.post(f"{two.api}/rooms/{ROOM}/speakers/{relayed}/mute",
+                               json={"muted": True}, headers=AUTH, timeout=10)
+            assert muted.status_code == 200 and muted.json()["muted"], muted.text
             # Ended through the node that does not publish it: the owner ends it.
             ended = httpx.post(f"{two.api}/rooms/{ROOM}/end", headers=AUTH, timeout=30)
             assert ended.status_code == 200 and ended.json()["state"] == "ended", ended.text
