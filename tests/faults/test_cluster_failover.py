@@ -38,6 +38,8 @@ class Node:
         self.svc = self.start()
 
     def start(self) -> Service:
+        if self.runs:
+            self.svc.stop()  # the run before: already ended, its log closed here
         self.runs += 1
         args = ["ingest", "--data", str(self.tmp / "data"), "--control-port", str(self.control),
                 "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
@@ -61,13 +63,11 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
            "TOWNSQUARE_DATABASE_URL": postgres.create_database("cluster"),
            "TOWNSQUARE_LEASE_SECONDS": str(LEASE), "TOWNSQUARE_PUBLISH_STATE": "false"}
     services: list[Service] = []
+    nodes: list[Node] = []
     try:
-        one = Node(1, tmp, env)
-        services.append(one.svc)
-        two = Node(2, tmp, env)
-        services.append(two.svc)
-        three = Node(3, tmp, env)
-        services.append(three.svc)
+        for n in (1, 2, 3):
+            nodes.append(Node(n, tmp, env))
+        one, two, three = nodes
         tier_port, edge_port = free_port(), free_port()
         tier = Service(["tier", "--port", str(tier_port)], tmp / "tier.log", env)
         services.append(tier)
@@ -79,7 +79,8 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
         wait_http(f"{edge_url}/healthz", 30, edge.proc)
         yield [one, two, three], edge_url, f"http://127.0.0.1:{tier_port}"
     finally:
-        for svc in services:
+        # Each node's current run: a node restarted by the test has a new process.
+        for svc in [*(node.svc for node in nodes), *services]:
             svc.stop()
         s3.server.stop()  # type: ignore[attr-defined]
 
