@@ -49,6 +49,7 @@ REQUESTS = Counter("townsquare_origin_requests_total", "Origin requests", ["kind
 WAITING = Gauge("townsquare_origin_blocking_waiters", "Requests held for a part or segment")
 
 CORS = dict(CORS_HEADERS)
+TEXT = "text/plain; charset=utf-8"
 # What the origin serves; room.json, state.json, epochs.json and index chunks are for the
 # packager and a following origin only.
 PUBLIC_KINDS = frozenset({"master", "playlist", "recording", "init", "part", "segment"})
@@ -133,17 +134,41 @@ class StoreLive:
             self._tasks.pop(room, None)
 
 
-def _resp(body: bytes, status: int, kind: str, cache: str, ctype: str, method: str) -> Response:
-    REQUESTS.labels(kind, str(status)).inc()
-    headers = {**CORS, "Cache-Control": cache}
-    r = Response(b"" if method == "HEAD" else body, status, headers=headers, media_type=ctype)
+Responder = Callable[[bytes, int, str, str, str, str], Response]
+
+
+def answer(body: bytes, status: int, cache: str, ctype: str, method: str) -> Response:
+    """An LL-HLS answer: CORS, Cache-Control, and HEAD without the body."""
+    r = Response(b"" if method == "HEAD" else body, status,
+                 headers={**CORS, "Cache-Control": cache}, media_type=ctype)
     if method == "HEAD":
         r.headers["Content-Length"] = str(len(body))
     return r
 
 
+async def stored_answer(store: Store, key: str, kind: str, cache: str, method: str,
+                        respond: Responder) -> Response:
+    """An object from the store, as the origin and the tier serve it: 503 when the store
+    fails, 404 when it lacks the object; a playlist is long-lived only once it has ended."""
+    try:
+        data = await store.get(key)
+    except StoreError as exc:
+        log.warning("store read %s failed: %s", key, exc)
+        return respond(b"storage unavailable\n", 503, kind, NO_STORE, TEXT, method)
+    if data is None:
+        return respond(b"not found\n", 404, kind, REFUSED, TEXT, method)
+    if kind in ("recording", "playlist", "blocking_playlist"):
+        cache = FINAL if b"#EXT-X-ENDLIST" in data else cache
+    return respond(data, 200, kind, cache, content_type_for_key(key), method)
+
+
+def _resp(body: bytes, status: int, kind: str, cache: str, ctype: str, method: str) -> Response:
+    REQUESTS.labels(kind, str(status)).inc()
+    return answer(body, status, cache, ctype, method)
+
+
 def _error(status: int, kind: str, message: str, cache: str, method: str) -> Response:
-    return _resp((message + "\n").encode(), status, kind, cache, "text/plain; charset=utf-8", method)
+    return _resp((message + "\n").encode(), status, kind, cache, TEXT, method)
 
 
 class Origin:
@@ -208,17 +233,7 @@ class Origin:
         return await self._object(key, obj.kind, IMMUTABLE, method)
 
     async def _object(self, key: str, kind: str, cache: str, method: str) -> Response:
-        try:
-            data = await self.store.get(key)
-        except StoreError as exc:
-            log.warning("store read %s failed: %s", key, exc)
-            return _error(503, kind, "storage unavailable", NO_STORE, method)
-        if data is None:
-            return _error(404, kind, "not found", REFUSED, method)
-        if kind in ("recording", "playlist", "blocking_playlist"):
-            # Only a playlist that has ended may live long in caches.
-            cache = FINAL if b"#EXT-X-ENDLIST" in data else cache
-        return _resp(data, 200, kind, cache, content_type_for_key(key), method)
+        return await stored_answer(self.store, key, kind, cache, method, _resp)
 
     async def _recording(self, room: str, broadcast: str | None, rendition: str | None,
                          key: str, method: str) -> Response:

@@ -65,7 +65,7 @@ from hls.http import (
 )
 from hls.names import LIVE_ROOT, ObjectName, parse_object
 from packager.errors import StoreError
-from packager.origin import live_routes
+from packager.origin import answer, live_routes, stored_answer
 from packager.recording import RecordingComposer
 from packager.settings import TierSettings
 from packager.store import Store
@@ -302,11 +302,7 @@ class CountedStore:
 # --- answers --------------------------------------------------------------------------------
 def _resp(body: bytes, status: int, kind: str, cache: str, ctype: str, method: str) -> Response:
     REQUESTS.labels(kind, str(status)).inc()
-    r = Response(b"" if method == "HEAD" else body, status,
-                 headers={**CORS, "Cache-Control": cache}, media_type=ctype)
-    if method == "HEAD":
-        r.headers["Content-Length"] = str(len(body))
-    return r
+    return answer(body, status, cache, ctype, method)
 
 
 def _error(status: int, kind: str, message: str, cache: str, method: str) -> Response:
@@ -492,15 +488,7 @@ class Tier:
             return None
 
     async def _stored(self, key: str, kind: str, cache: str, method: str) -> Response:
-        try:
-            data = await self.store.get(key)
-        except StoreError as exc:
-            log.warning("store read %s failed: %s", key, exc)
-            return _error(503, kind, "storage unavailable", NO_STORE, method)
-        if data is None:
-            return _error(404, kind, "not found", REFUSED, method)
-        # Only a playlist that has ended may live long in caches.
-        return _resp(data, 200, kind, FINAL if ENDLIST in data else cache, PLAYLIST_TYPE, method)
+        return await stored_answer(self.store, key, kind, cache, method, _resp)
 
 
 def build_tier_app(store: Store, registry: OwnerLookup, settings: TierSettings) -> Starlette:
