@@ -36,7 +36,7 @@ from hls.http import (
     max_age,
     playlist_lifetime,
 )
-from hls.names import LIVE_ROOT, STATE, parse_object, part_name, room_key
+from hls.names import LIVE_ROOT, STATE, ObjectName, parse_object, part_name, room_key
 from hls.reach import part_too_far
 from packager.errors import StoreError
 from packager.live import Hub, LiveRoom
@@ -134,6 +134,15 @@ class StoreLive:
             self._tasks.pop(room, None)
 
 
+def public_object(path: str) -> tuple[ObjectName, str] | None:
+    """The object a path below `/live/` names and its store key, when it is one listeners
+    may ask for (the origin's and the tier's rule)."""
+    obj = parse_object(path)
+    if obj is None or obj.kind not in PUBLIC_KINDS:
+        return None
+    return obj, f"{LIVE_ROOT}/{path}"
+
+
 Responder = Callable[[bytes, int, str, str, str, str], Response]
 
 
@@ -206,10 +215,10 @@ class Origin:
     async def handle(self, request: Request) -> Response:
         method = request.method
         path = request.path_params["path"]
-        obj = parse_object(path)
-        if obj is None or obj.kind not in PUBLIC_KINDS:
+        found = public_object(path)
+        if found is None:
             return _error(404, "other", "not found", REFUSED, method)
-        key = f"{LIVE_ROOT}/{path}"
+        obj, key = found
         if obj.kind == "master":
             live = await self.rooms.live(obj.room)
             if live is not None and live.announced:

@@ -63,9 +63,9 @@ from hls.http import (
     content_type_for_key,
     max_age,
 )
-from hls.names import LIVE_ROOT, ObjectName, parse_object
+from hls.names import ObjectName
 from packager.errors import StoreError
-from packager.origin import answer, live_routes, stored_answer
+from packager.origin import answer, live_routes, public_object, stored_answer
 from packager.recording import RecordingComposer
 from packager.settings import TierSettings
 from packager.store import Store
@@ -92,7 +92,6 @@ FAILOVER_WAITERS = Gauge("townsquare_tier_failover_waiters",
                          "Blocking requests waiting for a room's new owner")
 
 CORS = dict(CORS_HEADERS)
-PUBLIC_KINDS = frozenset({"master", "playlist", "recording", "init", "part", "segment"})
 # While a room's owner is missing or silent it is looked up at most this often.
 RETRY_SECONDS = 0.25
 # An owner that does not accept a connection within this is as good as down.
@@ -336,10 +335,10 @@ class Tier:
     async def handle(self, request: Request) -> Response:
         method = request.method
         path = request.path_params["path"]
-        obj = parse_object(path)
-        if obj is None or obj.kind not in PUBLIC_KINDS:
+        found = public_object(path)
+        if found is None:
             return _error(404, "other", "not found", REFUSED, method)
-        key = f"{LIVE_ROOT}/{path}"
+        obj, key = found
         kind: str = obj.kind
         try:
             if obj.kind == "playlist":
