@@ -112,7 +112,7 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                     one.svc.proc.kill()  # SIGKILL, by the pid this test started
                 else:
                     one.svc.proc.send_signal(signal.SIGTERM)
-                one.svc.proc.wait(30)
+                one.svc.proc.wait(60)  # SIGTERM: the hand-over is bounded by drain deadlines
                 # The load balancer now sends the speaker to the node that is left.
                 speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
                 listeners.wait_playing(60, advance=3.0)
@@ -230,7 +230,9 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                     if f":{node.rtmp}/" in sp.url:
                         sp.url = f"rtmp://127.0.0.1:{other.rtmp}/live/{sp.key}"  # type: ignore[attr-defined]
                 node.svc.proc.send_signal(signal.SIGTERM)
-                node.svc.proc.wait(30)
+                # Its hand-over is bounded by the drain deadlines (store, then registry):
+                # 60 s, as ECS gives it (stop_timeout_seconds).
+                node.svc.proc.wait(60)
                 watch(2)
                 node.start()
                 watch(4)
