@@ -583,28 +583,42 @@ class Rooms:
 
     async def close(self, deadline: float = 10.0) -> None:
         """Service shutdown: stop every live room without ending it (the next start of the
-        service resumes it), then write what the registry is still owed."""
+        service resumes it), then write what the registry is still owed.
+
+        `deadline` is one budget for the whole hand-over (store, registry, leases), not one
+        per step: an orchestrator's stop timeout must cover it, so it cannot add up."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+
+        def left() -> float:
+            return max(0.0, end - loop.time())
+
         if self.node is not None:
             await self.node.stop()
         for room in self._rooms.values():
             for speaker in list(room.relayed.values()):
                 self.leave(room, speaker)
-        stopped = []
-        for room in list(self._rooms.values()):
-            if room.state == "live" and room.on_air:
-                await self._stop_room(room, end=False)
-                self.metrics.rooms_live.dec()
-                stopped.append(room)
+        stopped = [room for room in self._rooms.values() if room.state == "live" and room.on_air]
+        # Rooms stop side by side: each waits for its encoders' last part, and a node with many
+        # rooms must not hand them over one after another.
+        await asyncio.gather(*(self._stop_room(room, end=False) for room in stopped))
+        for _ in stopped:
+            self.metrics.rooms_live.dec()
         for task in list(self._ending):
             task.cancel()
         if self.node is not None and stopped:
             # Hand the rooms over: once the store and the registry hold where each stopped,
             # release the leases, and another node adopts them without waiting for expiry.
-            await self.packager.flush(deadline)
-            await self.ledger.flush(deadline)
-            for room in stopped:
-                await self.node.release(room)
-        await self.ledger.close(deadline)
+            await self.packager.flush(left())
+            await self.ledger.flush(left())
+            node = self.node
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(node.release(room) for room in stopped)), left())
+            except TimeoutError:
+                log.warning("leases of %d rooms not released in time; they expire on their own",
+                            len(stopped))
+        await self.ledger.close(left())
 
     # --- internals --------------------------------------------------------------------
     def _go_live(self, room: Room, plan: EpochPlan, resumed: bool = False,
