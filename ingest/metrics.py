@@ -48,6 +48,16 @@ class IngestMetrics:
         self.limited_blocks = Counter(
             "townsquare_ingest_limited_blocks", "20 ms program blocks the limiter reduced",
             registry=r)
+        self.limit_hits = Counter(
+            "townsquare_ingest_limit_hits",
+            "Connections closed or requests refused by an ingest limit, by limit", ["limit"],
+            registry=r)
+        self.rtmp_open = Gauge(
+            "townsquare_ingest_rtmp_open_connections", "RTMP connections open, by transport",
+            ["transport"], registry=r)
+        self.rate_keys = Gauge(
+            "townsquare_ingest_rate_limiter_keys",
+            "Addresses and tokens the control API's rate limiter tracks (bounded)", registry=r)
         self.http_requests = Counter(
             "townsquare_ingest_http_requests", "Control API requests by status class",
             ["status"], registry=r)

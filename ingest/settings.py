@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from packager.settings import PackagerSettings
@@ -30,8 +32,36 @@ class IngestSettings(PackagerSettings):
     hold_audio_max_seconds: float = 120.0
     # Speakers one room mixes at once (each its own RTMP or WHIP connection).
     max_speakers_per_room: int = 16
-    # Publisher connections the RTMP port holds at once; more are closed on accept.
-    rtmp_max_connections: int = 256
+    # Publisher connections the RTMP port (and the RTMPS port) hold at once; more are
+    # closed on accept.
+    rtmp_max_connections: int = Field(default=256, ge=1)
+    # Of those, from one address: a studio behind one NAT has a few speakers, not dozens.
+    rtmp_max_connections_per_address: int = Field(default=32, ge=1)
+    # A whole handshake within this, however slowly its bytes come (slowloris).
+    rtmp_handshake_seconds: float = Field(default=10.0, gt=0)
+    # From the end of the handshake to an accepted `publish`: OBS and ffmpeg need well under
+    # a second; a connection that never publishes is closed then.
+    rtmp_publish_seconds: float = Field(default=10.0, gt=0)
+    # A publishing connection silent for this long is closed.
+    rtmp_idle_seconds: float = Field(default=30.0, gt=0)
+    # Bytes a connection may send before its stream key is accepted (connect and publish
+    # take ~1 KiB); past it the connection is closed, so nobody unauthenticated holds more.
+    rtmp_preauth_bytes: int = Field(default=65_536, ge=4096)
+    # RTMPS: TLS on its own port (plain RTMP stays on rtmp_port). Unset: no RTMPS. Needs a
+    # PEM certificate chain and its key.
+    rtmps_port: int | None = None
+    rtmps_cert: Path | None = None
+    rtmps_key: Path | None = None
+    # The control API: requests a second per client address and per bearer token (each a
+    # token bucket of `api_burst`); over it, 429 with Retry-After. Health and metrics
+    # scrapes and cluster relays are not counted.
+    api_rate_per_second: float = Field(default=20.0, gt=0)
+    api_burst: int = Field(default=40, ge=1)
+    # Request bodies on every route but the cluster relay (SDP offers are a few KiB).
+    api_max_body_bytes: int = Field(default=65_536, ge=1024)
+    # WHIP sessions at once, in all and from one address.
+    whip_max_sessions: int = Field(default=200, ge=1)
+    whip_max_sessions_per_address: int = Field(default=16, ge=1)
     # Offer 127.0.0.1 as an ICE candidate: browsers on this machine (or in a namespace that
     # only has loopback) can then reach WHIP. Harmless elsewhere: a remote peer's check fails.
     whip_ice_loopback: bool = True

@@ -35,6 +35,7 @@ from aiortc.sdp import SessionDescription
 
 from ingest.decoder import ProgramResampler
 from ingest.errors import DecodeError, SdpError, UnsupportedCodec
+from ingest.limits import OverLimit
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, Rooms, Speaker
 
@@ -192,18 +193,29 @@ class WhipEndpoint:
     """Every WHIP session of this service."""
 
     def __init__(self, rooms: Rooms, metrics: IngestMetrics, ice_servers: list[str] | None = None,
-                 connect_timeout: float = 20.0, max_sessions: int = 200) -> None:
+                 connect_timeout: float = 20.0, max_sessions: int = 200,
+                 max_per_address: int = 16) -> None:
         self._rooms, self._metrics = rooms, metrics
         self._ice_servers = ice_servers or []
         self._connect_timeout = connect_timeout
         self.max_sessions = max_sessions
+        self.max_per_address = max_per_address
         self.sessions: dict[str, WhipSession] = {}
 
     async def offer(self, room: Room, offer_body: bytes, remote: str) -> WhipSession:
-        """Answer an offer; raises SdpError, UnsupportedCodec or a RoomError."""
+        """Answer an offer; raises SdpError, UnsupportedCodec, OverLimit or a RoomError."""
         offer = check_offer(offer_body)
         if len(self.sessions) >= self.max_sessions:
-            raise SdpError(f"{self.max_sessions} WHIP sessions already")
+            self._metrics.limit_hits.labels(limit="whip_sessions").inc()
+            raise OverLimit(f"{self.max_sessions} WHIP sessions already; try again later",
+                            "whip_sessions", retry_after=5.0)
+        address = _address(remote)
+        # At most a few hundred sessions: counting them is cheaper than keeping a tally.
+        if sum(_address(s.remote) == address for s in self.sessions.values()) \
+                >= self.max_per_address:
+            self._metrics.limit_hits.labels(limit="whip_sessions_per_address").inc()
+            raise OverLimit(f"{address} has {self.max_per_address} WHIP sessions already",
+                            "whip_sessions_per_address", retry_after=5.0)
         sid = secrets.token_urlsafe(16)
         session = WhipSession(sid, room, self._rooms, self._metrics, remote, self._ice_servers,
                               self._connect_timeout, self._forget)
@@ -227,6 +239,11 @@ class WhipEndpoint:
 
     def _forget(self, session: WhipSession) -> None:
         self.sessions.pop(session.id, None)
+
+
+def _address(remote: str) -> str:
+    """The host part of "host:port" (IPv6 hosts keep their colons)."""
+    return remote.rpartition(":")[0] or remote
 
 
 def _prefer_opus(transceiver: Any) -> None:

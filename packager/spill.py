@@ -81,6 +81,16 @@ class SpillFolder:
             raise
         return SpilledObject(path, key, cache_control, len(data))
 
+    def device(self) -> int | None:
+        """The st_dev of the filesystem spilled objects land on (the folder, or its nearest
+        existing parent before the first spill); None if none can be read."""
+        for path in (self.root, *self.root.parents):
+            try:
+                return os.stat(path).st_dev
+            except OSError:
+                continue
+        return None
+
     def read(self, spilled: SpilledObject) -> bytes:
         """The object's data, checked against its header."""
         try:

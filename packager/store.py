@@ -7,6 +7,8 @@ so that callers decide on the class alone:
   denied, bad credentials, a folder that cannot be written); the message names the bucket
   or folder and says what is wrong.
 - `StoreUnavailable`: the backend cannot be reached or is overloaded; retry later.
+  `StoreFull`, one kind of it: a local folder whose filesystem has no space left (or a
+  quota reached); retry once space is freed, and do not spill onto the same filesystem.
 - `ObjectRejected`: this one object can never be stored (an invalid key); do not retry.
 - any other `StoreError`: transient, retry.
 
@@ -40,6 +42,21 @@ from packager.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# No space (or no quota) left: retryable once an operator or a cleanup frees space.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What a probe writes to find out whether a full disk has room again: an empty file would
+# fit on a full filesystem, a part-sized one tells.
+_PROBE_BYTES = 64 * 1024
+
+
+class StoreFull(StoreUnavailable):
+    """A local store's filesystem is full. `device` is its st_dev, so that a caller can
+    tell whether its spill folder is on the same, full, filesystem."""
+
+    def __init__(self, message: str, device: int | None = None) -> None:
+        super().__init__(message)
+        self.device = device
 
 _LIVE_ONLY = frozenset({"part", "playlist", "state"})
 
@@ -151,13 +168,18 @@ class LocalStore:
     def _check(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-check-")
-        os.close(fd)
-        os.unlink(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(_PROBE_BYTES))
+        finally:
+            os.unlink(tmp)
 
     async def check(self) -> None:
         try:
             await self._run(self._check)
         except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise self._full(exc) from exc
             if isinstance(exc, FileExistsError) or exc.errno == errno.ENOTDIR:
                 raise StoreMisconfigured(f"folder {self.root} cannot be made: a file is in "
                                          f"the way ({exc.strerror})") from exc
@@ -186,12 +208,22 @@ class LocalStore:
             raise self._error(f"could not list {prefix!r}", exc) from exc
 
     def _error(self, what: str, exc: OSError) -> StoreError:
+        if exc.errno in _FULL_ERRNOS:
+            return self._full(exc)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StoreMisconfigured(f"folder {self.root} is not writable: {exc.strerror}")
         if exc.errno in (errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR):
             # The key collides with a folder (or is too long): it will never fit.
             return ObjectRejected(f"{what}: {exc.strerror}")
         return StoreError(f"{what}: {exc}")
+
+    def _full(self, exc: OSError) -> StoreFull:
+        try:
+            device: int | None = os.stat(self.root).st_dev
+        except OSError:
+            device = None
+        return StoreFull(f"folder {self.root} is full ({exc.strerror}): objects are kept "
+                         "and written once space is freed", device)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

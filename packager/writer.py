@@ -20,7 +20,9 @@ What it promises, and how:
   to read one back the writer spills its newest in-memory objects if it must. Two
   exceptions, both logged: an object larger than the whole bound is held alone while it is
   sent, and an object that cannot be spilled (disk full) stays in memory, because losing
-  audio is worse than exceeding the bound.
+  audio is worse than exceeding the bound. Parts past the live edge are let go first then
+  (their audio is in their segments), so an outage with a full disk grows memory by the
+  segments alone, half of what is put.
 - **Shutdown never hangs.** `drain(deadline)` waits for everything put before it was
   called; when the deadline passes it spills whatever of that is not stored yet and returns
   False. `start()` of the next run uploads it.
@@ -31,6 +33,12 @@ What it promises, and how:
   `misconfigured` until a write succeeds, and probed every `retry_max_seconds`; objects are
   kept, and spilled once memory is full. `ObjectRejected` (an invalid key) can never
   succeed: that object is dropped, counted and logged.
+- **A full local disk is said once, loudly.** `StoreFull` (a folder store with no space
+  left) is logged as an error when it starts and when space is back, shown in `full` and
+  `last_error`, and counted by `townsquare_store_full`; the probe writes real bytes, so it
+  passes only once there is room. While the spill folder is on that same filesystem nothing
+  is spilled (it would fail, or eat the room the store needs): objects stay in memory, beyond
+  the bound if they must, exactly as when spilling fails.
 - **Concurrency.** Up to `concurrency` uploads in flight; with more than one, objects of
   different keys may land in a different order than they were put (a playlist may land a
   moment before a part it lists).
@@ -58,9 +66,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
+from hls.names import LIVE_ROOT, parse_object
 from packager.errors import ObjectRejected, SpillCorrupt, StoreError, StoreMisconfigured
 from packager.settings import StoreSettings
 from packager.spill import SpilledObject, SpillFolder
+from packager.store import StoreFull
 from serving.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -70,7 +80,8 @@ log = logging.getLogger(__name__)
 
 WRITES = Counter("townsquare_store_writes_total",
                  "Store writes by result: ok, retry (failed, kept), dropped (can never be "
-                 "stored), spilled (moved to local disk)", ["result"])
+                 "stored), spilled (moved to local disk), shed (a part past the live edge "
+                 "let go while over the memory bound with nowhere to spill)", ["result"])
 PENDING = Gauge("townsquare_store_pending_objects",
                 "Objects not yet stored, in memory or spilled")
 PENDING_BYTES = Gauge("townsquare_store_pending_bytes",
@@ -80,6 +91,8 @@ MEMORY_BOUND = Gauge("townsquare_store_memory_bound_bytes",
 SPILLED = Gauge("townsquare_store_spilled_objects", "Objects waiting on local disk")
 SPILLED_BYTES = Gauge("townsquare_store_spilled_bytes", "Bytes waiting on local disk")
 HEALTHY = Gauge("townsquare_store_healthy", "1 while the store takes writes, 0 while it fails")
+FULL = Gauge("townsquare_store_full",
+             "1 while the store's local filesystem has no space left, else 0")
 LAST_OK = Gauge("townsquare_store_last_success_timestamp_seconds",
                 "Unix time of the last successful store write")
 
@@ -145,8 +158,12 @@ class StoreWriter:
         self.last_error: str | None = None
         # Set while the store answers StoreMisconfigured; cleared by a successful write.
         self.misconfigured: str | None = None
+        # Set while the store's filesystem is full (StoreFull); cleared by a successful write.
+        self.full: str | None = None
         self.failures = 0  # failed store calls (uploads and probes)
         self.dropped = 0   # objects that could never be stored
+        self.shed = 0      # parts let go past the live edge while over the bound (see put)
+        self._over_bound_said = False
         self._spill = SpillFolder(limits.spill_dir)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="townsquare-spill")
         self._seq = 0
@@ -166,6 +183,8 @@ class StoreWriter:
         self._failing = False
         self._backoff = min(RETRY_MIN_SECONDS, limits.retry_max_seconds)
         self._spill_broken = False
+        # The store is full and the spill folder is on the same filesystem: do not spill.
+        self._spill_blocked = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._uploads: set[asyncio.Task[None]] = set()
@@ -224,6 +243,8 @@ class StoreWriter:
             e.data = None
         else:
             self._hold(e)
+            if self._memory > self.limits.memory_bytes:
+                self._shed_parts()
         self._enqueue(e)
         self._publish()
         self._wake.set()
@@ -328,6 +349,29 @@ class StoreWriter:
         self._unstored = [t for t in self._unstored if t[2].state is not _State.DONE]
         heapq.heapify(self._unstored)
         self._stale = 0
+
+    def _shed_parts(self) -> None:
+        """Over the bound with nowhere to spill: let go of parts that are past the live
+        edge, oldest first. No audio goes with them: a part's samples are also in its
+        segment, complete and put by then (a segment is 1.92 s, the live edge 6 s), and
+        only a player near the live edge ever wanted the part. Segments, init segments and
+        playlists are kept, beyond the bound if they must be."""
+        now = time.monotonic()
+        for e in list(self._in_memory):
+            if self._memory <= self.limits.memory_bytes:
+                self._over_bound_said = False
+                return
+            if (now - e.queued_at > LIVE_EDGE_SECONDS and self._waiting.get(e.key) is e
+                    and _is_part(e.key)):
+                del self._waiting[e.key]
+                self._discard(e)
+                self.shed += 1
+                WRITES.labels("shed").inc()
+        if self._memory > self.limits.memory_bytes and not self._over_bound_said:
+            self._over_bound_said = True
+            log.error("store writer holds %d bytes, over its bound of %d, with nowhere to "
+                      "spill: keeping segments and playlists in memory",
+                      self._memory, self.limits.memory_bytes)
 
     def _hold(self, e: _Entry) -> None:
         """Count a waiting entry's data as held in memory."""
@@ -462,6 +506,12 @@ class StoreWriter:
             log.warning("store %s takes writes again (was: %s)", self.store.describe(),
                         self.misconfigured)
             self.misconfigured = None
+        if self.full is not None:
+            log.warning("store %s has space again; writing the %d objects that waited",
+                        self.store.describe(), self.pending_objects)
+            self.full = None
+            self._spill_blocked = False
+            FULL.set(0)
         self.last_error = None
 
     def _back_to_waiting(self, e: _Entry) -> None:
@@ -496,7 +546,19 @@ class StoreWriter:
 
     def _note_error(self, exc: Exception) -> None:
         self.last_error = str(exc)
-        if isinstance(exc, StoreMisconfigured):
+        if isinstance(exc, StoreFull):
+            if self.full is None:
+                self._spill_blocked = (exc.device is not None
+                                       and exc.device == self._spill.device())
+                log.error("store %s. Listeners are served from memory; %d objects wait "
+                          "%s; retried every %g s at most.", exc, self.pending_objects,
+                          "in memory (the spill folder is on the same full disk)"
+                          if self._spill_blocked else f"(spilled to {self.limits.spill_dir} "
+                          f"beyond {self.limits.memory_bytes} bytes in memory)",
+                          self.limits.retry_max_seconds)
+                FULL.set(1)
+            self.full = str(exc)
+        elif isinstance(exc, StoreMisconfigured):
             self._backoff = self.limits.retry_max_seconds
             if self.misconfigured != str(exc):
                 self.misconfigured = str(exc)
@@ -535,6 +597,8 @@ class StoreWriter:
         """Write `e` to disk on the spot (one small file in the page cache); False if the
         disk refuses, and `e` must stay in memory."""
         assert e.data is not None
+        if self._spill_blocked:
+            return False
         try:
             e.spill = self._spill.write(e.key, e.data, e.cache_control)
         except OSError as exc:
@@ -640,6 +704,12 @@ def _write_all(folder: SpillFolder,
         except OSError as exc:
             out.append(exc)
     return out
+
+
+def _is_part(key: str) -> bool:
+    """Whether a store key names a part (`live/{room}/{rendition}/{epoch}/p{msn}.{i}.m4s`)."""
+    name = parse_object(key.removeprefix(LIVE_ROOT + "/"))
+    return name is not None and name.kind == "part"
 
 
 def _remaining(loop: asyncio.AbstractEventLoop, end: float) -> float | None:

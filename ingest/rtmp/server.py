@@ -1,17 +1,31 @@
-"""The RTMP listener: one port, many publishers, each connection its own session task."""
+"""The RTMP listener: one port (and optionally an RTMPS port), many publishers, each
+connection its own session task.
+
+Connections are counted before anything is read: past `max_connections` in all, or past
+`max_per_address` from one remote address, a new one is closed on accept (RTMP has no way
+to say why before its handshake; the log line and `townsquare_ingest_limit_hits` do). Both
+ports share the counts. RTMPS is plain RTMP inside TLS; asyncio bounds the TLS handshake by
+the same handshake deadline, before the connection is counted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import ssl
+import time
 
+from ingest.limits import AddressCounts, RtmpLimits, rtmp_limits, tls_context
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Rooms
 from ingest.rtmp.chunk import Limits
 from ingest.rtmp.session import RtmpSession
+from ingest.settings import IngestSettings
 
 log = logging.getLogger("townsquare.ingest.rtmp")
+# A flood of refused connections logs one line a second, with how many were refused.
+_REFUSAL_LOG_SECONDS = 1.0
 
 
 class RtmpServer:
@@ -25,50 +39,101 @@ class RtmpServer:
         limits: Limits | None = None,
         handshake_timeout: float = 10.0,
         idle_timeout: float = 30.0,
+        *,
+        policy: RtmpLimits | None = None,
+        tls_port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._rooms, self._metrics = rooms, metrics
         self.host, self.port = host, port
-        self.max_connections = max_connections
-        self._limits = limits or Limits()
-        self._handshake_timeout, self._idle_timeout = handshake_timeout, idle_timeout
-        self._server: asyncio.Server | None = None
+        if policy is None:
+            policy = RtmpLimits(handshake_seconds=handshake_timeout, idle_seconds=idle_timeout,
+                                max_connections=max_connections, chunk=limits or Limits())
+        self.limits = policy
+        self.tls_port = tls_port if tls is not None else None
+        self._tls = tls
+        self._per_address = AddressCounts(policy.max_per_address)
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refused = 0
+        self._refusal_logged = 0.0
+
+    @classmethod
+    def from_settings(cls, rooms: Rooms, metrics: IngestMetrics,
+                      settings: IngestSettings) -> RtmpServer:
+        """The server the settings describe (RTMPS too when `rtmps_port` is set);
+        ConfigError when a limit or the certificate cannot work."""
+        tls = None
+        if settings.rtmps_port is not None:
+            tls = tls_context(settings.rtmps_cert, settings.rtmps_key)
+        return cls(rooms, metrics, settings.host, settings.rtmp_port,
+                   policy=rtmp_limits(settings), tls_port=settings.rtmps_port, tls=tls)
+
+    @property
+    def max_connections(self) -> int:
+        return self.limits.max_connections
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        sock = self._server.sockets[0].getsockname()
-        self.port = int(sock[1])
+        plain = await asyncio.start_server(self._accept_plain, self.host, self.port)
+        self._servers.append(plain)
+        self.port = int(plain.sockets[0].getsockname()[1])
         log.info("RTMP listening on rtmp://%s:%d/live/{stream key}", self.host, self.port)
+        if self._tls is not None and self.tls_port is not None:
+            try:
+                secure = await asyncio.start_server(
+                    self._accept_tls, self.host, self.tls_port, ssl=self._tls,
+                    ssl_handshake_timeout=self.limits.handshake_seconds)
+            except OSError:
+                await self.stop()
+                raise
+            self._servers.append(secure)
+            self.tls_port = int(secure.sockets[0].getsockname()[1])
+            log.info("RTMPS listening on rtmps://%s:%d/live/{stream key}", self.host,
+                     self.tls_port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
 
     @property
     def connections(self) -> int:
         return len(self._tasks)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= self.max_connections:
-            self._metrics.rtmp_connections.labels(outcome="over_limit").inc()
-            log.warning("RTMP: %d connections already; refusing one", len(self._tasks))
-            writer.close()
+    async def _accept_plain(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        await self._accept(reader, writer, "rtmp")
+
+    async def _accept_tls(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        await self._accept(reader, writer, "rtmps")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      transport: str) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if len(self._tasks) >= self.limits.max_connections:
+            self._refuse(writer, "rtmp_connections", "over_limit",
+                         f"{len(self._tasks)} connections already (rtmp_max_connections)")
             return
-        session = RtmpSession(
-            reader, writer, self._rooms, self._metrics, self._limits,
-            self._handshake_timeout, self._idle_timeout,
-        )
+        if not self._per_address.acquire(address):
+            self._refuse(writer, "rtmp_connections_per_address", "over_address_limit",
+                         f"{address} has {self._per_address.count(address)} connections "
+                         "already (rtmp_max_connections_per_address)")
+            return
+        session = RtmpSession(reader, writer, self._rooms, self._metrics, self.limits)
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        gauge = self._metrics.rtmp_open.labels(transport=transport)
+        gauge.inc()
         try:
             await session.run()
         except asyncio.CancelledError:
@@ -76,4 +141,18 @@ class RtmpServer:
             # callback logs the cancellation as an error for every open connection.
             pass
         finally:
+            gauge.dec()
+            self._per_address.release(address)
             self._tasks.discard(task)
+
+    def _refuse(self, writer: asyncio.StreamWriter, limit: str, outcome: str,
+                why: str) -> None:
+        self._metrics.rtmp_connections.labels(outcome=outcome).inc()
+        self._metrics.limit_hits.labels(limit=limit).inc()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= _REFUSAL_LOG_SECONDS:
+            log.warning("RTMP: refusing a connection: %s (%d refused since the last line)",
+                        why, self._refused)
+            self._refused, self._refusal_logged = 0, now
+        writer.close()

@@ -7,6 +7,11 @@ Every failure path ends in `closed` after telling the client why where RTMP has 
 say it: `_error` with NetConnection.Connect.Rejected for a wrong application,
 `onStatus` NetStream.Publish.BadName for a wrong key, NetStream.Publish.Rejected for a
 full or ended room, NetStream.Publish.Failed for audio we cannot decode.
+
+What an unauthenticated client may cost is bounded (`ingest.limits.RtmpLimits`): the whole
+handshake has a deadline, so has the way from its end to an accepted `publish` (bytes do
+not extend it, so a client trickling one byte a second is closed on time), and until the
+key is accepted the connection may send at most `preauth_bytes`, in small chunk streams.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ingest.errors import (
     Unavailable,
     UnsupportedCodec,
 )
+from ingest.limits import RtmpLimits
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, Rooms, Speaker
 from ingest.rtmp import handshake
@@ -40,7 +46,6 @@ from ingest.rtmp.chunk import (
     USER_CONTROL,
     WINDOW_ACK_SIZE,
     ChunkDecoder,
-    Limits,
     Message,
     encode_message,
 )
@@ -74,6 +79,14 @@ class SessionClosed(Exception):
     """Raised inside the session to stop it after the client has been told why."""
 
 
+class DeadlinePassed(Exception):
+    """The handshake, the way to `publish`, or a publisher's silence took too long."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class RtmpSession:
     def __init__(
         self,
@@ -81,14 +94,14 @@ class RtmpSession:
         writer: asyncio.StreamWriter,
         rooms: Rooms,
         metrics: IngestMetrics,
-        limits: Limits | None = None,
-        handshake_timeout: float = 10.0,
-        idle_timeout: float = 30.0,
+        limits: RtmpLimits | None = None,
     ) -> None:
         self._reader, self._writer = reader, writer
         self._rooms, self._metrics = rooms, metrics
-        self._decoder = ChunkDecoder(limits)
-        self._handshake_timeout, self._idle_timeout = handshake_timeout, idle_timeout
+        self._limits = limits or RtmpLimits()
+        self._decoder = ChunkDecoder(self._limits.preauth_chunk)
+        self.authenticated = False  # a publish has been accepted on this connection
+        self._publish_by = 0.0  # loop time by which a publish must be accepted
         peer = writer.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.state: State = "handshake"
@@ -108,24 +121,36 @@ class RtmpSession:
 
     async def run(self) -> None:
         outcome = "closed"
+        limits = self._limits
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._handshake(), self._handshake_timeout)
+            try:
+                await asyncio.wait_for(self._handshake(), limits.handshake_seconds)
+            except TimeoutError:
+                raise DeadlinePassed("handshake_deadline", f"handshake not finished within "
+                                     f"{limits.handshake_seconds:g} s") from None
             self._set_state("connecting")
+            self._publish_by = loop.time() + limits.publish_seconds
             while self.state != "closed":
-                data = await asyncio.wait_for(self._reader.read(65_536), self._idle_timeout)
+                data = await self._read(loop)
                 if not data:
                     break
                 self._bytes_in += len(data)
+                if not self.authenticated and self._bytes_in > limits.preauth_bytes:
+                    self._metrics.limit_hits.labels(limit="rtmp_preauth_bytes").inc()
+                    raise LimitExceeded(f"over {limits.preauth_bytes} bytes sent before a "
+                                        "stream key was accepted")
                 for msg in self._decoder.feed(data):
                     await self._handle(msg)
                 await self._acknowledge()
         except SessionClosed as exc:
             outcome = str(exc)
             await self._linger(LINGER_SECONDS)
-        except TimeoutError:
+        except DeadlinePassed as exc:
             outcome = "timeout"
             self._metrics.rtmp_errors.labels(kind="timeout").inc()
-            log.info("rtmp %s: no data for too long in state %s; closing", self.remote, self.state)
+            self._metrics.limit_hits.labels(limit=f"rtmp_{exc.kind}").inc()
+            log.info("rtmp %s: %s (state %s); closing", self.remote, exc, self.state)
         except asyncio.IncompleteReadError:
             outcome = "truncated"
             self._metrics.rtmp_errors.labels(kind="truncated").inc()
@@ -170,6 +195,29 @@ class RtmpSession:
         except (TimeoutError, ConnectionError, OSError):
             return
 
+    async def _read(self, loop: asyncio.AbstractEventLoop) -> bytes:
+        """The next bytes, within whichever deadline applies now."""
+        if self.state == "publishing":
+            try:
+                return await asyncio.wait_for(self._reader.read(65_536),
+                                              self._limits.idle_seconds)
+            except TimeoutError:
+                raise DeadlinePassed("idle_deadline", f"nothing received for "
+                                     f"{self._limits.idle_seconds:g} s") from None
+        left = self._publish_by - loop.time()
+        # Until the key is accepted, read no further than the pre-auth cap (plus one byte,
+        # so that going over it is seen).
+        size = min(65_536, max(1, self._limits.preauth_bytes - self._bytes_in + 1))
+        if self.authenticated:
+            size = 65_536
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(self._reader.read(size), left)
+        except TimeoutError:
+            raise DeadlinePassed("publish_deadline", f"no publish accepted within "
+                                 f"{self._limits.publish_seconds:g} s of the handshake") from None
+
     # --- handshake ------------------------------------------------------------------
     async def _handshake(self) -> None:
         c0 = await self._reader.readexactly(1)
@@ -213,6 +261,8 @@ class RtmpSession:
             if self.speaker is not None:
                 self._leave()
                 self._set_state("connected")
+                # Publishing again must happen as promptly as the first time.
+                self._publish_by = asyncio.get_running_loop().time() + self._limits.publish_seconds
         elif name == "play":
             self._send(on_status(self._stream_id, status(
                 "NetStream.Play.Failed", "this server only takes publishers", "error")))
@@ -271,6 +321,9 @@ class RtmpSession:
             "NetStream.Publish.Start", f"publishing into room {room.name}",
             details=room.name, clientid=self.speaker.id)))
         await self._writer.drain()
+        if not self.authenticated:
+            self.authenticated = True
+            self._decoder.limits = self._limits.chunk
         self._set_state("publishing")
         self._metrics.rtmp_publishes.inc()
 

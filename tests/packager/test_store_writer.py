@@ -325,3 +325,45 @@ async def test_objects_spilled_by_a_crashed_run_are_uploaded_oldest_first_after_
                             "new/backlog"]
     assert spill_files(tmp_path / "spill") == []
     store.close()
+
+
+async def test_with_nowhere_to_spill_parts_past_the_live_edge_go_first_and_segments_are_kept(
+    s3_server: S3Server, outage: Outage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import packager.writer
+
+    monkeypatch.setattr(packager.writer, "LIVE_EDGE_SECONDS", 0.3)
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    pre = prefix()
+    bound = 64 * 1024
+    store = RecordingS3Store(s3_server, pre)
+    lim = WriterLimits(memory_bytes=bound, spill_dir=tmp_path / "not-a-folder" / "spill",
+                       retry_max_seconds=0.3, concurrency=2, drain_seconds=20)
+    writer = StoreWriter(store, lim)
+    writer.start()
+    outage.begin()
+    base = "live/room/aac96/e1-abcdef"
+    segments, parts = {}, {}
+    for msn in range(1, 13):  # 12 segments of 4 KiB, 9 parts of 1 KiB each: 156 KiB in all
+        for i in range(9):
+            key = f"{base}/p{msn}.{i}.m4s"
+            parts[key] = bytes([msn, i]) * 512
+            writer.put(key, parts[key], "immutable", live=True)
+        segments[f"{base}/s{msn}.m4s"] = bytes([msn]) * 4096
+        writer.put(f"{base}/s{msn}.m4s", segments[f"{base}/s{msn}.m4s"], "immutable")
+        if msn == 6:
+            await asyncio.sleep(0.4)  # the first half is past the live edge now
+    await until(lambda: writer.failures >= 1)
+    # Past the bound only by what could not be let go: the newest parts and the segments.
+    assert writer.shed > 0 and writer.pending_bytes <= bound + 12 * 4096
+    assert writes("shed") >= writer.shed
+
+    outage.end()
+    assert await writer.drain(20)
+    await writer.close()
+    for key, data in segments.items():
+        assert stored(s3_server, f"{pre}/{key}") == data, "every segment is kept"
+    shed = [k for k in parts if k not in store.landed]
+    assert len(shed) == writer.shed and all(int(k.split("/p")[1].split(".")[0]) <= 6
+                                            for k in shed), "only parts of the older half"
+    store.close()
