@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from hls.names import check_room, epoch_id, new_broadcast_id
 from ingest.errors import (
@@ -46,7 +47,16 @@ from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
 from packager.recording import EpochInfo
-from registry import Lease, Registry, RegistryError, RoomRecord, RoomTaken
+from registry import (
+    REVOKED_KEY_HASH,
+    Lease,
+    NoSuchRoom,
+    Registry,
+    RegistryError,
+    RoomClosed,
+    RoomRecord,
+    RoomTaken,
+)
 
 log = logging.getLogger("townsquare.ingest.rooms")
 
@@ -86,6 +96,10 @@ class Speaker:
     input: MixerInput
     disconnect: Callable[[], Awaitable[None]] | None = None
     relay: RelayLink | None = None  # set when the room is published by another node
+    # The room's key generation when this speaker's stream key was accepted; None for
+    # speakers no key admitted (local sources, relays from other nodes, which answer for
+    # their own speakers).
+    key_generation: int | None = None
 
     def push(self, pcm: np.ndarray) -> None:
         if self.relay is not None:
@@ -120,6 +134,8 @@ class Room:
     epoch: int = 0  # the last epoch number handed out for this room
     next_msn: int = 1  # the media sequence number its next segment gets
     owner: str | None = None  # the node holding its lease, as last read (cluster mode)
+    private: bool = False  # listeners need a signed token (`hls.tokens`)
+    key_generation: int = 1  # grows with every rotation or revocation of the stream key
     speakers: dict[str, Speaker] = field(default_factory=dict)
     relayed: dict[str, Speaker] = field(default_factory=dict)  # heard on another node
     _mixer: Mixer | None = None
@@ -156,6 +172,9 @@ class Room:
             "epoch": self.epoch,
             "node": self.owner,
             "next_msn": self.next_msn,
+            "private": self.private,
+            "key_generation": self.key_generation,
+            "key_revoked": self.key_hash == REVOKED_KEY_HASH,
             "speakers": [s.describe() for s in self.speakers.values()],
         }
 
@@ -188,6 +207,13 @@ class Rooms:
         self.ledger = Ledger()
         self.node: Node | None = None  # set in cluster mode: rooms are published under leases
         self.relay_token: str | None = None  # what relays to other nodes authenticate with
+        # Registered on the service's own metrics registry, beside IngestMetrics' counters.
+        self.key_changes = Counter("townsquare_ingest_key_changes", "Stream keys changed, by "
+                                   "change (rotate, revoke)", ["change"],
+                                   registry=self.metrics.registry)
+        self.key_disconnects = Counter("townsquare_ingest_key_disconnects", "Speakers "
+                                       "disconnected because their stream key stopped counting",
+                                       registry=self.metrics.registry)
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
 
@@ -204,7 +230,8 @@ class Rooms:
             self._rooms[rec.name] = Room(
                 rec.name, rec.key_hash, rec.created_at, state="waiting",
                 started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
-                next_msn=rec.next_msn, owner=rec.owner)
+                next_msn=rec.next_msn, owner=rec.owner, private=rec.private,
+                key_generation=rec.key_generation)
         return [self._rooms[r.name] for r in records if r.state == "live"]
 
     async def resume(self, rooms: list[Room]) -> None:
@@ -252,6 +279,8 @@ class Rooms:
                 rec.broadcast_id
             room.ended_at, room.end_reason = rec.ended_at, rec.end_reason
             room.epoch, room.next_msn = rec.epoch, rec.next_msn
+            room.private = rec.private
+            await self._apply_key(room, rec.key_hash, rec.key_generation)
         room.owner = owner.node if owner is not None else None
 
     async def load_open(self) -> None:
@@ -271,7 +300,21 @@ class Rooms:
                 await self.refresh(room)
 
     async def find_by_key(self, key: str) -> Room:
-        """`by_key`, falling back on the registry for rooms created on another node."""
+        """`by_key`, falling back on the registry for rooms created on another node. In
+        cluster mode the registry speaks first (another node may have rotated or revoked the
+        key); what is held in memory answers only while the database cannot."""
+        if self.node is not None and self.registry is not None:
+            try:
+                rec = await self.registry.room_by_key(hash_key(key))
+            except RegistryError:
+                return self.by_key(key)
+            if rec is None:
+                raise BadKey("stream key matches no open room")
+            room = self._rooms.get(rec.name)
+            if room is None:
+                return self._remember(rec)
+            await self._apply_key(room, rec.key_hash, rec.key_generation)
+            return room
         try:
             return self.by_key(key)
         except BadKey:
@@ -288,7 +331,8 @@ class Rooms:
     def _remember(self, rec: RoomRecord) -> Room:
         room = Room(rec.name, rec.key_hash, rec.created_at, state=rec.state,
                     started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
-                    next_msn=rec.next_msn, owner=rec.owner)
+                    next_msn=rec.next_msn, owner=rec.owner, private=rec.private,
+                    key_generation=rec.key_generation)
         self._rooms[rec.name] = room
         return room
 
@@ -404,23 +448,26 @@ class Rooms:
         return room
 
     # --- lifecycle --------------------------------------------------------------------
-    async def create(self, name: str | None = None) -> tuple[Room, str]:
+    async def create(self, name: str | None = None, private: bool = False) -> tuple[Room, str]:
         name = check_room(name) if name is not None else "room-" + secrets.token_hex(4)
         old = self._rooms.get(name)
         if old is not None and old.state != "ended":
             raise RoomExists(f"room {name!r} already exists ({old.state}); end it first")
         key = new_key()
-        room = Room(name=name, key_hash=hash_key(key), created_at=time.time())
+        room = Room(name=name, key_hash=hash_key(key), created_at=time.time(), private=private)
         if self.registry is not None:
             try:
-                rec = await self.registry.create_room(name, room.key_hash, room.created_at)
+                rec = await self.registry.create_room(name, room.key_hash, room.created_at,
+                                                      private)
             except RoomTaken as exc:
                 raise RoomExists(f"room {name!r} already exists; end it first") from exc
             except RegistryError as exc:
                 raise Unavailable(f"rooms cannot be created now: {exc}") from exc
             room.epoch, room.next_msn = rec.epoch, rec.next_msn
+            room.key_generation = rec.key_generation
         elif old is not None:
             room.epoch, room.next_msn = old.epoch, old.next_msn
+            room.key_generation = old.key_generation + 1
         self._rooms[name] = room
         self.metrics.rooms_created.inc()
         log.info("room %s created", name)
@@ -457,10 +504,14 @@ class Rooms:
     async def speak(self, room: Room, kind: SpeakerKind, remote: str,
                     disconnect: Callable[[], Awaitable[None]] | None = None) -> Speaker:
         """A speaker for `room`: mixed here when this node publishes the room (or can take
-        it), relayed to the node that does otherwise (cluster mode)."""
+        it), relayed to the node that does otherwise (cluster mode). Call it right after the
+        speaker's key was checked: the speaker is tied to the key generation of that moment."""
+        generation = room.key_generation
         try:
             await self.admit(room)
-            return self.join(room, kind, remote, disconnect)
+            joined = self.join(room, kind, remote, disconnect)
+            joined.key_generation = generation
+            return joined
         except RoomElsewhere:
             if self.node is None or self.registry is None or self.relay_token is None:
                 raise
@@ -469,7 +520,7 @@ class Rooms:
                 raise
         room._seq += 1
         speaker = Speaker(f"{kind}-{room._seq}-relayed", kind, remote, time.time(),
-                          MixerInput(JitterBuffer()), disconnect)
+                          MixerInput(JitterBuffer()), disconnect, key_generation=generation)
 
         def link_closed() -> None:
             # The owner went away or refused: the speaker reconnects (and lands anew).
@@ -523,6 +574,72 @@ class Rooms:
         room._last_voice = time.monotonic()
         self.metrics.speakers.dec()
         log.info("room %s: speaker %s left", room.name, speaker.id)
+
+    # --- stream keys ------------------------------------------------------------------
+    async def replace_key(self, room: Room, revoke: bool = False) -> str | None:
+        """Rotate the room's stream key (the new key is returned, shown once) or revoke it
+        (None: no key works until the next rotation). The old key stops working at once and
+        the speakers it admitted here are disconnected; in a cluster the caller tells the
+        other nodes (`sync_key`), whose speakers it may also have admitted.
+
+        The registry is written before anything changes here (Unavailable when it cannot
+        be): a key change that other nodes could not see would not be a revocation.
+        """
+        if room.state == "ended":
+            raise RoomEnded(f"room {room.name!r} has ended: its key is dead already")
+        key = None if revoke else new_key()
+        key_hash = REVOKED_KEY_HASH if key is None else hash_key(key)
+        generation = room.key_generation + 1
+        if self.registry is not None:
+            try:
+                rec = await self.registry.replace_key(room.name, key_hash)
+            except RoomClosed as exc:
+                raise RoomEnded(f"room {room.name!r} has ended: its key is dead already") from exc
+            except NoSuchRoom as exc:
+                raise RoomNotFound(f"no room named {room.name!r}") from exc
+            except RegistryError as exc:
+                raise Unavailable(f"the key of room {room.name!r} cannot be changed now: "
+                                  f"{exc}") from exc
+            generation = rec.key_generation
+        self.key_changes.labels(change="revoke" if revoke else "rotate").inc()
+        log.info("room %s: stream key %s (generation %d)", room.name,
+                 "revoked" if revoke else "rotated", generation)
+        await self._apply_key(room, key_hash, generation)
+        return key
+
+    async def sync_key(self, room: Room) -> int:
+        """Read the room's key from the registry (another node changed it) and disconnect the
+        speakers an older key admitted here. Returns how many were disconnected."""
+        if self.registry is None:
+            return 0
+        try:
+            rec = await self.registry.get_room(room.name)
+        except RegistryError as exc:
+            raise Unavailable(f"room {room.name!r} cannot be read now: {exc}") from exc
+        if rec is None:
+            return 0
+        return await self._apply_key(room, rec.key_hash, rec.key_generation)
+
+    async def _apply_key(self, room: Room, key_hash: str, generation: int) -> int:
+        """Make `generation` the room's key here; disconnect every speaker an older key
+        admitted, on this node's mix or relayed from it. Returns how many."""
+        if generation < room.key_generation:
+            return 0  # an older read arriving late: the newer key stands
+        room.key_hash, room.key_generation = key_hash, generation
+        stale = [s for s in (*room.speakers.values(), *room.relayed.values())
+                 if s.key_generation is not None and s.key_generation < generation]
+        for speaker in stale:
+            self.leave(room, speaker)
+            if speaker.disconnect is not None:
+                try:
+                    await speaker.disconnect()
+                except Exception:
+                    log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
+            log.info("room %s: speaker %s disconnected: its stream key no longer counts",
+                     room.name, speaker.id)
+        if stale:
+            self.key_disconnects.inc(len(stale))
+        return len(stale)
 
     def mute(self, room: Room, speaker_id: str, muted: bool) -> Speaker:
         speaker = room.speakers.get(speaker_id)

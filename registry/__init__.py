@@ -19,6 +19,10 @@ a lease that comes with a new epoch (the fencing number its writes carry):
     await registry.owner_of("r")                 # Owner(node, epoch, expires, internal_url)
     await registry.rooms_to_adopt()              # live rooms whose owner's lease ran out
 
+A room may be private (`create_room(..., private=True)`: listeners need a signed token), and
+its stream key can be replaced or revoked (`replace_key`); `key_generation` counts the keys, so
+every node can tell which speakers an old key admitted.
+
 A lease that cannot be renewed (RegistryUnavailable) must be given up by its owner before its
 last renewed expiry; after that, another node may take the room with a higher epoch.
 
@@ -34,9 +38,18 @@ from registry.errors import (
     NoSuchRoom,
     RegistryError,
     RegistryUnavailable,
+    RoomClosed,
     RoomTaken,
 )
-from registry.records import EpochRecord, Lease, NodeInfo, Owner, RoomRecord, RoomState
+from registry.records import (
+    REVOKED_KEY_HASH,
+    EpochRecord,
+    Lease,
+    NodeInfo,
+    Owner,
+    RoomRecord,
+    RoomState,
+)
 from registry.registry import Registry
 
 __all__ = [
@@ -48,7 +61,9 @@ __all__ = [
     "Owner",
     "Registry",
     "RegistryError",
+    "REVOKED_KEY_HASH",
     "RegistryUnavailable",
+    "RoomClosed",
     "RoomRecord",
     "RoomState",
     "RoomTaken",

@@ -3,6 +3,7 @@
     RegistryError              an operation failed (also: a legacy room file that cannot be read)
     ├── RegistryUnavailable    the database cannot be reached: refused, lost, timed out, locked
     ├── RoomTaken              a room with that name is still open (waiting or live)
+    ├── RoomClosed             the room has ended: what was asked applies to open rooms only
     ├── NoSuchRoom             no room has that name
     └── NoSuchNode             no node has that id in the directory (heartbeat before register)
 
@@ -24,6 +25,10 @@ class RegistryUnavailable(RegistryError):
 
 class RoomTaken(RegistryError):
     """A waiting or live room already has that name."""
+
+
+class RoomClosed(RegistryError):
+    """The room has ended; its key can no longer change."""
 
 
 class NoSuchRoom(RegistryError):

@@ -11,6 +11,8 @@ from typing import Literal
 
 RoomState = Literal["waiting", "live", "ended"]
 ROOM_STATES: tuple[RoomState, ...] = ("waiting", "live", "ended")
+# The key hash of a room whose key was revoked: no key hashes to the empty string.
+REVOKED_KEY_HASH = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,12 @@ class RoomRecord:
     next_msn: int  # media sequence number the room's next segment gets (starts at 1)
     owner: str | None = None  # node holding the room's lease (it may have expired)
     lease_expires: float | None = None
+    private: bool = False  # listeners need a signed token; served only under /private/
+    key_generation: int = 1  # grows by one at every rotation or revocation of the key
+
+    @property
+    def key_revoked(self) -> bool:
+        return self.key_hash == REVOKED_KEY_HASH
 
 
 @dataclass(frozen=True, slots=True)

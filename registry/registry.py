@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 import registry.directory as directory
 import registry.leases as leases
 from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact, translated
-from registry.errors import NoSuchRoom, RegistryError, RoomTaken
+from registry.errors import NoSuchRoom, RegistryError, RoomClosed, RoomTaken
 from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
 from registry.migrate import upgrade as upgrade_schema
 from registry.records import EpochRecord, Lease, NodeInfo, Owner, RoomRecord, RoomState
@@ -86,9 +86,11 @@ class Registry:
             await self._select_one()
 
     # --- rooms ------------------------------------------------------------------------
-    async def create_room(self, name: str, key_hash: str, created_at: float) -> RoomRecord:
+    async def create_room(self, name: str, key_hash: str, created_at: float,
+                          private: bool = False) -> RoomRecord:
         """A new waiting room, or an ended one reused under the same name (keeping its epoch
-        and next_msn, so the name's URLs and sequence numbers never go backwards).
+        and next_msn, so the name's URLs and sequence numbers never go backwards; its key
+        generation moves on, so nothing admitted by the old key counts).
 
         Raises RoomTaken when a waiting or live room has that name.
         """
@@ -103,7 +105,8 @@ class Registry:
                     await conn.execute(
                         sa.insert(rooms).values(
                             name=name, key_hash=key_hash, state="waiting",
-                            created_at=created_at, epoch=0, next_msn=1,
+                            created_at=created_at, epoch=0, next_msn=1, private=private,
+                            key_generation=1,
                         )
                     )
                 except sa_exc.IntegrityError as exc:  # created by someone else meanwhile
@@ -115,6 +118,7 @@ class Registry:
                 conn, name,
                 key_hash=key_hash, state="waiting", created_at=created_at,
                 started_at=None, ended_at=None, end_reason=None, broadcast_id=None,
+                private=private, key_generation=rooms.c.key_generation + 1,
             )
 
     async def get_room(self, name: str) -> RoomRecord | None:
@@ -144,6 +148,36 @@ class Registry:
     async def set_key_hash(self, name: str, key_hash: str) -> RoomRecord:
         async with self._write(f"set key of room {name!r}") as conn:
             return await self._update_room(conn, name, key_hash=key_hash)
+
+    async def replace_key(self, name: str, key_hash: str) -> RoomRecord:
+        """Rotate (a new key's hash) or revoke (`REVOKED_KEY_HASH`) an open room's stream key.
+
+        The key generation grows in the same UPDATE, so of two concurrent rotations each gets
+        its own generation and the later one's key is the one that counts. Raises NoSuchRoom
+        for an unknown room and RoomClosed for an ended one (its key is dead already).
+        """
+        async with self._write(f"replace key of room {name!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.update(rooms)
+                    .where(rooms.c.name == name, rooms.c.state != "ended")
+                    .values(key_hash=key_hash, key_generation=rooms.c.key_generation + 1)
+                    .returning(*rooms.c)
+                )
+            ).first()
+            if row is not None:
+                return _room_record(row)
+            await self._room(conn, name)  # NoSuchRoom when there is none
+            raise RoomClosed(f"room {name!r} has ended: its key cannot change")
+
+    async def private_rooms(self, names: list[str]) -> dict[str, bool]:
+        """Whether each known room among `names` is private; unknown rooms are absent."""
+        if not names:
+            return {}
+        async with self._read(f"privacy of {len(names)} rooms") as conn:
+            found = await conn.execute(
+                sa.select(rooms.c.name, rooms.c.private).where(rooms.c.name.in_(names)))
+            return {row.name: bool(row.private) for row in found}
 
     async def go_live(self, name: str, broadcast_id: str, started_at: float) -> RoomRecord:
         async with self._write(f"room {name!r} go live") as conn:
@@ -419,6 +453,8 @@ def _room_record(row: sa.Row[Any]) -> RoomRecord:
         next_msn=int(row.next_msn),
         owner=row.owner,
         lease_expires=_float(row.lease_expires),
+        private=bool(row.private),
+        key_generation=int(row.key_generation),
     )
 
 

@@ -26,6 +26,8 @@ rooms = sa.Table(
     sa.Column("next_msn", sa.BigInteger, nullable=False, server_default="1"),
     sa.Column("owner", sa.String(64), nullable=True),
     sa.Column("lease_expires", sa.Float, nullable=True),
+    sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("key_generation", sa.Integer, nullable=False, server_default="1"),
     sa.CheckConstraint("state IN ('waiting', 'live', 'ended')", name="rooms_state"),
 )
 

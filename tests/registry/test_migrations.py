@@ -26,14 +26,14 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-async def test_head_is_0003() -> None:
-    assert head() == "0003"
+async def test_head_is_0004() -> None:
+    assert head() == "0004"
 
 
 async def test_upgrade_from_an_empty_database_to_head(engine: AsyncEngine) -> None:
     assert await current(engine) is None
     await upgrade(engine)
-    assert await current(engine) == "0003"
+    assert await current(engine) == "0004"
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
         columns = await conn.run_sync(
@@ -42,7 +42,8 @@ async def test_upgrade_from_an_empty_database_to_head(engine: AsyncEngine) -> No
     assert {"rooms", "epochs", "nodes", "alembic_version"} <= tables
     assert columns == [
         "name", "key_hash", "state", "created_at", "started_at", "ended_at", "end_reason",
-        "broadcast_id", "epoch", "next_msn", "owner", "lease_expires",
+        "broadcast_id", "epoch", "next_msn", "owner", "lease_expires", "private",
+        "key_generation",
     ]
 
 
@@ -64,7 +65,7 @@ async def test_upgrade_from_0001_keeps_rooms_with_epoch_0_and_next_msn_1(
     finally:
         await registry.close()
 
-    assert await current(engine) == "0003"
+    assert await current(engine) == "0004"
     assert set(rooms) == {"old-open", "old-done"}
     assert all((r.epoch, r.next_msn) == (0, 1) for r in rooms.values())
     done = rooms["old-done"]
@@ -98,7 +99,7 @@ async def test_upgrade_from_0002_keeps_rooms_and_epochs_unowned(
     finally:
         await registry.close()
 
-    assert await current(engine) == "0003"
+    assert await current(engine) == "0004"
     on_air, done = rooms["on-air"], rooms["done"]
     assert (on_air.state, on_air.broadcast_id, on_air.epoch, on_air.next_msn) == (
         "live", "b-1", 3, 40

@@ -48,6 +48,7 @@ async def test_recreating_an_ended_room_keeps_epoch_and_next_msn(registry: Regis
     assert again == RoomRecord(
         name="r", key_hash=HASH_B, state="waiting", created_at=10.0, started_at=None,
         ended_at=None, end_reason=None, broadcast_id=None, epoch=1, next_msn=42,
+        key_generation=2,  # a new key: nothing the old one admitted counts
     )
     assert (await registry.start_epoch("r", "b2", 11.0)).epoch == 2
 
