@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -12,10 +15,12 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hls.names import ROOM_PATTERN, InvalidRoomName, is_valid_room
+from hls.tokens import MAX_LIFETIME_SECONDS, KeyRing, listener_path, sign
 from ingest.errors import (
     BadKey,
     IngestError,
@@ -29,6 +34,8 @@ from ingest.errors import (
     Unavailable,
     UnsupportedCodec,
 )
+from ingest.key_sync import KEY_SYNC_PATH, tell_nodes
+from ingest.limits import OverLimit, RateLimiter, retry_after_header
 from ingest.metrics import IngestMetrics
 from ingest.relay import RELAY_PATH
 from ingest.relay import receive as receive_relay
@@ -51,6 +58,14 @@ class CreateRoom(BaseModel):
     name: str | None = Field(
         default=None, pattern=ROOM_PATTERN, description="Room name; a random one when omitted."
     )
+    private: bool = Field(
+        default=False, description="Listeners need a signed, expiring URL "
+        "(POST /rooms/{room}/listener-urls); the room is never served under /live/.")
+
+
+# Listener URLs of private rooms: 6 h by default (a long show), a minute at least.
+DEFAULT_LISTEN_SECONDS = 6 * 3600
+MIN_LISTEN_SECONDS = 60
 
 
 class RoomCreated(BaseModel):
@@ -60,9 +75,27 @@ class RoomCreated(BaseModel):
     rtmp_publish_url: str = Field(description="Full URL for ffmpeg: server URL + '/' + key.")
     whip_url: str
     broadcast_page_url: str
-    listener_url: str
-    playlist_url: str
+    listener_url: str | None = Field(description="For a private room: signed, valid for "
+                                     f"{DEFAULT_LISTEN_SECONDS // 3600} h (None when no token "
+                                     "keys are set); more from POST /rooms/{room}/listener-urls.")
+    playlist_url: str | None
     state: str
+    private: bool = False
+    key_generation: int = 1
+
+
+class ListenerUrlRequest(BaseModel):
+    lifetime_seconds: int = Field(
+        default=DEFAULT_LISTEN_SECONDS, ge=MIN_LISTEN_SECONDS, le=int(MAX_LIFETIME_SECONDS),
+        description="How long the URL works; a player stops at the first request after it.")
+
+
+class ListenerUrls(BaseModel):
+    room: str
+    token: str
+    expires_at: str
+    listener_url: str = Field(description="The listener page, on the edge.")
+    playlist_url: str = Field(description="The master playlist, for any HLS player.")
 
 
 class MuteRequest(BaseModel):
@@ -90,31 +123,102 @@ class BodyLimit:
                     await _plain(send, 413, f"request body over {self.limit} bytes")
                     return
         seen = 0
+        over = answered = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooLarge()
             return msg
 
+        async def guarded(msg: Message) -> None:
+            # A route may catch _TooLarge and answer on its own (FastAPI turns any error
+            # reading a JSON body into 400): once over the bound, the answer is 413.
+            nonlocal answered
+            if not over:
+                await send(msg)
+            elif msg["type"] == "http.response.start" and not answered:
+                answered = True
+                await _plain(send, 413, f"request body over {self.limit} bytes")
+
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _plain(send, 413, f"request body over {self.limit} bytes")
+            await self.app(scope, limited, guarded)
+        except Exception:
+            # _TooLarge, or whatever a middleware on the way wrapped it in (an exception
+            # group from BaseHTTPMiddleware's task group).
+            if not over:
+                raise
+            if not answered:
+                await _plain(send, 413, f"request body over {self.limit} bytes")
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _plain(send: Send, status: int, text: str) -> None:
+@dataclass(frozen=True)
+class ApiLimits:
+    """Request rate per client address and per bearer token, and the body size bound. The
+    service sets a rate from its settings; without one (an app embedded in a test or a tool)
+    requests are not rate-limited, bodies always are."""
+
+    rate_per_second: float | None = None
+    burst: int = 40
+    max_body: int = MAX_BODY
+
+
+# Scrapes and cluster-internal relays are not clients to slow down.
+_UNLIMITED_PATHS = ("/healthz", "/metrics", RELAY_PATH)
+
+
+class RateLimit:
+    """429 with Retry-After once a client address, or a bearer token from any address,
+    spends its token bucket. Both are checked, so rotating random tokens buys nothing."""
+
+    def __init__(self, app: ASGIApp, limits: ApiLimits, metrics: IngestMetrics) -> None:
+        self.app, self._metrics = app, metrics
+        rate = limits.rate_per_second or 1.0
+        self._by_address = RateLimiter(rate, limits.burst)
+        self._by_token = RateLimiter(rate, limits.burst)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith(_UNLIMITED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        wait = self._by_address.take(str(client[0]) if client else "?")
+        limit = "api_rate_per_address"
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                # Keyed by a digest: the table must not keep stream keys or admin tokens.
+                token = hashlib.sha256(value).hexdigest()[:32]
+                by_token = self._by_token.take(token)
+                if by_token > wait:
+                    wait, limit = by_token, "api_rate_per_token"
+                break
+        self._metrics.rate_keys.set(self._by_address.keys + self._by_token.keys)
+        if wait <= 0:
+            await self.app(scope, receive, send)
+            return
+        self._metrics.limit_hits.labels(limit=limit).inc()
+        self._metrics.http_requests.labels(status="4xx").inc()
+        await _plain(send, 429, f"too many requests ({limit}); retry after "
+                                f"{retry_after_header(wait)} s",
+                     [(b"retry-after", retry_after_header(wait).encode()),
+                      *((k.lower().encode(), v.encode()) for k, v in _CORS.items())])
+
+
+async def _plain(send: Send, status: int, text: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = text.encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -125,8 +229,12 @@ def build_app(
     admin_token: str,
     urls: PublicUrls,
     health: Any = None,
+    limits: ApiLimits | None = None,
+    token_keys: KeyRing | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts from this server, not from a CDN:
+    # operators in closed networks get the API docs too.
+    app = FastAPIOffline(
         title="townsquare ingest",
         description="Rooms, stream keys and speakers; WHIP publishing; the broadcaster page.",
         version="1",
@@ -154,7 +262,31 @@ def build_app(
             raise HTTPException(404, f"room name {name!r} does not match {ROOM_PATTERN}")
         return await rooms.find(name)
 
+    ring = token_keys or KeyRing(())
+
+    def listener_urls(room: Room, lifetime: int) -> ListenerUrls:
+        if not ring:
+            raise HTTPException(503, "no listener token keys are set "
+                                     "(TOWNSQUARE_LISTENER_TOKEN_KEYS): private rooms cannot be "
+                                     "listened to")
+        expires = int(time.time()) + lifetime
+        token = sign(ring, room.name, expires)
+        return ListenerUrls(
+            room=room.name, token=token, expires_at=_iso_utc(expires),
+            listener_url=f"{urls.edge}/listen/{room.name}?token={token}",
+            playlist_url=f"{urls.edge}{listener_path(token, room.name)}")
+
     def created(room: Room, key: str) -> RoomCreated:
+        if room.private:
+            signed = listener_urls(room, DEFAULT_LISTEN_SECONDS) if ring else None
+            return RoomCreated(
+                name=room.name, stream_key=key, rtmp_url=f"{urls.rtmp}/live",
+                rtmp_publish_url=f"{urls.rtmp}/live/{key}",
+                whip_url=f"{urls.control}/whip/{room.name}",
+                broadcast_page_url=f"{urls.control}/broadcast/{room.name}",
+                listener_url=signed.listener_url if signed else None,
+                playlist_url=signed.playlist_url if signed else None,
+                state=room.state, private=True, key_generation=room.key_generation)
         return RoomCreated(
             name=room.name,
             stream_key=key,
@@ -165,6 +297,7 @@ def build_app(
             listener_url=f"{urls.edge}/listen/{room.name}",
             playlist_url=f"{urls.origin}/live/{room.name}/master.m3u8",
             state=room.state,
+            key_generation=room.key_generation,
         )
 
     # --- rooms ------------------------------------------------------------------------
@@ -172,7 +305,8 @@ def build_app(
               tags=["rooms"], summary="Create a room; its stream key is shown only here")
     async def create_room(body: CreateRoom | None = None) -> RoomCreated:
         try:
-            room, key = await rooms.create(body.name if body else None)
+            room, key = await rooms.create(body.name if body else None,
+                                           private=body.private if body else False)
         except InvalidRoomName as exc:
             raise HTTPException(422, str(exc)) from exc
         return created(room, key)
@@ -203,6 +337,46 @@ def build_app(
                                      f"{answer.status_code}: {answer.text[:200]}")
         return Response(answer.content, answer.status_code,
                         media_type=answer.headers.get("content-type"))
+
+    @app.post("/rooms/{room}/listener-urls", status_code=201, response_model=ListenerUrls,
+              dependencies=[Depends(admin)], tags=["rooms"],
+              summary="A signed, expiring listener URL for a private room")
+    async def make_listener_urls(room: str, body: ListenerUrlRequest | None = None
+                                 ) -> ListenerUrls:
+        r = await room_or_404(room)
+        if not r.private:
+            raise HTTPException(409, f"room {room!r} is public: /live/{room}/master.m3u8 "
+                                     "needs no token")
+        return listener_urls(r, (body or ListenerUrlRequest()).lifetime_seconds)
+
+    async def changed_key(r: Room, revoke: bool) -> dict[str, Any]:
+        key = await rooms.replace_key(r, revoke=revoke)
+        nodes = await tell_nodes(rooms, r.name, admin_token)
+        out: dict[str, Any] = {"name": r.name, "key_generation": r.key_generation,
+                               "key_revoked": revoke, "nodes_told": nodes}
+        if key is not None:
+            out.update(created(r, key).model_dump(include={
+                "stream_key", "rtmp_url", "rtmp_publish_url", "whip_url"}))
+        return out
+
+    @app.post("/rooms/{room}/key", dependencies=[Depends(admin)], tags=["keys"],
+              summary="Rotate the stream key: the new one is shown once, the old one stops "
+                      "working at once and its live speakers are disconnected, on every node")
+    async def rotate_key(room: str) -> dict[str, Any]:
+        return await changed_key(await room_or_404(room), revoke=False)
+
+    @app.delete("/rooms/{room}/key", dependencies=[Depends(admin)], tags=["keys"],
+                summary="Revoke the stream key: no key works until the next rotation; live "
+                        "speakers it admitted are disconnected, on every node")
+    async def revoke_key(room: str) -> dict[str, Any]:
+        return await changed_key(await room_or_404(room), revoke=True)
+
+    @app.post(KEY_SYNC_PATH + "{room}", include_in_schema=False, dependencies=[Depends(admin)])
+    async def sync_key(room: str) -> dict[str, Any]:
+        """Another node changed the room's key: read it again, drop what the old one admitted."""
+        r = await room_or_404(room)
+        dropped = await rooms.sync_key(r)
+        return {"name": r.name, "key_generation": r.key_generation, "disconnected": dropped}
 
     @app.post("/rooms/{room}/end", dependencies=[Depends(admin)], tags=["rooms"],
               summary="End the room: ENDLIST on its playlists, the recording kept")
@@ -276,8 +450,13 @@ def build_app(
             await rooms.find(room)  # a room another node created is read from the registry
         except RoomNotFound:
             pass  # check_key answers as for a wrong key: nothing tells which rooms exist
+        if rooms.node is not None:
+            # Another node may have rotated or revoked the key: the registry says which counts.
+            with contextlib.suppress(RoomNotFound, Unavailable):
+                await rooms.sync_key(await rooms.find(room))
         try:
             r = rooms.check_key(room, key)
+            generation = r.key_generation
         except BadKey as exc:
             metrics.publish_refused.labels(protocol="whip", reason="key").inc()
             raise HTTPException(401, str(exc), headers={**_CORS, "WWW-Authenticate": "Bearer"}
@@ -285,10 +464,20 @@ def build_app(
         remote = f"{request.client.host}:{request.client.port}" if request.client else "?"
         try:
             session = await whip.offer(r, body, remote)
+        except OverLimit as exc:
+            metrics.whip_sessions.labels(outcome=exc.limit).inc()
+            log.warning("whip %s from %s refused: %s", room, remote, exc)
+            wait = {"Retry-After": retry_after_header(exc.retry_after or 1.0)}
+            return PlainTextResponse(str(exc), status_code=429, headers={**_CORS, **wait})
         except (SdpError, UnsupportedCodec, RoomError) as exc:
             metrics.whip_sessions.labels(outcome=type(exc).__name__).inc()
             log.info("whip %s from %s refused: %s", room, remote, exc)
             return PlainTextResponse(str(exc), status_code=_status(exc), headers=_CORS)
+        if session.speaker is not None and session.speaker.key_generation != generation:
+            # The key changed while the offer was being answered: it no longer counts.
+            await session.close("stream key replaced during the offer")
+            metrics.publish_refused.labels(protocol="whip", reason="key").inc()
+            raise HTTPException(401, "stream key is no longer valid", headers=_CORS)
         metrics.whip_sessions.labels(outcome="created").inc()
         location = f"/whip/{room}/{session.id}"
         return Response(session.answer_sdp, status_code=201, media_type="application/sdp",
@@ -351,7 +540,10 @@ def build_app(
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    limits = limits or ApiLimits()
+    app.add_middleware(BodyLimit, limit=limits.max_body)
+    if limits.rate_per_second is not None:  # outermost: the cheapest refusal comes first
+        app.add_middleware(RateLimit, limits=limits, metrics=metrics)
     return app
 
 
@@ -386,3 +578,7 @@ def _page() -> str:
     if _PAGE is None:
         _PAGE = resources.files("ingest").joinpath("static/broadcast.html").read_text("utf-8")
     return _PAGE
+
+
+def _iso_utc(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

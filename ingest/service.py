@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ingest.api import PublicUrls, build_app
+from hls.tokens import KeyRing, KeyRingError
+from ingest.api import ApiLimits, PublicUrls, build_app
 from ingest.capture import play
 from ingest.errors import ConfigError, RoomExists, Unavailable
 from ingest.metrics import IngestMetrics
@@ -66,6 +67,17 @@ def check_settings(settings: IngestSettings) -> str:
     if settings.idle_timeout_seconds < 5:
         raise ConfigError("idle_timeout_seconds must be at least 5 (reconnects take seconds)")
     return token
+
+
+def listener_token_keys(settings: IngestSettings) -> KeyRing:
+    """The ring private rooms' listener URLs are signed with (the newest key signs); an empty
+    ring when unset. ConfigError names a bad entry, never a secret."""
+    # getattr: the field is proposed for IngestSettings (`listener_token_keys: str = ""`).
+    text = getattr(settings, "listener_token_keys", "") or ""
+    try:
+        return KeyRing.parse(str(text))
+    except KeyRingError as exc:
+        raise ConfigError(f"TOWNSQUARE_LISTENER_TOKEN_KEYS: {exc}") from exc
 
 
 def load_hold_audio(spec: str | None, max_seconds: float) -> np.ndarray | None:
@@ -143,25 +155,30 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
         raise ConfigError(str(exc)) from exc
     allow_loopback_candidates(settings.whip_ice_loopback)
     ice = [u.strip() for u in settings.whip_ice_servers.split(",") if u.strip()]
-    whip = WhipEndpoint(rooms, metrics, ice)
-    rtmp = RtmpServer(rooms, metrics, settings.host, settings.rtmp_port,
-                      max_connections=settings.rtmp_max_connections)
+    whip = WhipEndpoint(rooms, metrics, ice, max_sessions=settings.whip_max_sessions,
+                        max_per_address=settings.whip_max_sessions_per_address)
+    rtmp = RtmpServer.from_settings(rooms, metrics, settings)
     try:
         await rtmp.start()
     except OSError as exc:
-        raise ConfigError(f"cannot listen for RTMP on {settings.host}:{settings.rtmp_port}: "
-                          f"{exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot listen for RTMP on {settings.host}:{settings.rtmp_port}"
+                          + (f" and RTMPS on {settings.rtmps_port}" if settings.rtmps_port
+                             else "") + f": {exc.strerror or exc}") from exc
 
     def health() -> dict[str, Any]:
         writer = getattr(packager, "writer", None)
         store_error = writer.misconfigured or writer.last_error if writer is not None else None
-        return {"rtmp_port": rtmp.port, "rtmp_connections": rtmp.connections,
+        return {"rtmp_port": rtmp.port, "rtmps_port": rtmp.tls_port,
+                "rtmp_connections": rtmp.connections,
                 "store": {"ok": store_error is None, "error": store_error},
                 "database": {"ok": rooms.ledger.last_error is None,
                              "error": rooms.ledger.last_error,
                              "pending_writes": rooms.ledger.pending}}
 
-    app = build_app(rooms, whip, metrics, token, public_urls(settings), health)
+    api_limits = ApiLimits(settings.api_rate_per_second, settings.api_burst,
+                           settings.api_max_body_bytes)
+    app = build_app(rooms, whip, metrics, token, public_urls(settings), health, api_limits,
+                    token_keys=listener_token_keys(settings))
     server = http_server(app, settings.host, settings.control_port)
     http_started = asyncio.Event()
     http = asyncio.create_task(serve_http(server, http_started))

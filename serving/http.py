@@ -20,8 +20,11 @@ class QuietServer(uvicorn.Server):
 
 
 def http_server(app: Any, host: str, port: int) -> QuietServer:
+    # log_config=None: uvicorn's warnings go through the process's own handler (plain text
+    # or JSON lines, `serving.logs`) instead of a format of its own.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                            access_log=False, timeout_keep_alive=30, server_header=False)
+                            access_log=False, timeout_keep_alive=30, server_header=False,
+                            log_config=None)
     return QuietServer(config)
 
 

@@ -97,6 +97,8 @@ def _spawn_node(args: argparse.Namespace, settings: IngestSettings, i: int,
         env["TOWNSQUARE_PUBLIC_EDGE_URL"] = settings.public_edge_url
     argv = ["ingest", "--host", settings.host, "--control-port", str(control),
             "--origin-port", str(origin), "--rtmp-port", str(rtmp)]
+    if settings.rtmps_port:  # RTMPS beside RTMP: rtmps_port + i − 1 on node i
+        argv += ["--rtmps-port", str(settings.rtmps_port + i - 1)]
     for flag, attr in (("--data", "data"), ("--s3-bucket", "s3_bucket"),
                        ("--s3-endpoint-url", "s3_endpoint_url"), ("--s3-prefix", "s3_prefix")):
         if getattr(args, attr, None) is not None:
@@ -186,7 +188,8 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     edge_port = getattr(args, "edge_port", None) or 8080
     nodes = getattr(args, "nodes", None) or 1
     settings = IngestSettings(**_store_overrides(args),
-                              **_pick(args, "host", "control_port", "origin_port", "rtmp_port"))
+                              **_pick(args, "host", "control_port", "origin_port", "rtmp_port",
+                                      "rtmps_port"))
     show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if with_edge and settings.public_edge_url is None:
         # Rooms hand out listener URLs on the edge, not on the origin.
@@ -232,6 +235,8 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         + (f"  -- NOT WRITABLE: {store_problem}" if store_problem else ""),
         f"control API:  http://{show}:{settings.control_port}/docs",
         f"RTMP:         rtmp://{show}:{settings.rtmp_port}/live/{{stream-key}}",
+        *([f"RTMPS:        rtmps://{show}:{settings.rtmps_port}/live/{{stream-key}}"]
+          if settings.rtmps_port else []),
         f"origin:       {origin_url}" + ("  (the origin tier)" if nodes > 1 else ""),
     ]
     if nodes > 1:
