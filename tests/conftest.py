@@ -1,4 +1,10 @@
-"""Fixtures shared by every test package: an S3-compatible server (moto in server mode)."""
+"""Fixtures shared by every test package: an S3-compatible server (moto in server mode).
+
+Also where tests are sorted for `./dev test`: the fault drills and the listener drills measure
+gaps in seconds while they kill and restart processes, so they are marked `serial` and run on
+their own after everything else has run side by side (pytest-xdist); a busy neighbour would
+only measure the machine.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,19 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.procs import free_port
+
+
+# Paths (relative to the repository) whose tests run alone: they time what a listener heard.
+SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/test_outage.py",
+          "tests/players/",
+          "tests/test_up.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = str(config.rootpath) + os.sep
+    for item in items:
+        if str(item.path).removeprefix(root).startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
 
 
 @dataclass
