@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hls.names import check_room
+from serving.logs import configure_logging
 
 log = logging.getLogger("townsquare")
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--origin-port", type=int)
     up.add_argument("--edge-port", type=int)
     up.add_argument("--rtmp-port", type=int)
+    up.add_argument("--rtmps-port", type=int, help="also take RTMPS (TLS) here; needs "
+                    "TOWNSQUARE_RTMPS_CERT and TOWNSQUARE_RTMPS_KEY")
     up.add_argument("--no-edge", action="store_true", help="do not start the edge")
     up.add_argument("--nodes", type=int, default=1, metavar="N",
                     help="run N ingest nodes sharing the rooms database and store, behind an "
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--control-port", type=int)
     ingest.add_argument("--origin-port", type=int)
     ingest.add_argument("--rtmp-port", type=int)
+    ingest.add_argument("--rtmps-port", type=int, help="also take RTMPS (TLS) here; needs "
+                        "TOWNSQUARE_RTMPS_CERT and TOWNSQUARE_RTMPS_KEY")
     ingest.add_argument("--room", type=_demo_room, help="broadcast --source into this room")
     ingest.add_argument("--source", default="tone",
                         help="with --room: 'tone', 'mic', a file or a URL (default tone)")
@@ -91,13 +96,76 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--end", action="store_true",
                         help="also close the recording (ENDLIST) if the room will not resume")
     _add_store_flags(repair)
+
+    load = sub.add_parser("loadtest", help="simulated LL-HLS listeners against an edge, with a "
+                                           "live display and a JSON summary")
+    load.add_argument("--url", required=True,
+                      help="the room's multivariant playlist on the edge, e.g. "
+                           "http://127.0.0.1:8080/live/demo/master.m3u8")
+    load.add_argument("--listeners", type=int, default=100)
+    load.add_argument("--ramp", type=float, default=10.0, help="seconds over which they join")
+    load.add_argument("--duration", type=float, default=30.0,
+                      help="seconds to run once all have joined")
+    load.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                      help="worker processes for the listeners (default: CPUs - 1)")
+    load.add_argument("--canary", type=int, default=10,
+                      help="listeners in a process of their own, to tell a saturated client "
+                           "from a saturated server (0: none)")
+    load.add_argument("--json", dest="json_path", help="also write the summary to this file")
+    load.add_argument("--quiet", action="store_true", help="no live display")
+
+    plan = sub.add_parser("plan", help="size a fleet for an audience: edges, shields, origin "
+                                       "load, egress and cost per hour")
+    plan.add_argument("--listeners", type=int, required=True)
+    plan.add_argument("--part-target", type=float, default=0.2133,
+                      help="seconds per part (default: 10 AAC frames)")
+    plan.add_argument("--renditions", type=int, default=3)
+    plan.add_argument("--edge-capacity", type=float,
+                      help="requests/s one edge process holds (default: the measured figure)")
+    plan.add_argument("--bitrate", type=float, default=96.0, help="kbit/s of the rendition "
+                                                                 "most listeners play")
+    plan.add_argument("--cdn", action="store_true", help="a CDN in front of the edges")
+    plan.add_argument("--json", dest="plan_json", action="store_true", help="JSON output")
     return parser
+
+
+def _plan(args: argparse.Namespace) -> None:
+    import json
+
+    from capacity.model import MEASURED_EDGE_RPS, Inputs, PlanError, make_plan
+
+    try:
+        p = make_plan(Inputs(args.listeners, args.part_target, args.renditions,
+                             args.edge_capacity or MEASURED_EDGE_RPS,
+                             bitrate_kbps=args.bitrate, cdn=args.cdn))
+    except PlanError as exc:
+        raise SystemExit(f"townsquare plan: {exc}") from None
+    if args.plan_json:
+        print(json.dumps(p.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{p.listeners:,} listeners{' behind a CDN' if args.cdn else ''}",
+              show_header=False)
+    for name, value in (
+            ("requests/s per listener", f"{p.requests_per_listener}"),
+            ("listener requests/s", f"{p.listener_requests_per_s:,.0f}"),
+            ("edge processes (instances)", f"{p.edges:,} ({p.edge_instances:,})"),
+            ("shield processes (instances)", f"{p.shields:,} ({p.shield_instances:,})"),
+            ("origin requests/s", f"{p.origin_requests_per_s:,.1f}"),
+            ("egress", f"{p.egress_gbit_s:,.2f} Gbit/s"),
+            ("cost per hour", f"${p.cost_per_hour:,.2f}"),
+            *((f"  {k}", f"${v:,.2f}") for k, v in p.cost_breakdown.items())):
+        t.add_row(name, value)
+    Console().print(t)
+    for note in p.notes:
+        print(f"note: {note}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.command, args.log_level)
     if args.command == "edge":
         from edge.server import serve
         from edge.settings import EdgeSettings
@@ -105,6 +173,21 @@ def main(argv: list[str] | None = None) -> None:
         serve(EdgeSettings(**_overrides(args, {"upstream": "edge_upstream", "host": "host",
                                                "edge_port": "edge_port",
                                                "cache_bytes": "edge_cache_bytes"})))
+        return
+
+    if args.command == "loadtest":
+        from loadtest.run import LoadTestError, Plan, run, write_summary
+
+        plan = Plan(args.url, args.listeners, args.ramp, args.duration, args.processes,
+                    args.canary)
+        try:
+            write_summary(run(plan, show=not args.quiet), args.json_path)
+        except LoadTestError as exc:
+            raise SystemExit(f"townsquare loadtest: {exc}") from None
+        return
+
+    if args.command == "plan":
+        _plan(args)
         return
 
     from serving.runner import run_until_signalled

@@ -1,0 +1,60 @@
+"""The capacity model's arithmetic, and `townsquare plan` on the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capacity.model import Inputs, PlanError, make_plan, upstream_rps
+
+
+def test_a_listener_costs_two_requests_per_part() -> None:
+    p = make_plan(Inputs(listeners=1000, part_target=0.25))
+    assert p.requests_per_listener == 8.0 and p.listener_requests_per_s == 8000
+
+
+def test_origin_load_does_not_grow_with_the_audience_once_shields_stand_in_front() -> None:
+    small = make_plan(Inputs(listeners=1_000))
+    million = make_plan(Inputs(listeners=1_000_000))
+    ten_million = make_plan(Inputs(listeners=10_000_000))
+    assert small.edges == 1 and small.shields == 0
+    # One edge straight on the origin: what one edge asks for (measured: 27 requests/s).
+    assert small.origin_requests_per_s == pytest.approx(upstream_rps(1, 3, 0.2133), abs=0.1)
+    assert million.shields > 0 and ten_million.shields > million.shields
+    # Shield levels keep the origin's side narrow: a handful of shields face it at any size.
+    assert ten_million.origin_requests_per_s <= 4 * small.origin_requests_per_s
+
+
+def test_edges_scale_with_listeners_at_the_planned_utilisation() -> None:
+    p = make_plan(Inputs(listeners=1_000_000, edge_capacity=10_000, utilisation=0.5))
+    assert p.edges == pytest.approx(1_000_000 * 2 / 0.2133 / 5_000, abs=1)
+
+
+def test_behind_a_cdn_requests_are_billed_and_our_fleet_is_a_shield() -> None:
+    p = make_plan(Inputs(listeners=1_000_000, cdn=True))
+    assert p.edges == 0 and p.shields >= 1
+    assert p.cost_breakdown["cdn_requests"] > p.cost_breakdown["cdn_egress"]
+    assert any("request fees" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("inputs", [Inputs(listeners=0), Inputs(listeners=10, part_target=0),
+                                    Inputs(listeners=10, utilisation=1.5)])
+def test_impossible_numbers_are_refused(inputs: Inputs) -> None:
+    with pytest.raises(PlanError):
+        make_plan(inputs)
+
+
+def test_plan_command_prints_json_and_refuses_nonsense() -> None:
+    ok = subprocess.run([sys.executable, "-m", "townsquare", "plan", "--listeners", "1000000",
+                         "--json"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["listeners"] == 1_000_000
+    table = subprocess.run([sys.executable, "-m", "townsquare", "plan", "--listeners", "5000",
+                            "--cdn"], capture_output=True, text=True, timeout=30)
+    assert table.returncode == 0 and "cost per hour" in table.stdout
+    bad = subprocess.run([sys.executable, "-m", "townsquare", "plan", "--listeners", "0"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "at least 1" in bad.stderr

@@ -1,0 +1,73 @@
+"""`townsquare loadtest` at a tiny size against a real origin and edge: the listeners it
+simulates behave like LL-HLS players, and its summary says what they received."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadtest.playlist import read_live
+from tests.edge.conftest import ROOM, Node, origin_requests
+
+PLAYLIST = b"""#EXTM3U
+#EXT-X-TARGETDURATION:2
+#EXT-X-PART-INF:PART-TARGET=0.24
+#EXT-X-MEDIA-SEQUENCE:10
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T10:00:00.000Z
+#EXT-X-PART:DURATION=0.2,URI="e1-abcdef/p10.0.m4s"
+#EXT-X-PART:DURATION=0.2,URI="e1-abcdef/p10.1.m4s"
+#EXTINF:0.4,
+e1-abcdef/s10.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-11-25T10:00:00.400Z
+#EXT-X-PART:DURATION=0.2,URI="e1-abcdef/p11.0.m4s"
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI="e1-abcdef/p11.1.m4s"
+"""
+
+
+def test_a_listener_reads_part_capture_times_and_the_next_hint_from_a_playlist() -> None:
+    view = read_live(PLAYLIST)
+    base = datetime(2026, 11, 25, 10, tzinfo=UTC).timestamp()
+    assert view.parts["e1-abcdef/p10.1.m4s"] == (base + 0.2, 0.2)
+    assert view.parts["e1-abcdef/p11.0.m4s"] == (base + 0.4, 0.2)
+    assert (view.hint, view.hint_msn, view.hint_part) == ("e1-abcdef/p11.1.m4s", 11, 1)
+    assert view.part_target == 0.24 and not view.ended
+
+
+def test_loadtest_listeners_block_per_part_and_report_delays(edge: Node, origin: Node,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    before = origin_requests(origin.url)
+    run = subprocess.run(
+        [sys.executable, "-m", "townsquare", "loadtest", "--url",
+         f"{edge.url}/live/{ROOM}/master.m3u8", "--listeners", "20", "--ramp", "1",
+         "--duration", "4", "--processes", "2", "--canary", "2", "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    after = origin_requests(origin.url)
+    print({k: summary[k] for k in ("requests", "errors", "part_delay_s", "time_to_first_part_s",
+                                  "client_cpu", "requests_per_s_steady_median")})
+    assert summary["errors"] == {}, summary["errors"]
+    req = summary["requests"]
+    # Every listener loaded the master and one playlist, then one blocking reload per part.
+    assert req["master"] == 20 and req["playlist"] >= 20
+    assert req["blocking"] >= 20 * 5 and req["part"] >= 20 * 5
+    assert summary["parts"] >= 20 * 5
+    assert summary["part_delay_s"]["count"] >= 20 * 4
+    assert summary["time_to_first_part_s"]["count"] == 20
+    assert summary["canary"]["part_delay_s"]["count"] > 0
+    assert {v["group"] for v in summary["client_cpu"].values()} == {"main", "canary"}
+    # The edge coalesced them: the origin saw far fewer requests than the listeners made.
+    made = sum(req.values())
+    upstream = sum(after.values()) - sum(before.values())
+    assert upstream < made / 4, (upstream, made)
+
+
+def test_loadtest_refuses_a_url_that_is_not_a_playlist() -> None:
+    run = subprocess.run([sys.executable, "-m", "townsquare", "loadtest", "--url",
+                          "ftp://example/x", "--quiet"], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode != 0 and "multivariant playlist" in run.stderr
