@@ -72,10 +72,8 @@ def check_settings(settings: IngestSettings) -> str:
 def listener_token_keys(settings: IngestSettings) -> KeyRing:
     """The ring private rooms' listener URLs are signed with (the newest key signs); an empty
     ring when unset. ConfigError names a bad entry, never a secret."""
-    # getattr: the field is proposed for IngestSettings (`listener_token_keys: str = ""`).
-    text = getattr(settings, "listener_token_keys", "") or ""
     try:
-        return KeyRing.parse(str(text))
+        return KeyRing.parse(settings.listener_token_keys)
     except KeyRingError as exc:
         raise ConfigError(f"TOWNSQUARE_LISTENER_TOKEN_KEYS: {exc}") from exc
 

@@ -20,6 +20,9 @@ class IngestSettings(PackagerSettings):
     database_url: str | None = None
     # Required by the rooms API; `townsquare up` generates one when unset.
     admin_token: str | None = None
+    # Secrets private rooms' listener URLs are signed with, `kid:base64secret,...` (the last
+    # signs; `hls.tokens`). Edges check with the same ring. Empty: no private listener URLs.
+    listener_token_keys: str = ""
     # A room with no speaker for this long ends by itself (its recording is kept).
     idle_timeout_seconds: float = 600.0
     # The URLs handed out when a room is created; derived from host/ports when unset.

@@ -181,8 +181,9 @@ async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """`townsquare ingest` (servers) and `townsquare up` (the same plus an edge)."""
-    from ingest.service import DemoRoom
+    from ingest.service import DemoRoom, open_registry
     from ingest.service import run as run_ingest
+    from packager.privacy import RegistryPrivacy
 
     with_edge = args.command == "up" and not args.no_edge
     edge_port = getattr(args, "edge_port", None) or 8080
@@ -202,15 +203,20 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         settings = settings.model_copy(update={
             "node_id": "node-1", "origin_port": _node_port(tier_port, 1),
             "store_spill_dir": settings.data_dir / "spill" / "node-1"})
+    # One rooms database for ingest and the origin beside it: the origin asks it which rooms
+    # are private (they are served under /private/ only).
+    registry = await open_registry(settings)
     packager = Packager(settings)
     store = packager.store
     store_problem = await packager.start()
-    origin = http_server(build_app(store, HubLive(packager.hub)), settings.host, settings.origin_port)
+    origin = http_server(build_app(store, HubLive(packager.hub), RegistryPrivacy(registry)),
+                         settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
     demo_name = getattr(args, "demo", None)
     demo = DemoRoom(demo_name) if demo_name else None
     ingest_started = asyncio.Event()
-    ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started, demo))
+    ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started, demo,
+                                                 registry=registry))
     await _until_started(ingest_started, ingest_task)
 
     node_lines = []
@@ -263,6 +269,7 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
         # then the servers go.
         await cancel_and_wait(ingest_task)
         await packager.close(suspend=True)
+        await registry.close()
         if edge_proc is not None:
             edge_proc.send_signal(signal.SIGTERM)
         await cancel_and_wait(origin_task)
