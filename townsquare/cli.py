@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hls.names import check_room
+from townsquare import admin
 from serving.logs import configure_logging
 
 log = logging.getLogger("townsquare")
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", dest="json_path", help="also write the summary to this file")
     load.add_argument("--quiet", action="store_true", help="no live display")
 
+    admin.add_parser(sub)
+
     plan = sub.add_parser("plan", help="size a fleet for an audience: edges, shields, origin "
                                        "load, egress and cost per hour")
     plan.add_argument("--listeners", type=int, required=True)
@@ -188,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "plan":
         _plan(args)
+        return
+    if args.command == "rooms":
+        admin.run(args)
         return
 
     from serving.runner import run_until_signalled
