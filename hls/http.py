@@ -1,7 +1,13 @@
 """What an LL-HLS answer carries besides its body: content type, CORS and cache lifetime.
 
 Lifetimes follow Appendix B of LLHLS.md; the origin sets them and the edge falls back on
-`default_lifetime` when an upstream answer names none.
+`default_lifetime` when an upstream answer names none. A live playlist is long-lived only
+when it answers a blocking request whose URL is never asked again: one that waited for its
+part, in the middle of a segment. A URL that may be asked again (the part already existed,
+or the answer ends on a segment boundary, where video.js 8 asks for the part it just got
+once more) gets the newest playlist with a lifetime no longer than one part target: zero
+whole seconds, so a browser asks the network next time instead of replaying an old copy
+(video.js froze for ~10 s on a 12 s lifetime). Only a playlist with ENDLIST is kept long.
 """
 
 from __future__ import annotations
@@ -54,10 +60,36 @@ def max_age(seconds: float) -> str:
     return f"public, max-age={max(0, int(seconds))}"
 
 
-def playlist_lifetime(target_duration: int, blocking: bool) -> int:
-    """Success lifetime of a live media playlist: 6 × TD when it answers a blocking
-    request (its URL is never asked again), ½ × TD (at least 1 s) otherwise."""
+def playlist_lifetime(target_duration: int, blocking: bool, part_target: float = 0.0,
+                      asked_again: bool = False) -> int:
+    """Success lifetime of a live media playlist, in whole seconds.
+
+    A blocking answer whose URL is never asked again: 6 × TD. One whose URL may be asked
+    again (`asked_again`): at most one part target, rounded down (0 for any part target under
+    a second), since the live edge moves on within a part. A plain request: ½ × TD (at least
+    1 s)."""
+    if blocking and asked_again:
+        return int(part_target)
     return 6 * target_duration if blocking else max(1, target_duration // 2)
+
+
+def asked_again(already_there: bool, segment_open: bool) -> bool:
+    """Whether a client may ask a blocking URL again: when its part already existed (video.js
+    re-asks at segment boundaries), or when the answer ends on a segment boundary with no
+    part of the next one yet (video.js 8 then asks for the part it just got once more)."""
+    return already_there or not segment_open
+
+
+def live_playlist_cache(target_duration: int, blocking: bool, part_target: float = 0.0,
+                        again: bool = False) -> str:
+    """The Cache-Control of a live (not ended) media playlist: `playlist_lifetime`."""
+    return max_age(playlist_lifetime(target_duration, blocking, part_target, again))
+
+
+def stored_playlist_cache(body: bytes, live: str) -> str:
+    """The Cache-Control of a playlist read back from the store: FINAL once it has ENDLIST,
+    else `live` (a copy that the live edge overtakes within a segment)."""
+    return FINAL if b"#EXT-X-ENDLIST" in body else live
 
 
 def default_lifetime(kind: str, status: int, target_duration: float) -> float:

@@ -3,7 +3,9 @@
 `PlaylistPosition.contains` is the one statement of draft §6.2.5.2 ("does this playlist hold
 part N of segment M?"): the origin asks it of the playlist it is building and the edge of the
 text it cached (`parse_position`), so both release a blocking request at the same moment.
-`too_far` and `part_too_far` say which requests are refused at once with 400.
+`too_far` and `part_too_far` say which requests are refused at once with 400, and
+`part_object_too_far` which part names cannot exist (404 at once): the origin and the edge
+both apply them, from nothing but the playlist's TARGETDURATION and PART-TARGET.
 """
 
 from __future__ import annotations
@@ -50,10 +52,29 @@ class PlaylistPosition:
         )
 
 
+def max_parts_per_segment(target_duration: float, part_target: float) -> int:
+    """The most parts any segment of a playlist can hold, from its EXT-X-TARGETDURATION and
+    PART-TARGET alone (the edge knows nothing else).
+
+    A segment lasts less than TD + ½ s (TD is the longest segment rounded half up), and every
+    part but a segment's last lasts at least 85 % of PART-TARGET (draft §4.4.4.9), so at most
+    ⌊(TD + ½) / (0.85 × PART-TARGET)⌋ parts come before the last one. For TD 2 s and parts of
+    0.24 s that is 13 (the packager cuts 8 or 9)."""
+    if part_target <= 0 or target_duration <= 0:
+        raise ValueError("target duration and part target must be positive")
+    return math.floor((target_duration + 0.5) / (0.85 * part_target)) + 1
+
+
 def part_too_far(part: int, target_duration: float, part_target: float) -> bool:
-    """Whether a part index is beyond anything a segment can hold: a segment holds about
-    TD / PART-TARGET parts, and twice that is no real request (→ 400)."""
-    return part > 2 * math.ceil(target_duration / part_target)
+    """Whether `_HLS_part=part` asks for more than a segment can hold (→ 400 at once). The
+    index one past a segment's last part is a real request (part 0 of the next segment)."""
+    return part > max_parts_per_segment(target_duration, part_target)
+
+
+def part_object_too_far(part: int, target_duration: float, part_target: float) -> bool:
+    """Whether a part object `p<msn>.<part>.m4s` can never exist: no playlist hints an
+    index a segment cannot hold (→ 404 at once, without holding it or reading the store)."""
+    return part >= max_parts_per_segment(target_duration, part_target)
 
 
 def parse_position(body: bytes) -> PlaylistPosition | None:

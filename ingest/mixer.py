@@ -11,6 +11,12 @@ enough for the block, so no sample passes the ceiling and no gain step clicks.
 clock says one is due, counting samples from the broadcast's start, so a late wake-up is
 made up with more blocks and the timeline never drifts from wall time (PROGRAM-DATE-TIME
 is start + samples). Nobody speaking renders silence, so the live playlist never stalls.
+
+What the program holds at sample n was heard one jitter buffer earlier than the clock
+renders it (the look-ahead block is rendered one block late and so cancels out): at its
+first block the clock tells its `anchor` the wall time its sample 0 was captured, the
+broadcast's start less `Mixer.capture_delay()`, so that PROGRAM-DATE-TIME names the moment a
+speaker was heard, not the moment the mix went out.
 """
 
 from __future__ import annotations
@@ -65,6 +71,12 @@ class Mixer:
         self._hold = hold if hold is not None and hold.ndim == 2 and hold.shape[1] else None
         self._hold_pos = 0
         self._hold_gain = 0.0
+
+    def capture_delay(self) -> float:
+        """Seconds between a speaker being heard and the mix taking that audio: the jitter
+        buffers are steered to their targets, so the largest target of those connected (0
+        with nobody: hold audio and silence are not late)."""
+        return max((inp.buffer.target for inp in self.inputs.values()), default=0) / SAMPLE_RATE
 
     def add(self, speaker_id: str, buffer: JitterBuffer) -> MixerInput:
         inp = MixerInput(buffer)
@@ -139,16 +151,25 @@ class ProgramClock:
         sink: Callable[[np.ndarray], None],
         on_block: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        anchor: Callable[[float], object] | None = None,
+        capture_delay: Callable[[], float] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._render = render
         self._sink = sink
         self._on_block = on_block
         self._clock = clock
+        # Told once, before the first block, when sample 0 was captured (wall clock).
+        self._anchor = anchor
+        self._capture_delay = capture_delay
+        self._wall = wall
+        self._wall_start = 0.0
         self.stats = ClockStats()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.stats.started_monotonic = self._clock()
+        self._wall_start = self._wall()
         self._task = asyncio.create_task(self._run(), name="program-clock")
 
     async def stop(self) -> None:
@@ -163,6 +184,11 @@ class ProgramClock:
     def tick(self) -> int:
         """Render every due block; returns how many."""
         n = self.due_blocks()
+        if n and self._anchor is not None:
+            # At the first block speakers have joined; their buffers say how late they are.
+            anchor, self._anchor = self._anchor, None
+            delay = self._capture_delay() if self._capture_delay is not None else 0.0
+            anchor(self._wall_start - delay)
         if n > 1:
             self.stats.late_blocks += n - 1
         for _ in range(n):

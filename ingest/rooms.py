@@ -69,6 +69,8 @@ class BroadcastSink(Protocol):
 
     def feed(self, pcm: np.ndarray) -> None: ...
 
+    def anchor(self, captured_at: float) -> bool: ...
+
     async def close(self) -> None: ...
 
     async def suspend(self) -> None: ...
@@ -748,8 +750,11 @@ class Rooms:
         room.broadcast_id = plan.broadcast
         room.epoch, room.next_msn = plan.number, plan.first_msn
         room._mixer = Mixer(hold=self.policy.hold)
+        # PROGRAM-DATE-TIME counts from when the first sample was captured: the clock
+        # anchors the broadcast once, earlier than now by the speakers' jitter buffering.
         room._clock = ProgramClock(
-            room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room)
+            room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room),
+            anchor=broadcast.anchor, capture_delay=room._mixer.capture_delay,
         )
         room.state = "live"
         if room.started_at is None or not resumed:

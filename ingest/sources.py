@@ -35,7 +35,13 @@ class Source(Protocol):
 class TestSignal:
     """A speech-like test signal: a voiced tone whose pitch and loudness move like
     syllables, plus a 1 kHz marker beep of 50 ms at the start of every wall-clock second,
-    so a listener (or a test) can tell where in time it is. `seconds` bounds its length."""
+    so a listener (or a test) can tell where in time it is. `seconds` bounds its length.
+
+    Live (no `start_time`), it behaves like a microphone: a block is heard the moment it is
+    read, so the beep falls on the sample read when the wall clock passes a second, however
+    far ahead of real time the reader runs (the capture loop stays a block or two ahead).
+    PROGRAM-DATE-TIME is checked against these beeps. With `start_time`, the beeps follow the
+    sample count from that time instead (reproducible output)."""
 
     name = "test signal"
     may_block = False
@@ -46,6 +52,7 @@ class TestSignal:
         self.frequency = frequency
         self.pos = 0
         self.phase = 0.0
+        self.live = start_time is None
         self.t0 = time.time() if start_time is None else start_time
 
     def read(self, n: int) -> np.ndarray | None:
@@ -62,7 +69,10 @@ class TestSignal:
         voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
         envelope = 0.25 + 0.2 * np.sin(2 * math.pi * 4 * t) ** 2
         signal = 0.35 * voice * envelope
-        wall = self.t0 + t
+        if self.live:
+            wall = time.time() + (idx - self.pos) / SAMPLE_RATE
+        else:
+            wall = self.t0 + t
         beep = (wall % 1.0) < 0.05
         signal = np.where(beep, 0.5 * np.sin(2 * math.pi * 1000 * t), signal)
         self.pos += n

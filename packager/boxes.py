@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 # Boxes whose payload is a sequence of child boxes (after any fixed header we skip).
-_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"dinf", b"stbl", b"mvex", b"moof", b"traf"}
+_CONTAINERS = {b"moov", b"trak", b"edts", b"mdia", b"minf", b"dinf", b"stbl", b"mvex", b"moof",
+               b"traf"}
 
 
 def box(kind: bytes, *payload: bytes) -> bytes:
@@ -74,6 +75,9 @@ class TrackConfig:
     extradata: bytes
     bitrate: int
     track_id: int = 1
+    # Samples of encoder delay at the start of the stream (AAC priming, Opus pre-skip): the
+    # edit list starts the presentation after them. 0 writes no edit list.
+    priming: int = 0
 
     def sample_entry(self) -> bytes:
         if self.codec == "aac":
@@ -83,6 +87,30 @@ class TrackConfig:
             child = dops_from_opus_head(self.extradata)
             return _audio_sample_entry(b"Opus", self.channels, self.sample_rate, child)
         raise ValueError(f"unsupported codec {self.codec!r}")
+
+
+def edit_list(priming: int) -> bytes:
+    """`edts` with one `elst` entry that starts the presentation `priming` samples into the
+    media (in the media timescale), for the rest of the track: a segment_duration of 0
+    means "to the end", as in fragmented files the duration is not known up front."""
+    if not 0 <= priming < 2**31:
+        raise ValueError(f"priming must be 0..2^31-1 samples, got {priming}")
+    elst = full_box(b"elst", 0, 0, struct.pack(">IIiHH", 1, 0, priming, 1, 0))
+    return box(b"edts", elst)
+
+
+def priming_samples(codec: str, extradata: bytes) -> int:
+    """The encoder delay an edit list must trim: FFmpeg's AAC encoder primes with one frame
+    (1024 samples; its first packet has pts -1024); Opus states its pre-skip in OpusHead, and
+    the edit list repeats it (Opus in ISOBMFF §4.4), so both renditions start on the same
+    sample."""
+    if codec == "aac":
+        return 1024
+    if codec == "opus":
+        if len(extradata) < 12 or extradata[:8] != b"OpusHead":
+            raise ValueError("Opus extradata is not an OpusHead packet")
+        return int(struct.unpack_from("<H", extradata, 10)[0])
+    raise ValueError(f"unsupported codec {codec!r}")
 
 
 def init_segment(t: TrackConfig) -> bytes:
@@ -111,7 +139,8 @@ def init_segment(t: TrackConfig) -> bytes:
         full_box(b"stco", 0, 0, struct.pack(">I", 0)),
     )
     minf = box(b"minf", full_box(b"smhd", 0, 0, struct.pack(">HH", 0, 0)), dinf, stbl)
-    trak = box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
+    edts = edit_list(t.priming) if t.priming else b""
+    trak = box(b"trak", tkhd, edts, box(b"mdia", mdhd, hdlr, minf))
     trex = full_box(b"trex", 0, 0, struct.pack(">IIIII", t.track_id, 1, t.frame_size, 0, 0))
     return ftyp + box(b"moov", mvhd, trak, box(b"mvex", trex))
 

@@ -14,7 +14,7 @@ from typing import cast
 import av
 import numpy as np
 
-from packager.boxes import TrackConfig, fragment, init_segment
+from packager.boxes import TrackConfig, fragment, init_segment, priming_samples
 from packager.errors import EncodeError
 from packager.ladder import SAMPLE_RATE, Rendition
 
@@ -72,8 +72,15 @@ class RenditionEncoder:
         self._ctx = ctx
         self._resampler = av.AudioResampler(format=ctx.format, layout=layout, rate=SAMPLE_RATE,
                                             frame_size=self.frame_size)
+        extradata = bytes(ctx.extradata or b"")
+        try:
+            priming = priming_samples(rendition.codec, extradata)
+        except ValueError as exc:
+            raise EncodeError(f"{rendition.name}: {exc}") from exc
+        # The edit list trims the encoder's delay, so a sample fed at program time t plays
+        # at media time t in every rendition (PROGRAM-DATE-TIME holds for all of them).
         self.track = TrackConfig(rendition.codec, rendition.channels, SAMPLE_RATE, self.frame_size,
-                                 bytes(ctx.extradata or b""), rendition.kbps * 1000)
+                                 extradata, rendition.kbps * 1000, priming=priming)
         self.init = init_segment(self.track)
         self._cut = _Cut(first_msn)
         # tfdt runs on the room's media-sequence grid, so an epoch that resumes a room at

@@ -19,7 +19,7 @@ _FRAME_SIZE = {"aac": 1024, "opus": 960}
 # Frames per part: 10 × 1024 = 213.3 ms, 12 × 960 = 240 ms. Both ≥ 85 % of the 240 ms
 # part target and both divide the 320 ms grid's multiples at segment ends.
 _PART_FRAMES = {"aac": 10, "opus": 12}
-_CODECS = {"aac": "mp4a.40.2", "opus": "Opus"}
+_CODECS = {"aac": "mp4a.40.2", "opus": "opus"}
 _PYAV_CODEC = {"aac": "aac", "opus": "libopus"}
 PART_TARGET_SECONDS = 0.24
 
@@ -45,7 +45,8 @@ class Rendition:
 
     @property
     def codecs_attr(self) -> str:
-        """The CODECS value for the multivariant playlist (RFC 6381 spelling; hls.js lowercases Opus for MSE)."""
+        """The CODECS value for the multivariant playlist: `opus` is the registered codecs
+        string (MP4RA, WebCodecs, MSE); `Opus` is only the sample entry 4CC."""
         return _CODECS[self.codec]
 
     @property

@@ -32,14 +32,26 @@ from hls.http import (
     PREFLIGHT_HEADERS,
     REFUSED,
     SHORT,
+    asked_again,
     content_type_for_key,
+    live_playlist_cache,
     max_age,
-    playlist_lifetime,
+    stored_playlist_cache,
 )
-from hls.names import LIVE_ROOT, STATE, ObjectName, parse_object, part_name, room_key
-from hls.reach import part_too_far
+from hls.names import (
+    LIVE_ROOT,
+    PUBLIC_KINDS,
+    STATE,
+    ObjectName,
+    parse_object,
+    part_name,
+    room_key,
+)
+from hls.reach import part_object_too_far, part_too_far
+from hls.tokens import PRIVATE_ROOT
 from packager.errors import StoreError
 from packager.live import Hub, LiveRoom
+from packager.privacy import NoPrivateRooms, PrivacyUnknown, RoomPrivacy, served_here
 from packager.recording import RecordingComposer
 from packager.store import Store
 
@@ -50,9 +62,6 @@ WAITING = Gauge("townsquare_origin_blocking_waiters", "Requests held for a part 
 
 CORS = dict(CORS_HEADERS)
 TEXT = "text/plain; charset=utf-8"
-# What the origin serves; room.json, state.json, epochs.json and index chunks are for the
-# packager and a following origin only.
-PUBLIC_KINDS = frozenset({"master", "playlist", "recording", "init", "part", "segment"})
 # How long a blocking request waits for a room that has no epoch on air here (it may be
 # resuming after a restart) before the stored playlist answers.
 RESUME_WAIT_SECONDS = 3.0
@@ -167,7 +176,7 @@ async def stored_answer(store: Store, key: str, kind: str, cache: str, method: s
     if data is None:
         return respond(b"not found\n", 404, kind, REFUSED, TEXT, method)
     if kind in ("recording", "playlist", "blocking_playlist"):
-        cache = FINAL if b"#EXT-X-ENDLIST" in data else cache
+        cache = stored_playlist_cache(data, cache)
     return respond(data, 200, kind, cache, content_type_for_key(key), method)
 
 
@@ -181,9 +190,10 @@ def _error(status: int, kind: str, message: str, cache: str, method: str) -> Res
 
 
 class Origin:
-    def __init__(self, store: Store, rooms: LiveSource):
+    def __init__(self, store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None):
         self.store = store
         self.rooms = rooms
+        self.privacy: RoomPrivacy = privacy or NoPrivateRooms()
         self.recordings = RecordingComposer(store)
 
     async def _wait(self, live: LiveRoom, name: str, msn: int, part: int | None,
@@ -219,6 +229,11 @@ class Origin:
         if found is None:
             return _error(404, "other", "not found", REFUSED, method)
         obj, key = found
+        try:
+            if not await served_here(self.privacy, obj.room, request.url.path):
+                return _error(404, obj.kind, "not found", REFUSED, method)
+        except PrivacyUnknown as exc:
+            return _error(503, obj.kind, str(exc), SHORT, method)
         if obj.kind == "master":
             live = await self.rooms.live(obj.room)
             if live is not None and live.announced:
@@ -274,17 +289,21 @@ class Origin:
             live = await self._await_epoch(room, name, RESUME_WAIT_SECONDS)
         if live is None:
             # No epoch on air here: the last playlist the store has (a standalone origin, an
-            # ended room). Without ENDLIST it is a live copy: short-lived.
-            return await self._object(key, kind, SHORT, method)
+            # ended room). Without ENDLIST it is a live copy that a newer one may replace at
+            # any moment: it lives no longer than a satisfied blocking answer.
+            fallback = max_age(0) if d.blocking else SHORT
+            return await self._object(key, kind, fallback, method)
         pl = live.renditions[name].playlist
         td = pl.target_duration
+        satisfied = True
         if d.msn is not None and not pl.ended:
             if pl.position().too_far(d.msn):
                 return _error(400, kind, "_HLS_msn is too far in the future", max_age(td), method)
             if d.part is not None and part_too_far(d.part, td, pl.part_target):
                 return _error(400, kind, "_HLS_part is too far in the future", max_age(td),
                               method)
-            if not await self._wait(live, name, d.msn, d.part, 3 * td):
+            satisfied = pl.has_part(d.msn, d.part)
+            if not satisfied and not await self._wait(live, name, d.msn, d.part, 3 * td):
                 newer = await self._epoch(room, name, None)
                 if newer is None or newer is live or not newer.renditions[name].playlist.has_part(
                         d.msn, d.part):
@@ -293,7 +312,13 @@ class Origin:
                 live = newer
             live = await self._epoch(room, name, None) or live
         pl = live.renditions[name].playlist
-        cache = FINAL if pl.ended else max_age(playlist_lifetime(td, d.blocking))
+        if pl.ended:
+            cache = FINAL
+        else:
+            # A URL asked again must not outlive the live edge, or a browser replays this
+            # copy instead of asking (`hls.http.asked_again`).
+            again = asked_again(satisfied, bool(pl.partial))
+            cache = live_playlist_cache(td, d.blocking, pl.part_target, again)
         skip = d.skip is not None and not pl.ended
         return _resp(live.render(name, skip), 200, kind, cache, PLAYLIST_TYPE, method)
 
@@ -312,6 +337,9 @@ class Origin:
         if live is not None:
             lr = live.renditions[name]
             pl = lr.playlist
+            if part_object_too_far(part, pl.target_duration, pl.part_target):
+                # No playlist can hint it: refused at once, without a wait or a store read.
+                return _error(404, "part", "no segment holds that many parts", REFUSED, method)
             # A hinted part: hold the request until the part exists, then send it whole.
             next_msn, next_part = pl.next_msn, len(pl.partial)
             ahead = (next_msn, next_part) <= (msn, part) <= (next_msn + 1, next_part + 1)
@@ -321,6 +349,11 @@ class Origin:
             data = lr.recent.get(part_name(msn, part))
             if data is not None:
                 return _resp(data, 200, "part", IMMUTABLE, content_type_for_key(key), method)
+            pl = lr.playlist
+            listed = next((s for s in pl.segments if s.msn == msn), None)
+            if listed is not None and listed.parts and part >= len(listed.parts):
+                # Its segment is complete with fewer parts: this one will never exist.
+                return _error(404, "part", "no such part", REFUSED, method)
             # Listed in the playlist but not yet in a store written from another process.
             if pl.has_part(msn, part) and msn >= pl.media_sequence:
                 for _ in range(20):
@@ -331,13 +364,16 @@ class Origin:
         return await self._object(key, "part", IMMUTABLE, method)
 
 
-def build_app(store: Store, rooms: LiveSource) -> Starlette:
-    origin = Origin(store, rooms)
+def build_app(store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None) -> Starlette:
+    """`privacy`: which rooms are private (`packager.privacy.RegistryPrivacy`); without it every
+    room is public."""
+    origin = Origin(store, rooms, privacy)
     return Starlette(routes=live_routes(origin.handle))
 
 
 def live_routes(handle: Callable[[Request], Awaitable[Response]]) -> list[Route]:
-    """What every origin-like service answers: `/live/...` by `handle`, CORS preflights,
+    """What every origin-like service answers: `/live/...` and `/private/...` (private rooms,
+    the token already checked and stripped by the edge) by `handle`, CORS preflights,
     `/healthz` and `/metrics`."""
 
     async def healthz(request: Request) -> Response:
@@ -352,6 +388,8 @@ def live_routes(handle: Callable[[Request], Awaitable[Response]]) -> list[Route]
     return [
         Route("/live/{path:path}", handle, methods=["GET", "HEAD"]),
         Route("/live/{path:path}", options, methods=["OPTIONS"]),
+        Route(f"/{PRIVATE_ROOT}/{{path:path}}", handle, methods=["GET", "HEAD"]),
+        Route(f"/{PRIVATE_ROOT}/{{path:path}}", options, methods=["OPTIONS"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ]

@@ -138,7 +138,8 @@ class Broadcast:
 
     `feed()` takes program audio: float32 numpy array shaped (2, n), planar stereo at
     48 kHz, values in [-1, 1]. It never blocks on encoding or storage. The caller owns the
-    program clock (it paces feeding at real time); the broadcast counts samples.
+    program clock (it paces feeding at real time); the broadcast counts samples from the
+    moment its first sample was captured: `started_at`, unless the caller `anchor()`s it.
     `close()` ends the broadcast: ENDLIST on the live playlists and a complete recording.
     `suspend()` stops this epoch without ending the broadcast (a restart resumes it).
     """
@@ -158,12 +159,15 @@ class Broadcast:
         self.samples_fed = 0
         self._on_segment = on_segment
         td = self.info.target_duration
+        start_tds = s.live_start_target_durations
+        start_offset = -start_tds * td if start_tds else None
         self._encoders: dict[str, RenditionEncoder] | None = {
             r.name: RenditionEncoder(r, s.segment_units, plan.first_msn) for r in self.renditions}
         self._builders: dict[str, PlaylistBuilder] = {}
         for r in self.renditions:
             base = MediaPlaylist(td, PART_TARGET_SECONDS, self._uri(INIT),
-                                 preload_hint=self._uri(part_name(plan.first_msn, 0)))
+                                 preload_hint=self._uri(part_name(plan.first_msn, 0)),
+                                 start_offset=start_offset)
             start = resume_window(plan.windows.get(r.name), plan.first_msn, self._uri(INIT), base)
             self._builders[r.name] = PlaylistBuilder(start, s.live_window_segments)
         self._index = {r.name: RecordingIndex(room, r.name, self.epoch) for r in self.renditions}
@@ -178,6 +182,7 @@ class Broadcast:
         self._closing = False
         self._ending = False
         self._announced = False
+        self._cut_any = False  # a part is out: the timeline's origin is fixed
         self.closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -205,6 +210,23 @@ class Broadcast:
         PCM_QUEUED.inc(pcm.shape[1] / SAMPLE_RATE)
         self.samples_fed += pcm.shape[1]
         self._wake.set()
+
+    def anchor(self, captured_at: float) -> bool:
+        """Set the wall-clock time at which the first sample fed was captured: every
+        PROGRAM-DATE-TIME is counted from it (a mixer that delays its speakers by a jitter
+        buffer knows how much earlier than it was fed the audio was heard). Only before the
+        first part is cut, so the timeline never jumps; returns whether it was taken."""
+        if self._cut_any:
+            log.warning("room %s: timeline anchor ignored, parts are already out", self.room)
+            return False
+        self.started_at = captured_at
+        self.epoch = replace(self.epoch, started_at=captured_at)
+        self.info.epochs[-1] = self.epoch
+        for index in self._index.values():
+            index.epoch = self.epoch
+        if self._task is not None:  # started: epochs.json was written with the old origin
+            self.writer.put(epochs_key(self.room, self.broadcast_id), self.info.dumps(), SHORT)
+        return True
 
     async def close(self) -> None:
         """End the broadcast: ENDLIST, the whole recording, and everything stored."""
@@ -299,6 +321,7 @@ class Broadcast:
     def _publish(self, events: list[tuple[str, PartReady | SegmentReady]]) -> None:
         if not events:
             return
+        self._cut_any = True
         first = self.renditions[0].name
         for name, ev in events:
             b = self._builders[name]

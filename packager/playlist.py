@@ -69,6 +69,8 @@ class MediaPlaylist:
     discontinuity_sequence: int = 0
     # The segment being written starts a new epoch (its parts follow a discontinuity).
     partial_discontinuity: bool = False
+    # EXT-X-START:TIME-OFFSET of a live playlist, seconds from its end (negative); None: no tag.
+    start_offset: float | None = None
 
     # --- derived positions -------------------------------------------------------------
     @property
@@ -156,6 +158,8 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
     if pl.discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{pl.discontinuity_sequence}")
     lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    if pl.start_offset is not None and not pl.ended and pl.playlist_type is None:
+        lines.append(f"#EXT-X-START:TIME-OFFSET={format_duration(pl.start_offset)}")
     if ll:
         lines.append(
             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"

@@ -58,6 +58,12 @@ class PackagerSettings(StoreSettings):
     live_window_segments: int = 15
     # Segment length in units of 15 360 samples (320 ms); 6 → 1.92 s ≤ the 2 s ceiling.
     segment_units: int = 6
+    # EXT-X-START:TIME-OFFSET on live playlists, in target durations before the end, so that
+    # players that ignore parts (VLC, GStreamer) begin near live rather than at the head
+    # of the window. 3 is the nearest the draft allows a live playlist (§4.4.2.2, the same
+    # floor as HOLD-BACK). Off (0) by default: hls.js and video.js honour the tag too and
+    # then play 6 s behind instead of ~1.5 s (measured 7.2 s and 10 s through an edge).
+    live_start_target_durations: float = Field(default=0.0, ge=0)
     # Write each broadcast's playlist state (`state.json`, ~30 KB) with every batch of parts
     # so that an origin in another process can follow it. An origin in the packager's own
     # process (the deployed layout) does not need it: turning it off saves ~13 PUTs/s a room.
@@ -68,6 +74,15 @@ class PackagerSettings(StoreSettings):
     def _window_long_enough(cls, v: int) -> int:
         if v < 7:
             raise ValueError("LL-HLS delta updates need a live window of at least 7 segments")
+        return v
+
+    @field_validator("live_start_target_durations")
+    @classmethod
+    def _start_far_enough(cls, v: float) -> float:
+        if 0 < v < 3:
+            raise ValueError("live_start_target_durations must be 0 (no EXT-X-START) or at "
+                             "least 3: a live start point nearer the end than 3 target "
+                             "durations leaves players without parts nothing to buffer")
         return v
 
     @field_validator("segment_units")

@@ -14,6 +14,10 @@ edges/shields, and holds no room state:
   store first, with the lifetimes of `hls.http`: owners only see what only they can answer.
 - Paths outside the grammar of `hls.names` are refused before any store read, database lookup
   or forward; malformed directives get 400 the same way.
+- A private room is served only under `/private/{room}/...` (the edge checked and stripped the
+  listener token), a public one only under `/live/`; the other path answers 404. Privacy is
+  read from the same database, cached like owners (`packager.privacy`), and forwards keep the
+  prefix the request came with.
 
 Why forward rather than follow `state.json` as a standalone origin does (`StoreLive`): following
 means every replica polls a per-room object (20 reads/s a room at the default poll), every
@@ -66,6 +70,13 @@ from hls.http import (
 from hls.names import ObjectName
 from packager.errors import StoreError
 from packager.origin import answer, live_routes, public_object, stored_answer
+from packager.privacy import (
+    NoPrivateRooms,
+    PrivacyUnknown,
+    RegistryPrivacy,
+    RoomPrivacy,
+    served_here,
+)
 from packager.recording import RecordingComposer
 from packager.settings import TierSettings
 from packager.store import Store
@@ -101,9 +112,11 @@ ENDLIST = b"#EXT-X-ENDLIST"
 
 # --- owners -------------------------------------------------------------------------------
 class OwnerLookup(Protocol):
-    """Where rooms' owners are found: `registry.Registry`."""
+    """Where rooms' owners (and whether they are private) are found: `registry.Registry`."""
 
     async def owner_of(self, name: str) -> Owner | None: ...
+
+    async def private_rooms(self, names: list[str]) -> dict[str, bool]: ...
 
 
 class DirectoryUnavailable(Exception):
@@ -322,7 +335,8 @@ class Tier:
     """Answers one request: from the owner, from the store, or refused."""
 
     def __init__(self, store: Store, owners: OwnerDirectory, client: OwnerClient,
-                 failover_wait: float) -> None:
+                 failover_wait: float, privacy: RoomPrivacy | None = None) -> None:
+        self.privacy: RoomPrivacy = privacy or NoPrivateRooms()
         self.store = CountedStore(store)
         self.owners = owners
         self.client = client
@@ -340,26 +354,30 @@ class Tier:
             return _error(404, "other", "not found", REFUSED, method)
         obj, key = found
         kind: str = obj.kind
+        # What owners are asked for: the request's own path, `/live/...` or `/private/...`.
+        route = request.url.path
         try:
+            if not await served_here(self.privacy, obj.room, route):
+                return _error(404, kind, "not found", REFUSED, method)
             if obj.kind == "playlist":
                 try:
                     d = parse_query(request.url.query)
                 except BadDirective as exc:
                     return _error(400, kind, str(exc), REFUSED, method)
                 # Only the directives go upstream, in canonical order: other parameters are noise.
-                target = f"/{key}?{d.query()}" if not d.empty else f"/{key}"
+                target = f"{route}?{d.query()}" if not d.empty else route
                 if d.blocking:
                     kind = "blocking_playlist"
                     return await self._blocking(obj.room, target, key, method)
                 return await self._live(obj.room, kind, target, key, method)
             if obj.kind == "master":
-                return await self._live(obj.room, kind, f"/{key}", key, method)
+                return await self._live(obj.room, kind, route, key, method)
             if obj.kind == "recording":
                 return await self._recording(obj, key, method)
-            return await self._media(obj, key, method)
+            return await self._media(obj, key, method, route)
         except TierBusy as exc:
             return _error(503, kind, str(exc), NO_STORE, method)
-        except DirectoryUnavailable as exc:
+        except (DirectoryUnavailable, PrivacyUnknown) as exc:
             return _error(503, kind, str(exc), SHORT, method)
 
     async def _ask_owner(self, room: str, target: str, method: str, hold: bool,
@@ -442,7 +460,7 @@ class Tier:
             if waiting:
                 FAILOVER_WAITERS.dec()
 
-    async def _media(self, obj: ObjectName, key: str, method: str) -> Response:
+    async def _media(self, obj: ObjectName, key: str, method: str, route: str) -> Response:
         """Init, segment or part: the store's copy, else the owner's (it may not be stored yet,
         or be a hinted part the owner holds until it exists)."""
         kind = obj.kind
@@ -454,7 +472,7 @@ class Tier:
             store_failed, data = True, None
         if data is not None:
             return _resp(data, 200, kind, IMMUTABLE, content_type_for_key(key), method)
-        answer = await self._ask_owner(obj.room, f"/{key}", method, hold=kind == "part")
+        answer = await self._ask_owner(obj.room, route, method, hold=kind == "part")
         if isinstance(answer, OwnerAnswer):
             return _passed(kind, answer, method)
         if store_failed:
@@ -498,7 +516,9 @@ def build_tier_app(store: Store, registry: OwnerLookup, settings: TierSettings) 
     owners = OwnerDirectory(registry, settings.tier_owner_cache_seconds, RETRY_SECONDS,
                             settings.tier_owner_cache_rooms)
     client = OwnerClient(settings.tier_forward_timeout_seconds, settings.tier_max_connections)
-    tier = Tier(store, owners, client, settings.tier_failover_wait_seconds)
+    privacy = RegistryPrivacy(registry, settings.tier_owner_cache_seconds,
+                              settings.tier_owner_cache_rooms)
+    tier = Tier(store, owners, client, settings.tier_failover_wait_seconds, privacy)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

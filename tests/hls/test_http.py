@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from hls.http import (
+    asked_again,
     content_type_for_key,
     content_type_for_kind,
     default_lifetime,
+    live_playlist_cache,
     playlist_lifetime,
+    stored_playlist_cache,
 )
 
 
@@ -30,3 +33,23 @@ def test_lifetimes_follow_appendix_b() -> None:
     assert default_lifetime("playlist", 404, 2) == 2
     assert default_lifetime("part", 200, 2) == 120
     assert default_lifetime("part", 404, 2) == 2
+
+
+def test_a_blocking_url_asked_again_never_outlives_a_part() -> None:
+    # Waited for its part mid-segment: never asked again, 6 × TD.
+    assert not asked_again(already_there=False, segment_open=True)
+    assert live_playlist_cache(2, True, 0.24, again=False) == "public, max-age=12"
+    # The part was there already, or the answer ends a segment (video.js asks it again):
+    # one part target, rounded down to whole seconds.
+    assert asked_again(already_there=True, segment_open=True)
+    assert asked_again(already_there=False, segment_open=False)
+    assert live_playlist_cache(2, True, 0.24, again=True) == "public, max-age=0"
+    assert playlist_lifetime(6, True, 1.0, asked_again=True) == 1
+    # Plain reloads are unaffected.
+    assert live_playlist_cache(2, False, 0.24, again=True) == "public, max-age=1"
+
+
+def test_only_an_ended_stored_playlist_is_long_lived() -> None:
+    assert stored_playlist_cache(b"#EXTM3U\n#EXT-X-ENDLIST\n", "public, max-age=1") == (
+        "public, max-age=86400")
+    assert stored_playlist_cache(b"#EXTM3U\n", "public, max-age=0") == "public, max-age=0"

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from hls.reach import PlaylistPosition, parse_position, part_too_far
+from hls.reach import (
+    PlaylistPosition,
+    max_parts_per_segment,
+    parse_position,
+    part_object_too_far,
+    part_too_far,
+)
 from packager.playlist import MediaPlaylist, Part, Segment, render_media
 
 
@@ -39,4 +45,17 @@ def test_requests_far_ahead_are_too_far() -> None:
     pos = PlaylistPosition(8, 9, 1, False, 2, False)
     assert not pos.too_far(11) and pos.too_far(12) and not pos.too_far(12, slack=1)
     assert not PlaylistPosition(8, 9, 1, True, 2, False).too_far(1000)
-    assert not part_too_far(18, 2, 0.24) and part_too_far(19, 2, 0.24)
+
+
+def test_the_largest_part_index_a_playlist_can_hint() -> None:
+    # Golden figures: TD 2 s, PART-TARGET 0.24 s (the packager's) → at most 13 parts a segment
+    # (it cuts 9 AAC or 8 Opus parts); TD 1 s → 8; TD 6 s with 1 s parts → 8.
+    assert max_parts_per_segment(2, 0.24) == 13
+    assert max_parts_per_segment(1, 0.24) == 8
+    assert max_parts_per_segment(6, 1.0) == 8
+    # Every part the packager cuts, and the index one past a segment's last (part 0 of the
+    # next segment), is a request; beyond that nothing is.
+    assert not part_too_far(9, 2, 0.24) and not part_too_far(13, 2, 0.24)
+    assert part_too_far(14, 2, 0.24)
+    assert not part_object_too_far(8, 2, 0.24) and not part_object_too_far(12, 2, 0.24)
+    assert part_object_too_far(13, 2, 0.24) and part_object_too_far(10**6, 2, 0.24)

@@ -144,7 +144,7 @@ def recent_audio(origin: str, room: str, segments: int = 2) -> np.ndarray:
 
 def decode_mp4(data: bytes) -> np.ndarray:
     out = []
-    with av.open(io.BytesIO(data), format="mp4") as container:
+    with av.open(io.BytesIO(data), format="mp4", mode="r") as container:
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=RATE)
         for frame in container.decode(audio=0):
             frame.pts = None
@@ -156,7 +156,7 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
 def rms_dbfs(pcm: np.ndarray) -> float:
     rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
-    return 20 * np.log10(max(rms, 1e-9))
+    return float(20 * np.log10(max(rms, 1e-9)))
 
 
 def tone_db(pcm: np.ndarray, freq: float, width: float = 15.0) -> float:

@@ -49,7 +49,7 @@ def test_fast_publisher_clock_does_not_grow_latency() -> None:
     """A publisher 1 % fast for 60 s would add 600 ms; the buffer must stay near target."""
     buf = JitterBuffer(target_ms=120)
     produced = 0.0
-    levels = []
+    levels: list[int] = []
     for _ in range(3000):  # 60 s of 20 ms blocks
         produced += BLOCK * 1.01
         while produced >= 1024:  # AAC-sized pushes

@@ -23,12 +23,19 @@ class RecordedBroadcast:
     blocks: list[np.ndarray] = field(default_factory=list)
     closed: bool = False
     ended: bool = False
+    captured_at: float | None = None  # the timeline's anchor, as the packager would take it
 
     def feed(self, pcm: np.ndarray) -> None:
         assert not self.closed, "fed after close"
         assert pcm.dtype == np.float32 and pcm.ndim == 2 and pcm.shape[0] == 2
         assert np.abs(pcm).max(initial=0) <= 1.0
         self.blocks.append(pcm)
+
+    def anchor(self, captured_at: float) -> bool:
+        if self.blocks:
+            return False  # like the packager: never once audio is out
+        self.captured_at = captured_at
+        return True
 
     async def close(self) -> None:
         self.closed = True

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from packager.boxes import BoxError, TrackConfig, fragment, init_segment, parse_boxes, read_fragment
+from packager.boxes import (
+    BoxError,
+    TrackConfig,
+    fragment,
+    init_segment,
+    parse_boxes,
+    priming_samples,
+    read_fragment,
+)
 from packager.cmaf import PartReady, RenditionEncoder, SegmentReady
 from packager.ladder import Rendition
 
 GOLDEN = Path(__file__).parent / "golden"
-AAC = TrackConfig("aac", 2, 48000, 1024, bytes.fromhex("1190"), 96000)
+# As the encoders make them: AAC primes with 1024 samples, Opus states a pre-skip of 312.
+# The goldens carry an edit list since both are trimmed (edts/elst after tkhd).
+AAC = TrackConfig("aac", 2, 48000, 1024, bytes.fromhex("1190"), 96000, priming=1024)
 OPUS_HEAD = b"OpusHead" + bytes([1, 2]) + struct.pack("<HIhB", 312, 48000, 0, 0)
-OPUS = TrackConfig("opus", 2, 48000, 960, OPUS_HEAD, 64000)
+OPUS = TrackConfig("opus", 2, 48000, 960, OPUS_HEAD, 64000, priming=312)
 
 
 @pytest.mark.parametrize("name,track", [("init_aac", AAC), ("init_opus", OPUS)])
@@ -53,6 +64,22 @@ def test_opus_init_carries_dops_in_big_endian() -> None:
     dops = entry.find("dOps")
     assert dops is not None
     assert struct.unpack(">BBHIhB", dops.payload) == (0, 2, 312, 48000, 0, 0)
+
+
+@pytest.mark.parametrize("track,priming", [(AAC, 1024), (OPUS, 312)])
+def test_init_trims_the_encoder_delay_with_an_edit_list(track: TrackConfig, priming: int) -> None:
+    trak = parse_boxes(init_segment(track))[1].find("trak")
+    assert trak is not None and [c.kind for c in trak.children] == ["tkhd", "edts", "mdia"]
+    elst = trak.find("edts/elst")
+    assert elst is not None
+    # One edit, to the end of the track (duration 0), starting `priming` samples in, rate 1.
+    assert struct.unpack(">IIIiHH", elst.payload) == (0, 1, 0, priming, 1, 0)
+    assert priming_samples(track.codec, track.extradata) == priming
+
+
+def test_without_priming_there_is_no_edit_list() -> None:
+    trak = parse_boxes(init_segment(replace(AAC, priming=0)))[1].find("trak")
+    assert trak is not None and trak.find("edts") is None
 
 
 def test_fragment_round_trips_through_the_parser() -> None:

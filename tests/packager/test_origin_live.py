@@ -89,12 +89,79 @@ def test_blocking_request_returns_once_the_next_part_exists_and_contains_it(orig
     msn, part = map(int, re.fullmatch(r"[^/]+/p(\d+)\.(\d+)\.m4s", pos.hint).groups())  # type: ignore[union-attr]
     # The hinted part is the one that does not exist yet.
     assert f'#EXT-X-PART:DURATION=0.21333,URI="{pos.hint}"' not in before
-    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+    # One part past the hint, so that the request surely waits (a busy machine may take a
+    # part's time between the two requests, and a part already there is answered short).
+    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part + 1}, timeout=10)
     assert r.status_code == 200
     assert '#EXT-X-PART:DURATION=' in r.text and f'URI="{pos.hint}"' in r.text
-    assert r.headers["cache-control"] == "public, max-age=12"
     after = check_media_playlist(r.text)
-    assert (after.last_msn, after.last_part) >= (msn, part)
+    assert (after.last_msn, after.last_part) >= (msn, part) or after.last_msn >= msn
+    # It waited, so its URL is not asked again: long-lived, unless the answer ends on a
+    # segment boundary (video.js asks for that part once more there).
+    boundary = _ends_on_boundary(r.text)
+    assert r.headers["cache-control"] == ("public, max-age=0" if boundary
+                                          else "public, max-age=12")
+
+
+def _ends_on_boundary(text: str) -> bool:
+    """Whether the playlist lists no part after its last complete segment."""
+    tail = text.rsplit("#EXTINF:", 1)[-1]
+    return "#EXT-X-PART:" not in tail
+
+
+def _wait_for_hint(url: str, last: bool) -> tuple[int, int]:
+    """(msn, part) of the preload hint once it names a segment's last part (`last`) or any
+    other part; AAC segments have 9 parts."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        hint = check_media_playlist(httpx.get(url).text).hint
+        assert hint is not None
+        msn, part = map(int, re.fullmatch(r"[^/]+/p(\d+)\.(\d+)\.m4s", hint).groups())  # type: ignore[union-attr]
+        if (part == 8) == last:
+            return msn, part
+        time.sleep(0.05)
+    raise TimeoutError("the hint never reached the wanted part")
+
+
+def test_a_satisfied_blocking_request_gets_the_newest_playlist_briefly(origin: str) -> None:
+    url = _variants(origin)[0]
+    pos = check_media_playlist(httpx.get(url).text)
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn, "_HLS_part": 0}, timeout=2)
+    assert r.status_code == 200
+    # Its part existed already: a client may ask this URL again, so the answer must not
+    # outlive the live edge (a part target is under a second: zero whole seconds).
+    assert r.headers["cache-control"] == "public, max-age=0"
+    now = check_media_playlist(r.text)
+    assert (now.last_msn, now.last_part) >= (pos.last_msn, pos.last_part)
+
+
+def test_a_wait_that_ends_a_segment_is_short_lived(origin: str) -> None:
+    url = _variants(origin)[0]
+    msn, part = _wait_for_hint(url, last=True)
+    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+    assert r.status_code == 200 and f"/s{msn}.m4s\n" in r.text
+    if _ends_on_boundary(r.text):
+        assert r.headers["cache-control"] == "public, max-age=0"
+    msn, part = _wait_for_hint(url, last=False)
+    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+    assert r.headers["cache-control"] == "public, max-age=12", r.text
+
+
+def test_part_indices_no_segment_can_hold_are_refused_at_once(origin: str) -> None:
+    url = _variants(origin)[0]
+    pos = check_media_playlist(httpx.get(url).text)
+    assert pos.hint is not None
+    folder = url.rsplit("/", 1)[0] + "/" + pos.hint.split("/")[0]
+    # TARGETDURATION 2, PART-TARGET 0.24: at most 13 parts (hls.reach.max_parts_per_segment).
+    r = httpx.get(f"{folder}/p{pos.last_msn + 1}.13.m4s", timeout=2)
+    assert r.status_code == 404 and r.headers["cache-control"] == "public, max-age=2"
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": 14}, timeout=2)
+    assert r.status_code == 400
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": 13}, timeout=10)
+    assert r.status_code == 200  # one past the last part: part 0 of the next segment
+    # A complete segment has 9 AAC parts: a tenth is refused without waiting or retrying.
+    r = httpx.get(f"{folder}/p{pos.last_msn}.10.m4s", timeout=2)
+    assert r.status_code == 404
 
 
 def test_blocking_request_for_a_whole_segment(origin: str) -> None:

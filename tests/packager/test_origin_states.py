@@ -136,3 +136,24 @@ async def test_state_file_is_only_written_when_published(tmp_path: Path) -> None
     assert not list((tmp_path / "quiet").rglob("state.json"))
     assert list((tmp_path / "quiet").rglob("recording.m3u8"))
     assert len(list((tmp_path / "loud").rglob("state.json"))) == 1
+
+
+async def test_a_stored_live_playlist_never_outlives_the_live_edge(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    """A room not on air here is answered from the store's copy: without ENDLIST that copy
+    is overtaken within a segment, so it is never long-lived; with ENDLIST it is final."""
+    packager, base = packager_origin
+    live = (b"#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:4\n"
+            b'#EXT-X-MAP:URI="e1-x/init.mp4"\n#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:00.000Z\n'
+            b"#EXTINF:1.92,\ne1-x/s4.m4s\n")
+    await packager.store.put("live/elsewhere/aac96/live.m3u8", live, "no-cache")
+    await packager.store.put("live/over/aac96/live.m3u8", live + b"#EXT-X-ENDLIST\n", "no-cache")
+    async with httpx.AsyncClient() as client:
+        plain = await client.get(f"{base}/live/elsewhere/aac96/live.m3u8")
+        assert plain.status_code == 200 and plain.headers["cache-control"] == "public, max-age=1"
+        blocking = await client.get(f"{base}/live/elsewhere/aac96/live.m3u8",
+                                    params={"_HLS_msn": 5, "_HLS_part": 0}, timeout=10)
+        assert blocking.headers["cache-control"] == "public, max-age=0"
+        ended = await client.get(f"{base}/live/over/aac96/live.m3u8")
+        assert ended.headers["cache-control"] == "public, max-age=86400"

@@ -22,6 +22,7 @@ from packager.playlist import (
     skip_count,
     target_duration_for,
 )
+from packager.settings import PackagerSettings
 from tests.support.llhls import check_media_playlist, check_multivariant
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -172,6 +173,30 @@ def test_multivariant_lists_codecs_for_every_rendition() -> None:
     text = render_multivariant([Variant(r, f"b/{r.name}/live.m3u8") for r in ladder])
     assert text == (GOLDEN / "master.m3u8").read_text()
     assert check_multivariant(text) == [f"b/{r.name}/live.m3u8" for r in ladder]
+    # The registered codecs string is lower case (`Opus` is only the sample entry's 4CC).
+    assert 'CODECS="opus"' in text and "Opus" not in text
+
+
+def test_live_playlist_can_tell_classic_players_where_to_start() -> None:
+    pl = replace(_live(10, 2), start_offset=-6.0)
+    text = render_media(pl)
+    lines = text.splitlines()
+    # Before the first segment (draft §4.4.2.2), 3 target durations from the end.
+    assert lines.index("#EXT-X-START:TIME-OFFSET=-6") < lines.index('#EXT-X-MAP:URI="init.mp4"')
+    # Delta updates keep it and keep working; an ended playlist drops it.
+    delta = render_media(pl, skip=True)
+    assert "#EXT-X-START:TIME-OFFSET=-6" in delta and "#EXT-X-SKIP:SKIPPED-SEGMENTS=3" in delta
+    check_media_playlist(delta)
+    ended = PlaylistBuilder(pl, window=15).end()
+    assert "EXT-X-START" not in render_media(ended)
+    assert "EXT-X-START" not in render_media(_live(10, 2))
+
+
+def test_live_start_offset_setting_keeps_to_three_target_durations() -> None:
+    assert PackagerSettings().live_start_target_durations == 0
+    assert PackagerSettings(live_start_target_durations=3).live_start_target_durations == 3
+    with pytest.raises(ValueError, match="at least 3"):
+        PackagerSettings(live_start_target_durations=2)
 
 
 @pytest.mark.parametrize("text", ["", "a:mp3:96", "a:aac", "a:aac:x", "a:aac:96,a:aac:48",

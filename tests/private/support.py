@@ -87,7 +87,7 @@ def node(tmp: Path, name: str = "node", env: dict[str, str] | None = None,
             "TOWNSQUARE_CONTROL_PORT": str(control), "TOWNSQUARE_ORIGIN_PORT": str(origin),
             "TOWNSQUARE_RTMP_PORT": str(rtmp), "TOWNSQUARE_DATA_DIR": str(tmp / name),
             "TOWNSQUARE_LISTENER_TOKEN_KEYS": KEYS, **(env or {})}
-    proc = spawn(["-m", "tests.private.node"], tmp / f"{name}.log", full)
+    proc = spawn(["-m", "townsquare", "ingest"], tmp / f"{name}.log", full)
     try:
         wait_http(f"http://127.0.0.1:{control}/healthz", 30, proc.proc)
         yield Node(proc, f"http://127.0.0.1:{control}", f"http://127.0.0.1:{origin}", rtmp,
