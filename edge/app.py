@@ -7,7 +7,8 @@ import json
 import time
 from importlib import resources
 
-from edge.cache import CoalescingCache, edge_error
+from edge.access import PRIVATE_PREFIX_BYTES, PrivateAccess
+from edge.cache import NOT_FOUND, CoalescingCache, edge_error
 from edge.entry import Entry, local_response
 from edge.listeners import ListenerEstimate
 from edge.metrics import EdgeMetrics
@@ -17,10 +18,12 @@ from edge.targets import Target, parse_target
 from edge.upstream import Upstream
 from hls.directives import BadDirective
 from hls.http import PREFLIGHT_HEADERS
+from hls.tokens import KeyRing
 
+_REFUSALS = {404: "path", 403: "private"}
 LISTENED_KINDS = frozenset({"playlist", "blocking_playlist"})
 # Raw request targets remembered with their parsed form; cleared when full so that
-# random query strings cannot grow it without bound.
+# random query strings cannot grow it without bound. Refusals are not remembered.
 MAX_TARGETS = 8192
 PREFLIGHT = "".join(f"{name}: {value}\r\n" for name, value in PREFLIGHT_HEADERS).encode()
 STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".html": b"text/html; charset=utf-8",
@@ -41,11 +44,14 @@ class EdgeApp:
             settings.edge_upstream_connections,
         )
         self.cache = CoalescingCache(settings, self.upstream, self.metrics)
+        self.access = PrivateAccess(KeyRing.parse(settings.listener_token_keys),
+                                    settings.edge_token_skew_seconds,
+                                    settings.edge_private_trust_tokenless)
         self.listeners = ListenerEstimate(settings.edge_listener_window)
         self.connections: set[EdgeProtocol] = set()
         self.clock = time.monotonic
         self.coarse_now = self.clock()
-        self.targets: dict[bytes, Target | Entry] = {}
+        self.targets: dict[bytes, Target] = {}
         self.too_many_connections = local_response(
             503, b"edge overloaded: too many connections\n", extra=b"Retry-After: 1\r\n",
             close=True)
@@ -60,18 +66,32 @@ class EdgeApp:
             "townsquare_edge_waiters": ("Requests waiting on upstream answers", lambda: c.waiting),
             "townsquare_edge_upstream_in_flight": ("Upstream requests in flight",
                                                    lambda: len(c.flights)),
-            "townsquare_edge_cache_bytes": ("Bytes held by the LRU", lambda: c.lru.bytes),
-            "townsquare_edge_cache_limit_bytes": ("LRU bound", lambda: c.lru.max_bytes),
+            "townsquare_edge_cache_bytes": ("Bytes held under the cache bound: LRU, pinned "
+                                            "playlists and negative answers",
+                                            lambda: c.lru.total + c.negative.bytes),
+            "townsquare_edge_cache_limit_bytes": ("Cache bound",
+                                                  lambda: c.lru.max_bytes + c.negative.max_bytes),
             "townsquare_edge_cache_entries": ("Entries in the LRU", lambda: len(c.lru)),
             "townsquare_edge_cache_evictions": ("Entries evicted so far",
                                                 lambda: c.lru.evictions),
-            "townsquare_edge_pinned_playlists": ("Live playlists pinned outside the LRU",
-                                                 lambda: len(c.pinned)),
-            "townsquare_edge_pinned_bytes": ("Bytes of pinned playlists", c.pinned_bytes),
-            "townsquare_edge_breaker_open": ("1 while the upstream circuit is not closed",
-                                             lambda: float(c.breaker.state != "closed")),
-            "townsquare_edge_breaker_trips": ("Times the circuit opened",
-                                              lambda: c.breaker.trips),
+            "townsquare_edge_negative_cache_bytes": ("Bytes of cached negative answers",
+                                                     lambda: c.negative.bytes),
+            "townsquare_edge_negative_cache_entries": ("Negative answers cached",
+                                                       lambda: len(c.negative)),
+            "townsquare_edge_negative_cache_evictions": ("Negative answers evicted so far",
+                                                         lambda: c.negative.evictions),
+            "townsquare_edge_pinned_playlists": ("Live playlists pinned",
+                                                 lambda: len(c.pins)),
+            "townsquare_edge_pinned_bytes": ("Bytes of pinned playlists (within the bound)",
+                                             lambda: c.pins.bytes),
+            "townsquare_edge_breakers_open": ("Rooms whose upstream circuit is not closed",
+                                              c.breakers.open_count),
+            "townsquare_edge_breakers_tracked": ("Rooms with recent upstream failures",
+                                                 lambda: len(c.breakers)),
+            "townsquare_edge_breaker_trips": ("Times a room's circuit opened",
+                                              lambda: c.breakers.trips),
+            "townsquare_edge_rooms_in_flight": ("Rooms with upstream requests in flight",
+                                                lambda: len(c.room_flights)),
         })
         m.room_gauge = lambda: self.listeners.rooms(self.clock())
 
@@ -82,16 +102,17 @@ class EdgeApp:
         if method != b"GET" and not head_only:
             self._other_method(conn, method, close)
             return
-        t = self.targets.get(url)
-        if t is None:
+        target = self.targets.get(url)
+        if target is None:
             t = self._resolve(url)
             if t is None:
                 self._local(conn, url, head_only, close)
                 return
-        if t.__class__ is not Target:
-            self._send(conn, t, "other", None, head_only, close)  # type: ignore[arg-type]
-            return
-        target: Target = t
+            if not isinstance(t, Target):
+                self.metrics.refused[_REFUSALS.get(t.status, "malformed")] += 1
+                self._send(conn, t, "other", None, head_only, close)
+                return
+            target = t
         now = self.clock()
         entry = self.cache.lookup(target, now)
         room = target.room if target.kind in LISTENED_KINDS else None
@@ -99,7 +120,7 @@ class EdgeApp:
             slot = conn.defer(head_only, close, target.kind, room)
             self.cache.fetch(target, slot.deliver)
             return
-        if conn.queue:
+        if conn.queue or conn.write_paused:
             conn.defer(head_only, close, target.kind, room).deliver(entry)
             return
         data = entry.response(now, conn.gz, head_only, close)
@@ -113,18 +134,24 @@ class EdgeApp:
         conn.defer(head_only, close, kind, room).deliver(entry)
 
     def _resolve(self, url: bytes) -> Target | Entry | None:
-        """Parse a /live/ target (memoised) or None for the edge's own routes."""
+        """Parse a /live/ target (memoised) or None for the edge's own routes; a target that
+        names nothing listeners may ask for becomes the edge's own refusal."""
+        if url.startswith(PRIVATE_PREFIX_BYTES):
+            # Never memoised: a token that is good now expires later.
+            return self.access.resolve(url, time.time())
         if not url.startswith(b"/live/"):
             return None
         raw = url.decode("latin-1")
         parsed: Target | Entry
         try:
-            parsed = parse_target(raw)
+            target = parse_target(raw)
+            parsed = target if target.public else NOT_FOUND
         except BadDirective as exc:
             parsed = edge_error(400, str(exc))
-        if len(self.targets) >= MAX_TARGETS:
-            self.targets.clear()
-        self.targets[url] = parsed
+        if parsed.__class__ is Target:  # refusals are cheap to redo: junk must not churn it
+            if len(self.targets) >= MAX_TARGETS:
+                self.targets.clear()
+            self.targets[url] = parsed
         return parsed
 
     def _other_method(self, conn: EdgeProtocol, method: bytes, close: bool) -> None:
@@ -152,7 +179,7 @@ class EdgeApp:
             body = json.dumps({
                 "room": room,
                 "listeners": self.listeners.estimate(room, self.clock()),
-                "upstream": self.cache.breaker.state,
+                "upstream": self.cache.breakers.state(room),
             }).encode()
             ctype = b"application/json"
         elif path.startswith("/static/") and path[8:] in self.static:
@@ -181,6 +208,9 @@ class EdgeApp:
                 elif conn.began is not None:
                     if now - conn.began > s.edge_header_timeout:
                         conn.timeout(408)
+                elif conn.write_paused:
+                    if now - conn.write_paused_at > s.edge_send_timeout:
+                        conn.timeout(0)  # a reader too slow to take even one buffer
                 elif not conn.queue and now - conn.last_active > s.edge_keepalive_timeout:
                     conn.timeout(0)
             self.cache.sweep(now)

@@ -1,9 +1,16 @@
-"""A circuit breaker with exponential backoff, so an origin in trouble is not hammered."""
+"""Circuit breakers with exponential backoff, one per room, so an origin in trouble is not
+hammered and one room's trouble is not every room's.
+
+`BreakerTable` keeps a breaker only for rooms that have failed lately (a healthy room costs
+nothing) in a bounded LRU: a flood of room names cannot grow it, and forgetting the oldest
+entry only means that room is tried again.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -61,5 +68,76 @@ class CircuitBreaker:
             self.trips += 1
             self._set_state(OPEN)
 
+    def inconclusive(self) -> None:
+        """A request that proved nothing about the upstream (the edge's own pool was full):
+        a probe in flight gives its turn to the next request instead of holding the circuit."""
+        if self.state == HALF_OPEN:
+            self._retry_at = self.clock()
+            self._set_state(OPEN)
+
     def _set_state(self, state: str) -> None:
         self.state = state
+
+
+class BreakerTable:
+    """One `CircuitBreaker` per room, created on a room's first failure, at most `max_rooms`."""
+
+    def __init__(
+        self,
+        failures: int = 3,
+        backoff_min: float = 0.5,
+        backoff_max: float = 8.0,
+        max_rooms: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._make: Callable[[], CircuitBreaker] = lambda: CircuitBreaker(
+            failures, backoff_min, backoff_max, clock)
+        self.max_rooms = max_rooms
+        self.trips = 0  # circuits opened so far, in every room (including forgotten ones)
+        self.forgotten = 0
+        self._rooms: OrderedDict[str, CircuitBreaker] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def allow(self, room: str) -> bool:
+        b = self._rooms.get(room)
+        if b is None:
+            return True
+        self._rooms.move_to_end(room)
+        return b.allow()
+
+    def state(self, room: str) -> str:
+        b = self._rooms.get(room)
+        return CLOSED if b is None else b.state
+
+    def retry_after(self, room: str) -> float:
+        b = self._rooms.get(room)
+        return 0.0 if b is None else b.retry_after()
+
+    def success(self, room: str) -> None:
+        b = self._rooms.pop(room, None)
+        if b is not None:
+            b.success()  # a closed, reset breaker is the same as none at all
+
+    def failure(self, room: str) -> None:
+        b = self._rooms.get(room)
+        if b is None:
+            if len(self._rooms) >= self.max_rooms:
+                self._rooms.popitem(last=False)
+                self.forgotten += 1
+            b = self._rooms[room] = self._make()
+        else:
+            self._rooms.move_to_end(room)
+        before = b.trips
+        b.failure()
+        self.trips += b.trips - before
+
+    def inconclusive(self, room: str) -> None:
+        b = self._rooms.get(room)
+        if b is not None:
+            b.inconclusive()
+
+    def open_count(self) -> int:
+        """Rooms whose circuit is open or half-open (read at scrape time)."""
+        return sum(1 for b in self._rooms.values() if b.state != CLOSED)

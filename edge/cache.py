@@ -1,28 +1,35 @@
-"""The coalescing cache: one upstream request per key in flight, however many clients wait."""
+"""The coalescing cache: one upstream request per key in flight, however many clients wait.
+
+Isolation between rooms: failures are counted per room (`BreakerTable`), a room may hold at
+most `edge_room_flights` upstream requests at once, and negative answers live in their own
+small LRU. Requests that cannot name anything real (a part index no segment holds, a segment
+far beyond the live edge of the rendition's current epoch) are refused from what the pinned
+playlists say, without an upstream request.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
-from edge.breaker import CircuitBreaker
+from edge.breaker import BreakerTable
 from edge.entry import Entry, build_fields, max_age
-from edge.errors import UpstreamError, UpstreamTimeout
+from edge.errors import UpstreamBusy, UpstreamError, UpstreamTimeout
 from edge.lru import ByteLRU
 from edge.metrics import EdgeMetrics
+from edge.pinned import PinnedPlaylist, PinnedPlaylists
 from edge.settings import EdgeSettings
 from edge.targets import Target
 from edge.upstream import Upstream, UpstreamResponse
-from hls.http import default_lifetime
-from hls.reach import PlaylistPosition, parse_position
+from hls.http import REFUSED, asked_again, default_lifetime, playlist_lifetime
+from hls.reach import parse_position, part_object_too_far, part_too_far
 
 Deliver = Callable[[Entry], None]
 EXTRA_HEADERS = (("date", b"Date"), ("etag", b"ETag"), ("last-modified", b"Last-Modified"),
                  ("retry-after", b"Retry-After"))
-# Lifetime of a last good playlist served while the upstream is failing.
-STALE_PLAYLIST_SECONDS = 1
 
 
 def edge_error(status: int, message: str, retry_after: int | None = None) -> Entry:
@@ -32,74 +39,31 @@ def edge_error(status: int, message: str, retry_after: int | None = None) -> Ent
     return Entry(status, "other", message.encode() + b"\n", fields, 0.0, 0.0, aged=False)
 
 
+def edge_refusal(status: int, message: str) -> Entry:
+    """A refusal made up by the edge for a name that may become real later: briefly cacheable
+    downstream (the origin's lifetime for the same refusal)."""
+    fields = build_fields("other", b"text/plain; charset=utf-8", REFUSED.encode(), [])
+    return Entry(status, "other", message.encode() + b"\n", fields, 0.0, 0.0, aged=False)
+
+
 OVERLOADED = edge_error(503, "edge overloaded: too many waiting requests", retry_after=1)
-
-
-class PinnedPlaylist:
-    """The newest copy of one live playlist, kept outside the LRU.
-
-    It answers blocking requests locally and is the last good copy served while the upstream fails.
-    """
-
-    __slots__ = ("full", "full_pos", "delta", "delta_pos", "touched", "reach", "reach_born")
-
-    def __init__(self) -> None:
-        self.full: Entry | None = None
-        self.full_pos: PlaylistPosition | None = None
-        self.delta: Entry | None = None
-        self.delta_pos: PlaylistPosition | None = None
-        self.touched = 0.0
-        # The furthest position any held copy (full or delta) reached, and when that copy
-        # was made: far-future checks must measure against the newest knowledge we have.
-        self.reach: PlaylistPosition | None = None
-        self.reach_born = 0.0
-
-    def update(self, entry: Entry, pos: PlaylistPosition | None, now: float) -> bool:
-        """Keep `entry` if it reaches further than what is held; True if it was kept."""
-        self.touched = now
-        if pos is not None and (self.reach is None or not self.reach.newer_than(pos)):
-            self.reach, self.reach_born = pos, now
-        if pos is not None and pos.delta:
-            if self.delta_pos is None or not self.delta_pos.newer_than(pos):
-                self.delta, self.delta_pos = entry, pos
-                return True
-            return False
-        if self.full_pos is None or pos is None or not self.full_pos.newer_than(pos):
-            self.full, self.full_pos = entry, pos
-            return True
-        return False
-
-    def answer(self, t: Target, blocking_max_age: int) -> Entry | None:
-        """A held playlist containing what `t` asks for, if any (full playlists serve skips too)."""
-        assert t.msn is not None
-        if t.skip is not None and self.delta is not None and self.delta_pos is not None:
-            if self.delta_pos.contains(t.msn, t.part) and (
-                self.full_pos is None or not self.full_pos.newer_than(self.delta_pos)
-            ):
-                return self.delta.relabelled(blocking_max_age)
-        if self.full is not None and self.full_pos is not None:
-            if self.full_pos.contains(t.msn, t.part):
-                return self.full.relabelled(blocking_max_age)
-        return None
-
-    def last_good(self, t: Target) -> Entry | None:
-        if t.skip is not None and self.delta is not None:
-            return self.delta
-        return self.full
-
-    @property
-    def size(self) -> int:
-        return (self.full.size if self.full else 0) + (self.delta.size if self.delta else 0)
+ROOM_BUSY = edge_error(503, "too many upstream requests for this room", retry_after=1)
+POOL_BUSY = edge_error(503, "edge busy: no upstream connection came free", retry_after=1)
+NOT_FOUND = edge_refusal(404, "not found")
+PART_TOO_FAR = edge_refusal(404, "no segment holds a part with that index")
+MEDIA_TOO_FAR = edge_refusal(404, "that segment is beyond the live edge")
 
 
 class Flight:
     """One upstream request in flight and the clients waiting for its answer."""
 
-    __slots__ = ("target", "waiters")
+    __slots__ = ("target", "waiters", "satisfied")
 
-    def __init__(self, target: Target, first: Deliver) -> None:
+    def __init__(self, target: Target, first: Deliver, satisfied: bool) -> None:
         self.target = target
         self.waiters = [first]
+        # A blocking request that a held (but too old) playlist already satisfies.
+        self.satisfied = satisfied
 
 
 class CoalescingCache:
@@ -109,41 +73,100 @@ class CoalescingCache:
         self.settings = settings
         self.upstream = upstream
         self.metrics = metrics
-        self.lru = ByteLRU(settings.edge_cache_bytes)
-        self.pinned: dict[str, PinnedPlaylist] = {}
+        negative = min(settings.edge_negative_cache_bytes, settings.edge_cache_bytes // 8)
+        self.negative = ByteLRU(negative)
+        self.lru = ByteLRU(settings.edge_cache_bytes - negative)
+        self.pins = PinnedPlaylists(self.lru, self.lru.max_bytes // 2)
         self.flights: dict[str, Flight] = {}
+        self.room_flights: defaultdict[str, int] = defaultdict(int)
         self._blocking: dict[str, set[Flight]] = {}
         self.waiting = 0
-        self.breaker = CircuitBreaker(
+        self.breakers = BreakerTable(
             settings.edge_breaker_failures,
             settings.edge_breaker_backoff_min,
             settings.edge_breaker_backoff_max,
+            settings.edge_breaker_rooms,
         )
         self.td = settings.edge_target_duration
+        # Lifetime of an answer to a blocking request that was already satisfied when it came:
+        # at most one part target (whole seconds: 0 for sub-second parts), and only copies
+        # young enough that their Age stays within it are served.
+        self.satisfied_max_age = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lookups (synchronous, the hot path) ------------------------------------------------
 
     def lookup(self, t: Target, now: float) -> Entry | None:
-        """A fresh cached answer, or a local answer to a blocking request; None on a miss."""
+        """A fresh cached answer, a local answer or refusal; None when upstream must answer."""
+        if t.msn is not None:
+            return self._lookup_blocking(t, now)
         entry = self.lru.get(t.key)
         if entry is not None and now < entry.expires:
             self.metrics.hits[t.kind] += 1
             return entry
-        if t.msn is not None:
-            pinned = self.pinned.get(t.path)
-            if pinned is not None:
-                local = pinned.answer(t, int(6 * self.td))
-                if local is not None:
+        entry = self.negative.get(t.key)
+        if entry is not None and now < entry.expires:
+            self.metrics.negative_hits[t.kind] += 1
+            return entry
+        if t.live_path is not None:
+            return self._refuse_media(t, now)
+        return None
+
+    def _lookup_blocking(self, t: Target, now: float) -> Entry | None:
+        assert t.msn is not None
+        pinned = self.pins.get(t.path)
+        if pinned is not None:
+            held = pinned.answer(t)
+            if held is not None:
+                if pinned.ended:
+                    return held if now < held.expires else None
+                if now - held.born < self.satisfied_max_age + 1:
                     self.metrics.local_answers += 1
                     self.metrics.hits[t.kind] += 1
-                    return local
-                pos = pinned.reach
-                # Refuse far-future requests here, allowing for how far the live edge may have
-                # moved since our copy was made (players add segments for a CDN's Age).
-                slack = 1 + int((now - pinned.reach_born) / self.td)
-                if pos is not None and pos.too_far(t.msn, slack):
-                    return edge_error(400, f"_HLS_msn={t.msn} is too far ahead of the live edge")
+                    return held.relabelled(self.satisfied_max_age)
+                return None  # too old to serve: the upstream has a newer one at once
+            refusal = self._refuse_blocking(t, pinned, now)
+            if refusal is not None:
+                return refusal
+        entry = self.negative.get(t.key)
+        if entry is not None and now < entry.expires:
+            self.metrics.negative_hits[t.kind] += 1
+            return entry
+        return None
+
+    def _slack(self, pinned: PinnedPlaylist, now: float) -> int:
+        # Allow for how far the live edge may have moved since our copy was made (players
+        # add segments for a CDN's Age).
+        return 1 + int((now - pinned.reach_born) / self.td)
+
+    def _refuse_blocking(self, t: Target, pinned: PinnedPlaylist, now: float) -> Entry | None:
+        pos = pinned.reach
+        if pos is None or t.msn is None:
+            return None
+        if pos.too_far(t.msn, self._slack(pinned, now)):
+            self.metrics.refused["msn_ahead"] += 1
+            return edge_error(400, f"_HLS_msn={t.msn} is too far ahead of the live edge")
+        if t.part is not None and pinned.part_target > 0 and pos.target_duration > 0 \
+                and part_too_far(t.part, pos.target_duration, pinned.part_target):
+            self.metrics.refused["part_index"] += 1
+            return edge_error(400, f"_HLS_part={t.part} is beyond what a segment holds")
+        return None
+
+    def _refuse_media(self, t: Target, now: float) -> Entry | None:
+        """Refuse a part or segment no playlist of its rendition can ever list."""
+        assert t.live_path is not None
+        pinned = self.pins.get(t.live_path)
+        if pinned is None or pinned.reach is None:
+            return None
+        pos = pinned.reach
+        if t.media_part is not None and pinned.part_target > 0 and pos.target_duration > 0 \
+                and part_object_too_far(t.media_part, pos.target_duration, pinned.part_target):
+            self.metrics.refused["part_index"] += 1
+            return PART_TOO_FAR
+        if (t.media_msn is not None and t.epoch == pinned.epoch
+                and pos.too_far(t.media_msn, self._slack(pinned, now))):
+            self.metrics.refused["msn_ahead"] += 1
+            return MEDIA_TOO_FAR
         return None
 
     # -- misses ------------------------------------------------------------------------------
@@ -161,12 +184,22 @@ class CoalescingCache:
             self.metrics.coalesced[t.kind] += 1
             return
         self.metrics.misses[t.kind] += 1
-        if not self.breaker.allow():
+        room = t.room
+        if self.room_flights[room] >= self.settings.edge_room_flights:
+            self.metrics.rejected["room_flights"] += 1
+            deliver(self._fallback(t, ROOM_BUSY))
+            return
+        if not self.breakers.allow(room):
             self.metrics.upstream[(t.kind, "circuit_open")] += 1
             deliver(self._fallback(t))
             return
-        flight = Flight(t, deliver)
+        satisfied = False
+        if t.msn is not None:
+            pinned = self.pins.get(t.path)
+            satisfied = pinned is not None and pinned.answer(t) is not None
+        flight = Flight(t, deliver, satisfied)
         self.waiting += 1
+        self.room_flights[room] += 1
         self.flights[t.key] = flight
         if t.msn is not None:
             self._blocking.setdefault(t.path, set()).add(flight)
@@ -176,30 +209,44 @@ class CoalescingCache:
 
     async def _run(self, flight: Flight) -> None:
         t = flight.target
+        room = t.room
         entry: Entry
         try:
             try:
                 r = await self.upstream.fetch(t.key)
+            except UpstreamBusy:
+                self.metrics.upstream[(t.kind, "pool_busy")] += 1
+                self.breakers.inconclusive(room)  # our congestion says nothing of the room
+                entry = self._fallback(t, POOL_BUSY)
             except UpstreamError as exc:
                 outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
                 self.metrics.upstream[(t.kind, outcome)] += 1
-                self.breaker.failure()
+                self.breakers.failure(room)
                 entry = self._fallback(t)
             else:
                 self.metrics.upstream[(t.kind, str(r.status))] += 1
-                # A blocking request the origin gave up on (503) is the stream stalling, not
-                # the origin failing: pass it on, do not trip the breaker.
-                if r.status >= 500 and not (r.status == 503 and t.msn is not None):
-                    self.breaker.failure()
+                if r.status >= 500 and not _stalled(t, r.status):
+                    self.breakers.failure(room)
                     entry = self._fallback(t, self._entry(t, r))
                 else:
-                    self.breaker.success()
+                    # A held request the origin gave up on (503: the part never came) is the
+                    # stream stalling, not the upstream failing: it answered, so it is alive.
+                    self.breakers.success(room)
                     self._detach(flight)  # its own waiters get this answer, not a local copy
                     entry = self._store(t, r)
+                    if flight.satisfied and entry.status == 200 and entry.expires - entry.born \
+                            > self.satisfied_max_age and not _final(entry):
+                        entry = entry.relabelled(self.satisfied_max_age)
         except Exception:  # never leave waiters hanging, whatever went wrong
             entry = edge_error(502, "edge failed to relay the upstream answer")
             self._finish(flight, entry)
             raise
+        finally:
+            left = self.room_flights[room] - 1
+            if left > 0:
+                self.room_flights[room] = left
+            else:
+                del self.room_flights[room]
         self._finish(flight, entry)
 
     def _detach(self, flight: Flight) -> None:
@@ -223,7 +270,7 @@ class CoalescingCache:
         if len(waiters) > 1:
             self.metrics.last_fanout = (len(waiters), time.perf_counter() - start)
 
-    def _entry(self, t: Target, r: UpstreamResponse) -> Entry:
+    def _entry(self, t: Target, r: UpstreamResponse, cap: float | None = None) -> Entry:
         now = time.monotonic()
         try:
             age = max(0.0, float(r.headers.get("age", "0")))
@@ -234,6 +281,8 @@ class CoalescingCache:
         if lifetime is None:
             lifetime = default_lifetime(t.kind, r.status, self.td)
         cache_control = cc.encode() if cc else b"max-age=%d" % math.ceil(lifetime)
+        if cap is not None:
+            lifetime = min(lifetime, cap)
         extra = [(name, r.headers[key].encode()) for key, name in EXTRA_HEADERS
                  if key in r.headers]
         ctype = r.headers.get("content-type")
@@ -241,8 +290,15 @@ class CoalescingCache:
         return Entry(r.status, t.kind, r.body, fields, now - age, lifetime)
 
     def _store(self, t: Target, r: UpstreamResponse) -> Entry:
+        if r.status >= 400:
+            entry = self._entry(t, r, self.settings.edge_negative_seconds)
+            if entry.expires > entry.born:
+                self.negative.put(t.key, entry)
+            return entry
         entry = self._entry(t, r)
-        if entry.expires > entry.born:
+        # Blocking answers live in the pinned playlist: a later request for the same key
+        # gets the newest copy, never this one again.
+        if entry.expires > entry.born and t.msn is None:
             self.lru.put(t.key, entry)
         if entry.status == 200 and t.is_playlist:
             self._pin(t, entry)
@@ -250,24 +306,34 @@ class CoalescingCache:
 
     def _pin(self, t: Target, entry: Entry) -> None:
         pos = parse_position(entry.body) if t.kind != "master" else None
-        pinned = self.pinned.get(t.path)
-        if pinned is None:
-            pinned = self.pinned[t.path] = PinnedPlaylist()
-        if not pinned.update(entry, pos, entry.born) or pos is None:
+        pinned = self.pins.update(t.path, entry, pos, entry.born)
+        if pinned is None or pos is None:
             return
         if pos.target_duration > 0:
             self.td = pos.target_duration
+        if pinned.part_target > 0:
+            # The lifetime of a blocking answer whose URL is asked again (the shared rule).
+            self.satisfied_max_age = playlist_lifetime(
+                int(pos.target_duration), True, pinned.part_target, True)
         group = self._blocking.get(t.path)
         if group:
             self._release(pinned, group)
 
     def _release(self, pinned: PinnedPlaylist, group: set[Flight]) -> None:
         """Answer blocking requests that a newer playlist satisfies before their own answer comes."""
+        # They waited for this very part, so their URL is not asked again (Appendix B: long),
+        # unless the answer ends on a segment boundary, where video.js asks once more for the
+        # part it just got: then as short as a satisfied request's (the shared rule).
+        reach = pinned.reach
+        again = reach is not None and asked_again(False, reach.part_msn > reach.last_msn)
+        lifetime = self.satisfied_max_age if again else int(6 * self.td)
         for flight in group:
             if not flight.waiters:
                 continue
-            local = pinned.answer(flight.target, int(6 * self.td))
-            if local is not None:
+            held = pinned.answer(flight.target)
+            if held is not None:
+                local = held if pinned.ended else held.relabelled(
+                    self.satisfied_max_age if flight.satisfied else lifetime)
                 waiters, flight.waiters = flight.waiters, []
                 self.waiting -= len(waiters)
                 self.metrics.local_answers += len(waiters)
@@ -275,34 +341,43 @@ class CoalescingCache:
                     deliver(local)
 
     def _fallback(self, t: Target, failed: Entry | None = None) -> Entry:
-        """What to answer when the upstream failed: a stale copy, else the failure, else 503."""
+        """What to answer when the upstream failed: a stale copy, else the failure, else 503.
+
+        A blocking request gets a stale playlist only if it holds the requested part: an old
+        playlist that does not is no answer to it (players reject it), so it gets the 503.
+        """
         stale = self.lru.peek(t.key)
-        if stale is not None and stale.status < 400 and not (t.is_playlist and t.msn is not None):
+        if stale is not None and stale.status < 400 and t.msn is None:
             self.metrics.stale[t.kind] += 1
-            return stale.relabelled(STALE_PLAYLIST_SECONDS) if t.is_playlist else stale
+            return stale.relabelled(None) if t.is_playlist else stale
         if t.is_playlist:
-            pinned = self.pinned.get(t.path)
-            last = pinned.last_good(t) if pinned is not None else None
-            if last is not None:
-                self.metrics.stale[t.kind] += 1
-                return last.relabelled(STALE_PLAYLIST_SECONDS)
+            pinned = self.pins.get(t.path)
+            if pinned is not None:
+                last = pinned.answer(t) if t.msn is not None else pinned.last_good(t)
+                if last is not None:
+                    self.metrics.stale[t.kind] += 1
+                    return last.relabelled(None)
         if failed is not None:
             return failed
-        retry = max(1, math.ceil(self.breaker.retry_after()))
+        retry = max(1, math.ceil(self.breakers.retry_after(t.room)))
         return edge_error(503, "upstream unavailable", retry_after=retry)
 
     # -- housekeeping ------------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
         """Forget pinned playlists of rooms that stopped updating."""
-        limit = self.settings.edge_pin_seconds
-        for path in [p for p, pin in self.pinned.items() if now - pin.touched > limit]:
-            del self.pinned[path]
-
-    def pinned_bytes(self) -> int:
-        return sum(p.size for p in self.pinned.values())
+        self.pins.sweep(now, self.settings.edge_pin_seconds)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await self.upstream.aclose()
+
+
+def _stalled(t: Target, status: int) -> bool:
+    """A 503 to a held request (a blocking playlist, a hinted part): the stream stalled."""
+    return status == 503 and (t.msn is not None or t.kind == "part")
+
+
+def _final(entry: Entry) -> bool:
+    return b"#EXT-X-ENDLIST" in entry.body

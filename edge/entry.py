@@ -61,7 +61,7 @@ class Entry:
 
     def __init__(
         self, status: int, kind: str, body: bytes, fields: bytes, born: float, lifetime: float,
-        aged: bool = True,
+        aged: bool = True, gz: bytes | None = None,
     ) -> None:
         self.status = status
         self.kind = kind
@@ -70,9 +70,10 @@ class Entry:
         self.fields = fields
         self.born = born
         self.expires = born + lifetime
-        self.gz: bytes | None = None
+        self.gz = gz
         if kind in PLAYLIST_TARGETS and len(body) >= GZIP_MIN:
-            self.gz = gzip.compress(body, 6, mtime=0)
+            if gz is None:
+                self.gz = gzip.compress(body, 6, mtime=0)
             self.fields += b"Vary: Accept-Encoding\r\n"
         self.size = len(body) + len(fields) + len(self.gz or b"") + ENTRY_OVERHEAD
         self._age = -1
@@ -81,7 +82,7 @@ class Entry:
         self._gz_full = b""
         # Answers made up by the edge itself carry no Age: they were never cached upstream.
         self.aged = aged
-        self._variants: dict[int, Entry] | None = None
+        self._variants: dict[int | None, Entry] | None = None
 
     def fresh(self, now: float) -> bool:
         return now < self.expires
@@ -118,8 +119,10 @@ class Entry:
             self._age = age
         return self._full
 
-    def relabelled(self, max_age: int) -> Entry:
-        """This answer with another `Cache-Control: max-age` (a stale copy, a local answer)."""
+    def relabelled(self, max_age: int | None) -> Entry:
+        """This answer with another `Cache-Control: max-age` (a local answer), or with
+        `no-cache` when `max_age` is None (a stale copy: no cache may keep it, and its Age,
+        whatever it is, never exceeds a max-age it does not have)."""
         if self._variants is None:
             self._variants = {}
         variant = self._variants.get(max_age)
@@ -129,8 +132,12 @@ class Entry:
                 for line in self.fields.split(b"\r\n")
                 if line and not line.lower().startswith((b"cache-control:", b"vary:"))
             )
-            fields += b"Cache-Control: max-age=%d\r\n" % max_age
-            variant = Entry(self.status, self.kind, self.body, fields, self.born, max_age)
+            if max_age is None:
+                fields += b"Cache-Control: no-cache\r\n"
+            else:
+                fields += b"Cache-Control: max-age=%d\r\n" % max_age
+            variant = Entry(self.status, self.kind, self.body, fields, self.born, max_age or 0,
+                            gz=self.gz)
             self._variants[max_age] = variant
         return variant
 

@@ -4,6 +4,7 @@
     └── UpstreamError         the upstream gave no usable answer
         ├── UpstreamUnavailable   connection refused, reset or closed early
         ├── UpstreamTimeout       no complete answer within the upstream timeout
+        ├── UpstreamBusy          not sent: no pooled connection came free in time (our side)
         └── CircuitOpen           not tried: the breaker is open after repeated failures
 
 httpx exceptions are translated into these in `edge.upstream` and never escape it. A malformed
@@ -27,6 +28,10 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
+
+
+class UpstreamBusy(UpstreamError):
+    """No connection of the edge's own pool came free in time: says nothing of the upstream."""
 
 
 class CircuitOpen(UpstreamError):

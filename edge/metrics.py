@@ -20,8 +20,12 @@ class EdgeMetrics:
         self.coalesced: defaultdict[str, int] = defaultdict(int)
         self.local_answers = 0
         self.stale: defaultdict[str, int] = defaultdict(int)
+        self.negative_hits: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.rejected: defaultdict[str, int] = defaultdict(int)
+        # Requests that name nothing (bad paths, impossible parts), answered by the edge itself:
+        # not shedding, so counted apart from `rejected`.
+        self.refused: defaultdict[str, int] = defaultdict(int)
         self.bytes_out = 0
         self.connections_total = 0
         # (waiters, seconds) of the most recent answer handed to more than one client.
@@ -56,6 +60,8 @@ class _Collector:
              m.coalesced),
             ("townsquare_edge_stale_served", "Stale copies served because the upstream failed",
              m.stale),
+            ("townsquare_edge_negative_hits", "Answered from a cached negative answer",
+             m.negative_hits),
         ):
             c = CounterMetricFamily(name, doc, labels=["kind"])
             for kind, n in sorted(series.items()):
@@ -71,6 +77,12 @@ class _Collector:
             "townsquare_edge_rejected", "Requests or connections refused by reason",
             labels=["reason"])
         for reason, n in sorted(m.rejected.items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily(
+            "townsquare_edge_refused", "Requests naming nothing, refused without an upstream "
+            "request, by reason", labels=["reason"])
+        for reason, n in sorted(m.refused.items()):
             c.add_metric([reason], n)
         yield c
         yield CounterMetricFamily(

@@ -1,7 +1,10 @@
 """HTTP/1.1 for clients: an asyncio Protocol over httptools, with keep-alive and pipelining.
 
 Responses leave in request order: an answer that must wait for the upstream takes a slot in the
-connection's queue, and answers behind it wait in their slots until it is filled.
+connection's queue, and answers behind it wait in their slots until it is filled. While a
+client reads slower than we write (the transport is over its high-water mark), answers wait
+in their slots as references to the shared cached bytes, not as copies in the transport's
+buffer, and reading from that client pauses: a slow reader costs one buffer and a queue.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY = 64 * 1024
 # Pipelined requests queued on one connection before reading pauses.
 MAX_QUEUED = 64
+# Request bytes parsed for one connection per loop turn: a client that pipelines hundreds of
+# requests (a flood) gets through them a slice at a time, between everyone else's.
+FEED_SLICE = 2048
 
 
 class ConnectionHost(Protocol):
@@ -91,6 +97,8 @@ class EdgeProtocol(asyncio.Protocol):
         self.last_active = app.coarse_now
         self.paused = False
         self.write_paused = False
+        self.write_paused_at = 0.0  # coarse time writing last paused (the sweeper's send timeout)
+        self.backlog = b""  # received, not yet parsed: fed FEED_SLICE bytes per loop turn
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -114,17 +122,50 @@ class EdgeProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.app.coarse_now
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.transport is not None and not self.paused:
+        if self.transport is None:
+            return
+        self.flush()
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again unless something still holds reading back (a full queue, a slow reader,
+        unparsed bytes)."""
+        if (self.transport is not None and not self.paused and not self.write_paused
+                and not self.backlog):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.began is None:
             self.began = self.app.coarse_now
+        if self.backlog:
+            self.backlog += data  # arrived before reading paused: parsed after the rest
+            return
+        if len(data) > FEED_SLICE:
+            self.backlog = data[FEED_SLICE:]
+            data = data[:FEED_SLICE]
+            if self.transport is not None:
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._feed_backlog)
+        self._feed(data)
+
+    def _feed_backlog(self) -> None:
+        if self.transport is None or not self.backlog:  # closed, or failed meanwhile
+            self.backlog = b""
+            return
+        data, self.backlog = self.backlog[:FEED_SLICE], self.backlog[FEED_SLICE:]
+        self._feed(data)
+        if self.backlog and self.transport is not None:
+            asyncio.get_running_loop().call_soon(self._feed_backlog)
+        else:
+            self._resume_reading()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,12 +175,16 @@ class EdgeProtocol(asyncio.Protocol):
 
     def fail(self, status: int, message: bytes) -> None:
         """Answer an unrecoverable request error and close once earlier answers are out."""
+        self.backlog = b""  # the parser is done with this connection
         self.app.metrics.requests[("other", status)] += 1
         self.respond(local_response(status, message, close=True), True)
 
     def timeout(self, status: int) -> None:
         self.app.metrics.rejected["timeout"] += 1
         if self.transport is None:
+            return
+        if self.write_paused:
+            self.transport.abort()  # close() would wait for the slow reader to take it all
             return
         if self.queue or status == 0:
             self.transport.close()
@@ -201,7 +246,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def respond(self, data: bytes, close: bool) -> None:
         """Send an answer that is ready now, after any still-pending earlier answers."""
-        if self.queue:
+        if self.queue or self.write_paused:
             slot = Slot(self, False, False, close, "other", None)
             slot.data = data
             self.queue.append(slot)
@@ -222,7 +267,8 @@ class EdgeProtocol(asyncio.Protocol):
     def flush(self) -> None:
         queue = self.queue
         transport = self.transport
-        while queue and queue[0].data is not None and transport is not None:
+        while queue and queue[0].data is not None and transport is not None \
+                and not self.write_paused:
             slot = queue.popleft()
             data = slot.data
             assert data is not None
@@ -232,8 +278,7 @@ class EdgeProtocol(asyncio.Protocol):
                 queue.clear()
                 transport.close()
                 return
-        if self.paused and len(queue) <= MAX_QUEUED // 2 and transport is not None:
+        if self.paused and len(queue) <= MAX_QUEUED // 2:
             self.paused = False
-            if not self.write_paused:
-                transport.resume_reading()
+            self._resume_reading()
         self.last_active = self.app.coarse_now

@@ -5,8 +5,10 @@ Each field carries its default and, where it is not obvious, why that default.
 
 from __future__ import annotations
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hls.tokens import KeyRing
 
 
 class EdgeSettings(BaseSettings):
@@ -16,7 +18,7 @@ class EdgeSettings(BaseSettings):
     edge_port: int = 8080
     # The origin, or another edge acting as a shield.
     edge_upstream: str = "http://127.0.0.1:8001"
-    # LRU bound on cached bodies; live playlists are kept outside it.
+    # Bound on everything cached: the LRU, pinned live playlists and negative answers.
     edge_cache_bytes: int = 256 * 1024 * 1024
     # Target duration assumed until a playlist says otherwise; Appendix B lifetimes scale with it.
     edge_target_duration: float = 2.0
@@ -33,14 +35,41 @@ class EdgeSettings(BaseSettings):
     edge_header_timeout: float = 10.0
     edge_body_timeout: float = 10.0
     edge_keepalive_timeout: float = 75.0
+    # A client that takes none of its pending answers for this long is cut off (slow readers).
+    edge_send_timeout: float = 30.0
     # Consecutive upstream failures that open the circuit, and its backoff range.
     edge_breaker_failures: int = 3
     edge_breaker_backoff_min: float = 0.5
     edge_breaker_backoff_max: float = 8.0
+    # Rooms whose failures are remembered (one breaker each, least recently failed forgotten).
+    edge_breaker_rooms: int = 1024
+    # Upstream requests one room may have in flight: a stalled room holds at most this many
+    # pooled connections, so it cannot starve the other rooms of edge_upstream_connections.
+    # A busy room needs one per distinct key in flight (blocking keys per rendition and
+    # position, with and without skip, hinted parts): 32 leaves it room to spare.
+    edge_room_flights: int = 32
+    # Negative answers (4xx/5xx) live in their own LRU, so a flood of misses cannot evict good
+    # entries; its bytes count against edge_cache_bytes (at most an eighth of it).
+    edge_negative_cache_bytes: int = 4 * 1024 * 1024
+    # ... and are kept at most this long, or the upstream's lifetime when that is shorter.
+    edge_negative_seconds: float = 2.0
     # Distinct clients asking for a room's playlists within this window count as its listeners.
     edge_listener_window: float = 30.0
     # A pinned live playlist not refreshed for this long is dropped (its room has gone).
     edge_pin_seconds: float = 600.0
+
+    # Private rooms (`edge.access`): the ring listener tokens are checked with, the same
+    # `kid:base64secret,...` as the control API's; the clock skew a token's expiry allows; and,
+    # for a shield only (never an edge listeners reach), trust in token-less /private/ paths.
+    listener_token_keys: str = ""
+    edge_token_skew_seconds: float = Field(default=30.0, ge=0, le=300)
+    edge_private_trust_tokenless: bool = False
+
+    @field_validator("listener_token_keys")
+    @classmethod
+    def _ring(cls, v: str) -> str:
+        KeyRing.parse(v)  # KeyRingError (a ValueError) names the bad entry, never a secret
+        return v
 
     @field_validator("edge_cache_bytes")
     @classmethod
@@ -49,11 +78,31 @@ class EdgeSettings(BaseSettings):
             raise ValueError("edge_cache_bytes must be at least 64 KiB")
         return v
 
+    @field_validator("edge_room_flights", "edge_breaker_rooms")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("edge_negative_seconds")
+    @classmethod
+    def _negative_short(cls, v: float) -> float:
+        if not 0 <= v <= 2:
+            raise ValueError("edge_negative_seconds must be within 0..2: a refusal may turn "
+                             "into a real object (a new room, a new part) soon")
+        return v
+
     @model_validator(mode="after")
-    def _timeout_covers_blocking(self) -> EdgeSettings:
+    def _consistent(self) -> EdgeSettings:
         if self.edge_upstream_timeout <= 3 * self.edge_target_duration:
             raise ValueError(
                 "edge_upstream_timeout must exceed 3 × target duration: a blocking playlist "
                 "request may be held that long by the origin"
+            )
+        if self.edge_room_flights > self.edge_upstream_connections:
+            raise ValueError(
+                "edge_room_flights must not exceed edge_upstream_connections: one room could "
+                "otherwise hold every upstream connection"
             )
         return self

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from edge.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from edge.errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 KEPT_HEADERS = ("content-type", "cache-control", "age", "date", "etag", "last-modified",
                 "retry-after")
@@ -34,7 +34,9 @@ class Upstream:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=timeout),
+            # Waiting for a pooled connection is our own congestion, not the upstream's: give up
+            # as soon as a connect would have (UpstreamBusy, which trips no breaker).
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
@@ -49,6 +51,8 @@ class Upstream:
         try:
             r = await self._client.get(self.base_url + target)
             body = r.content
+        except httpx.PoolTimeout as exc:
+            raise UpstreamBusy(f"no upstream connection free for {target}") from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"upstream timed out on {target}") from exc
         except (httpx.TransportError, httpx.DecodingError) as exc:

@@ -53,6 +53,8 @@ Kind = Literal["master", "playlist", "recording", "init", "part", "segment", "in
                "room", "epochs", "other"]
 PLAYLIST_KINDS: frozenset[str] = frozenset({"master", "playlist", "recording"})
 MEDIA_KINDS: frozenset[str] = frozenset({"init", "part", "segment"})
+# What listeners may ask for; the other kinds name objects only the store holds.
+PUBLIC_KINDS: frozenset[str] = PLAYLIST_KINDS | MEDIA_KINDS
 
 _NAME = r"[A-Za-z0-9-]{1,32}"
 EPOCH_PATTERN = r"e\d{1,9}-[0-9a-f]{6}"

@@ -22,7 +22,7 @@ def _listen(browser: Any, url: str, seconds: float = 8.0) -> dict[str, Any]:
             "() => document.querySelector('audio').currentTime > 0.5", timeout=30_000)
         start = page.evaluate("document.querySelector('audio').currentTime")
         time.sleep(seconds)
-        return page.evaluate(
+        result: dict[str, Any] = page.evaluate(
             """(start) => ({
                 advanced: document.querySelector('audio').currentTime - start,
                 fatal: window.townsquare.fatal,
@@ -31,6 +31,7 @@ def _listen(browser: Any, url: str, seconds: float = 8.0) -> dict[str, Any]:
                 state: window.townsquare.state,
                 listeners: window.townsquare.listeners,
             })""", start)
+        return result
     finally:
         page.close()
 

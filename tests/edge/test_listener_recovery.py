@@ -214,7 +214,9 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
     }
     print(result)
 
-    assert "reconnecting" in result["outage_states"], result
+    # While nothing plays, the page says so: between the kill and the sustained recovery
+    # (with a deep buffer the playhead may run on for most of the outage, rightly "playing").
+    assert "reconnecting" in rec.states(killed_at, sustained_from or float("inf")), result
     assert "failed" not in rec.states(killed_at), result
     # Within RECOVERY s of the restart the page played PLAYED s in one go and said "playing".
     assert sustained_from is not None, result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.edge.conftest import ROOM, Node, gauge, media_folder, media_path
@@ -25,11 +25,12 @@ def test_memory_stays_bounded_over_10000_distinct_objects(
     edge = edge_factory(origin.url, env={"TOWNSQUARE_EDGE_CACHE_BYTES": str(BOUND)})
     playlist = media_path(origin.url, ROOM)
     folder = media_folder(origin.url, playlist)
-    # Real media (segments and parts still on the origin) mixed with misses for unknown objects,
-    # which the edge caches as short-lived 404s: every one is a distinct cache entry.
+    # Real media (segments and parts still on the origin) mixed with misses for well-formed
+    # names of unknown epochs, which the edge caches as short-lived 404s in their own LRU:
+    # every one is a distinct cache entry.
     targets = [f"{folder}/s{m}.m4s" for m in range(1, 40)]
     targets += [f"{folder}/p{m}.{n}.m4s" for m in range(1, 40) for n in range(9)]
-    targets += [f"/live/{ROOM}/gone-{i}" for i in range(OBJECTS - len(targets))]
+    targets += [f"/live/{ROOM}/aac96/e9-{i:06x}/s1.m4s" for i in range(OBJECTS - len(targets))]
     peak = 0.0
     rss_start = _rss_kib(edge.svc.proc.pid)
 
@@ -47,6 +48,9 @@ def test_memory_stays_bounded_over_10000_distinct_objects(
         peak = max(peak, held)
         assert held <= BOUND
     assert gauge(edge.url, "townsquare_edge_cache_evictions") > 0
+    # The 404s filled their own share, not the LRU of good entries.
+    assert gauge(edge.url, "townsquare_edge_negative_cache_evictions") > 0
+    assert gauge(edge.url, "townsquare_edge_negative_cache_bytes") <= BOUND // 8
     assert len(targets) == OBJECTS
     # The process itself: the whole 10 000 objects are ~10× the bound; growth stays far below.
     growth_kib = _rss_kib(edge.svc.proc.pid) - rss_start
@@ -54,6 +58,6 @@ def test_memory_stays_bounded_over_10000_distinct_objects(
     assert peak > BOUND / 2
 
 
-async def _run_workers(worker: Callable[[list[str]], object], batch: list[str]) -> None:
+async def _run_workers(worker: Callable[[list[str]], Awaitable[None]], batch: list[str]) -> None:
     queue = list(batch)
-    await asyncio.gather(*(worker(queue) for _ in range(16)))  # type: ignore[misc]
+    await asyncio.gather(*(worker(queue) for _ in range(16)))

@@ -1,13 +1,15 @@
-"""Pure pieces of the edge: keys, playlist reach, LRU, breaker, listener estimate, entries."""
+"""Pure pieces of the edge: keys, paths, playlist reach, LRU, pins, breakers, listener estimate,
+entries."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.breaker import CircuitBreaker
+from edge.breaker import BreakerTable, CircuitBreaker
 from edge.entry import Entry, build_fields, max_age
 from edge.listeners import ListenerEstimate
 from edge.lru import ByteLRU
+from edge.pinned import PinnedPlaylists, part_target_and_epoch
 from edge.targets import parse_target
 from hls.directives import BadDirective
 from hls.http import default_lifetime
@@ -147,7 +149,7 @@ def test_listener_estimate_counts_distinct_clients_in_window() -> None:
 
 
 def test_far_future_check_measures_against_the_newest_delta_too() -> None:
-    from edge.cache import PinnedPlaylist
+    from edge.pinned import PinnedPlaylist
 
     pinned = PinnedPlaylist()
     old = parse_position(PLAYLIST)
@@ -162,3 +164,84 @@ def test_far_future_check_measures_against_the_newest_delta_too() -> None:
     assert pinned.reach == fresh and pinned.reach_born == 130.0
     assert not pinned.reach.too_far(16)
     assert pinned.reach.too_far(40)
+
+
+def test_breakers_count_failures_per_room() -> None:
+    now = [0.0]
+    table = BreakerTable(failures=2, backoff_min=1.0, backoff_max=4.0, max_rooms=3,
+                         clock=lambda: now[0])
+    table.failure("stalled")
+    table.failure("stalled")
+    assert table.state("stalled") == "open" and not table.allow("stalled")
+    assert table.allow("healthy") and table.state("healthy") == "closed"
+    assert table.open_count() == 1 and table.trips == 1
+    table.success("healthy")  # a healthy room leaves nothing behind
+    assert len(table) == 1
+
+
+def test_breaker_table_is_bounded_and_forgets_the_oldest_room() -> None:
+    table = BreakerTable(failures=1, max_rooms=3)
+    for room in ("a", "b", "c", "d"):
+        table.failure(room)
+    assert len(table) == 3 and table.forgotten == 1
+    assert table.allow("a")  # forgotten: tried again
+    assert not table.allow("d")
+
+
+def test_inconclusive_probe_gives_its_turn_to_the_next_request() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failures=1, backoff_min=1.0, clock=lambda: now[0])
+    b.failure()
+    now[0] = 2.0
+    assert b.allow() and b.state == "half_open"
+    b.inconclusive()  # the probe never reached the upstream (the edge's pool was full)
+    assert b.allow() and b.state == "half_open"
+
+
+def test_reserved_bytes_evict_lru_entries() -> None:
+    lru = ByteLRU(10_000)
+    for i in range(8):
+        lru.put(str(i), _entry(500))
+    lru.reserve(6_000)
+    assert lru.total <= 10_000 and lru.peek("0") is None and lru.peek("7") is not None
+
+
+def _playlist_entry(body: bytes) -> Entry:
+    return Entry(200, "playlist", body, build_fields("playlist", None, b"max-age=1", []), 0.0, 1)
+
+
+def test_pinned_playlists_count_against_the_bound() -> None:
+    lru = ByteLRU(64 * 1024)
+    pins = PinnedPlaylists(lru, 8 * 1024)
+    for i in range(20):
+        pins.update(f"/live/r{i}/aac96/live.m3u8", _playlist_entry(PLAYLIST),
+                    parse_position(PLAYLIST), float(i))
+        assert pins.bytes <= 8 * 1024 and lru.reserved == pins.bytes
+    assert pins.dropped > 0 and pins.get("/live/r19/aac96/live.m3u8") is not None
+    assert pins.get("/live/r0/aac96/live.m3u8") is None  # least recently refreshed went first
+
+
+def test_pinned_playlist_knows_part_target_and_epoch() -> None:
+    body = PLAYLIST.replace(b'URI="init.mp4"', b'URI="e4-0a1b2c/init.mp4"')
+    assert part_target_and_epoch(body) == (0.21334, "e4-0a1b2c")
+    assert part_target_and_epoch(PLAYLIST) == (0.21334, None)
+
+
+@pytest.mark.parametrize("path", [
+    "/live/r/./master.m3u8", "/live/r//master.m3u8", "/live/r/aac96/../master.m3u8",
+    "/live/r/%61ac96/live.m3u8", "/live/r/aac96/live.m3u8/.",
+])
+def test_paths_that_are_not_plain_are_refused(path: str) -> None:
+    with pytest.raises(BadDirective):
+        parse_target(path)
+
+
+def test_only_public_objects_are_asked_upstream() -> None:
+    assert not parse_target("/live/r/room.json").public
+    assert not parse_target("/live/r/state.json").public
+    assert not parse_target("/live/r/aac96/e1-0a1b2c/i3.m3u8").public
+    assert not parse_target("/live/r/aac96/x.m4s").public
+    assert not parse_target("/live/R/master.m3u8").public
+    part = parse_target("/live/r/aac96/e1-0a1b2c/p9.1.m4s?x=1")
+    assert part.public and (part.epoch, part.media_msn, part.media_part) == ("e1-0a1b2c", 9, 1)
+    assert part.live_path == "/live/r/aac96/live.m3u8"

@@ -1,0 +1,152 @@
+"""Pinned live playlists: the newest copy of each live media playlist the edge has seen.
+
+They answer blocking requests locally, say how far a rendition reaches (so requests beyond it
+are refused without asking upstream) and are the last good copy while the upstream fails.
+Their bytes count against the cache bound: `PinnedPlaylists` reserves them in the LRU and
+drops the least recently refreshed playlists once they pass their own share of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from edge.entry import Entry
+from edge.lru import ByteLRU
+from edge.targets import Target
+from hls.reach import PlaylistPosition
+
+_PART_INF = b"#EXT-X-PART-INF:"
+_MAP = b'#EXT-X-MAP:URI="'
+
+
+def part_target_and_epoch(body: bytes) -> tuple[float, str | None]:
+    """PART-TARGET (0 when absent) and the epoch folder of the last EXT-X-MAP of a playlist.
+
+    Kept local until `hls.reach.PlaylistPosition` carries the part target itself.
+    """
+    part_target = 0.0
+    epoch: str | None = None
+    for line in body.split(b"\n"):
+        if line.startswith(_PART_INF):
+            for attr in line[len(_PART_INF):].split(b","):
+                name, _, value = attr.partition(b"=")
+                if name.strip() == b"PART-TARGET":
+                    try:
+                        part_target = float(value)
+                    except ValueError:
+                        part_target = 0.0
+        elif line.startswith(_MAP):
+            uri = line[len(_MAP):].split(b'"', 1)[0]
+            folder, slash, _ = uri.rpartition(b"/")
+            epoch = folder.decode("ascii", "replace") if slash and b"/" not in folder else None
+    return part_target, epoch
+
+
+class PinnedPlaylist:
+    """The newest full and delta copies of one live playlist and how far they reach."""
+
+    __slots__ = ("full", "full_pos", "delta", "delta_pos", "touched", "reach", "reach_born",
+                 "part_target", "epoch")
+
+    def __init__(self) -> None:
+        self.full: Entry | None = None
+        self.full_pos: PlaylistPosition | None = None
+        self.delta: Entry | None = None
+        self.delta_pos: PlaylistPosition | None = None
+        self.touched = 0.0
+        # The furthest position any held copy (full or delta) reached, and when that copy
+        # was made: far-future checks must measure against the newest knowledge we have.
+        self.reach: PlaylistPosition | None = None
+        self.reach_born = 0.0
+        self.part_target = 0.0
+        self.epoch: str | None = None
+
+    def update(self, entry: Entry, pos: PlaylistPosition | None, now: float) -> bool:
+        """Keep `entry` if it reaches further than what is held; True if it was kept."""
+        self.touched = now
+        if pos is not None and (self.reach is None or not self.reach.newer_than(pos)):
+            self.reach, self.reach_born = pos, now
+            self.part_target, self.epoch = part_target_and_epoch(entry.body)
+        if pos is not None and pos.delta:
+            if self.delta_pos is None or not self.delta_pos.newer_than(pos):
+                self.delta, self.delta_pos = entry, pos
+                return True
+            return False
+        if self.full_pos is None or pos is None or not self.full_pos.newer_than(pos):
+            self.full, self.full_pos = entry, pos
+            return True
+        return False
+
+    def answer(self, t: Target) -> Entry | None:
+        """The newest held playlist containing what `t` asks for (full ones serve skips too)."""
+        assert t.msn is not None
+        if t.skip is not None and self.delta is not None and self.delta_pos is not None:
+            if self.delta_pos.contains(t.msn, t.part) and (
+                self.full_pos is None or not self.full_pos.newer_than(self.delta_pos)
+            ):
+                return self.delta
+        if self.full is not None and self.full_pos is not None:
+            if self.full_pos.contains(t.msn, t.part):
+                return self.full
+        return None
+
+    @property
+    def ended(self) -> bool:
+        return self.reach is not None and self.reach.ended
+
+    def last_good(self, t: Target) -> Entry | None:
+        if t.skip is not None and self.delta is not None:
+            return self.delta
+        return self.full
+
+    @property
+    def size(self) -> int:
+        return (self.full.size if self.full else 0) + (self.delta.size if self.delta else 0)
+
+
+class PinnedPlaylists:
+    """Pinned playlists by path, least recently refreshed first, their bytes reserved in `lru`
+    and kept below `max_bytes`."""
+
+    def __init__(self, lru: ByteLRU, max_bytes: int) -> None:
+        self.lru = lru
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.dropped = 0
+        self._pins: OrderedDict[str, PinnedPlaylist] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    def get(self, path: str) -> PinnedPlaylist | None:
+        return self._pins.get(path)
+
+    def update(self, path: str, entry: Entry, pos: PlaylistPosition | None,
+               now: float) -> PinnedPlaylist | None:
+        """Offer a fresh playlist; the pinned playlist when `entry` was kept, else None."""
+        pinned = self._pins.get(path)
+        if pinned is None:
+            pinned = self._pins[path] = PinnedPlaylist()
+        else:
+            self._pins.move_to_end(path)
+        before = pinned.size
+        kept = pinned.update(entry, pos, now)
+        self._account(pinned.size - before)
+        while self.bytes > self.max_bytes and len(self._pins) > 1:
+            self._drop(next(iter(self._pins)))
+        return pinned if kept and path in self._pins else None
+
+    def sweep(self, now: float, limit: float) -> None:
+        """Forget playlists of rooms that stopped updating."""
+        for path in [p for p, pin in self._pins.items() if now - pin.touched > limit]:
+            self._drop(path)
+
+    def _drop(self, path: str) -> None:
+        pinned = self._pins.pop(path)
+        self._account(-pinned.size)
+        self.dropped += 1
+
+    def _account(self, delta: int) -> None:
+        if delta:
+            self.bytes += delta
+            self.lru.reserve(delta)
