@@ -94,7 +94,9 @@ class Node:
 
     def owned(self) -> list[Any]:
         assert self.rooms is not None
-        return [r for r in self.rooms.all() if r.state == "live" and r.on_air]
+        # Every room this process publishes, whatever its state says: the keeper renews
+        # exactly these and the fence stops exactly these.
+        return [r for r in self.rooms.all() if r.on_air]
 
     async def stop(self) -> None:
         """Leave the cluster: stop keeping leases and hand every room back (released leases

@@ -276,6 +276,11 @@ class Rooms:
             owner = await self.registry.owner_of(room.name)
         except RegistryError:
             return  # what was last read stands
+        if room.on_air:
+            # It went on air here while the database was read: what was read is older than
+            # what this node now knows (a "waiting" read over a live room would hide it from
+            # the lease keeper and the fence).
+            return
         if rec is not None:
             room.state, room.started_at, room.broadcast_id = rec.state, rec.started_at, \
                 rec.broadcast_id
