@@ -81,6 +81,13 @@ def parse_position(body: bytes) -> PlaylistPosition | None:
     """Read a media playlist's reach; None for multivariant or unparseable playlists."""
     if not body.startswith(b"#EXTM3U"):
         return None
+    try:
+        return _position(body)
+    except ValueError:
+        return None  # a number that is not one: no reach to speak of
+
+
+def _position(body: bytes) -> PlaylistPosition | None:
     media_sequence = 0
     segments = 0
     parts_open = 0  # parts listed after the last segment URI
@@ -109,7 +116,7 @@ def parse_position(body: bytes) -> PlaylistPosition | None:
                     segments += int(value)
         elif line.startswith(b"#EXT-X-ENDLIST"):
             ended = True
-    if target < 0:
+    if not 0 <= target < math.inf:  # absent, negative or NaN
         return None
     last_msn = media_sequence + segments - 1
     if parts_open:

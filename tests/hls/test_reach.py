@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hls.reach import (
     PlaylistPosition,
     max_parts_per_segment,
@@ -59,3 +61,13 @@ def test_the_largest_part_index_a_playlist_can_hint() -> None:
     assert part_too_far(14, 2, 0.24)
     assert not part_object_too_far(8, 2, 0.24) and not part_object_too_far(12, 2, 0.24)
     assert part_object_too_far(13, 2, 0.24) and part_object_too_far(10**6, 2, 0.24)
+
+
+@pytest.mark.parametrize("body", [
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:x\n",
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-SKIP:SKIPPED-SEGMENTS=\n",
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:nan\n",
+    b"#EXTM3U\n#EXT-X-TARGETDURATION:inf\n",
+])
+def test_a_playlist_with_a_broken_number_has_no_position(body: bytes) -> None:
+    assert parse_position(body) is None
