@@ -19,12 +19,18 @@ class QuietServer(uvicorn.Server):
         yield
 
 
+# How long a stopping server waits for requests in flight: long-lived ones (a relay from
+# another node, a held blocking request) must not hold a shutdown past what an orchestrator
+# allows.
+GRACE_SECONDS = 5
+
+
 def http_server(app: Any, host: str, port: int) -> QuietServer:
     # log_config=None: uvicorn's warnings go through the process's own handler (plain text
     # or JSON lines, `serving.logs`) instead of a format of its own.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
                             access_log=False, timeout_keep_alive=30, server_header=False,
-                            log_config=None)
+                            log_config=None, timeout_graceful_shutdown=GRACE_SECONDS)
     return QuietServer(config)
 
 
