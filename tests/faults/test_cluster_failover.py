@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,18 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
         s3.server.stop()  # type: ignore[attr-defined]
 
 
+def _wait_stopped(node: Node, seconds: float = 60) -> None:
+    """Wait for a node's process to exit; if it does not, have it log where every task
+    waits (SIGUSR1, by the pid this test started) and fail with that."""
+    try:
+        node.svc.proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        node.svc.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        raise AssertionError(f"node {node.n} still running {seconds:g} s after the signal:\n"
+                             + node.svc.output()[-6000:]) from None
+
+
 def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict[str, object]:
     """A room on node 1 with a speaker and a listener; node 1 stopped (`kill` or `term`);
     returns how long the listener heard nothing and when audio came back."""
@@ -112,7 +125,7 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                     one.svc.proc.kill()  # SIGKILL, by the pid this test started
                 else:
                     one.svc.proc.send_signal(signal.SIGTERM)
-                one.svc.proc.wait(60)  # SIGTERM: the hand-over is bounded by drain deadlines
+                _wait_stopped(one)  # SIGTERM: the hand-over is bounded by drain deadlines
                 # The load balancer now sends the speaker to the node that is left.
                 speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
                 listeners.wait_playing(60, advance=3.0)
@@ -232,7 +245,7 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 node.svc.proc.send_signal(signal.SIGTERM)
                 # Its hand-over is bounded by the drain deadlines (store, then registry):
                 # 60 s, as ECS gives it (stop_timeout_seconds).
-                node.svc.proc.wait(60)
+                _wait_stopped(node)
                 watch(2)
                 node.start()
                 watch(4)
