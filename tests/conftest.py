@@ -19,8 +19,7 @@ from tests.support.procs import free_port
 
 # Paths (relative to the repository) whose tests run alone: they time what a listener heard.
 SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/test_outage.py",
-          "tests/players/",
-          "tests/test_up.py")
+          "tests/players/")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
