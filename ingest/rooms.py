@@ -636,12 +636,7 @@ class Rooms:
         stale = [s for s in (*room.speakers.values(), *room.relayed.values())
                  if s.key_generation is not None and s.key_generation < generation]
         for speaker in stale:
-            self.leave(room, speaker)
-            if speaker.disconnect is not None:
-                try:
-                    await speaker.disconnect()
-                except Exception:
-                    log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
+            await self._drop(room, speaker)
             log.info("room %s: speaker %s disconnected: its stream key no longer counts",
                      room.name, speaker.id)
         if stale:
@@ -682,14 +677,18 @@ class Rooms:
         self.metrics.rooms_ended.labels(reason="idle" if "idle" in reason else "request").inc()
         log.info("room %s ended: %s", room.name, reason)
 
+    async def _drop(self, room: Room, speaker: Speaker) -> None:
+        """Take a speaker out of the mix and close its connection, if it has one."""
+        self.leave(room, speaker)
+        if speaker.disconnect is not None:
+            try:
+                await speaker.disconnect()
+            except Exception:
+                log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
+
     async def _stop_room(self, room: Room, end: bool) -> None:
         for speaker in list(room.speakers.values()):
-            self.leave(room, speaker)
-            if speaker.disconnect is not None:
-                try:
-                    await speaker.disconnect()
-                except Exception:
-                    log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
+            await self._drop(room, speaker)
         if room._clock is not None:
             await room._clock.stop()
             room._clock = None
