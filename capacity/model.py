@@ -24,6 +24,12 @@ from capacity.prices import GB, Prices
 MEASURED_EDGE_RPS = 37_600.0
 
 
+# The default ladder's part durations: two AAC renditions (10 frames of 1024 samples at
+# 48 kHz) and one Opus (12 frames of 960). Each rendition costs an upstream two requests
+# per part of its own.
+DEFAULT_PARTS = (0.21333, 0.21333, 0.24)
+
+
 class PlanError(ValueError):
     """Numbers a plan cannot be made from."""
 
@@ -33,6 +39,9 @@ class Inputs:
     listeners: int
     part_target: float = 0.2133          # seconds: 10 AAC frames of 1024 samples at 48 kHz
     renditions: int = 3
+    # Each rendition's part duration when known (the default ladder's); None: all of them
+    # `part_target`, as when --part-target or --renditions are given.
+    parts: tuple[float, ...] | None = DEFAULT_PARTS
     edge_capacity: float = MEASURED_EDGE_RPS  # requests/s per edge process
     utilisation: float = 0.6             # plan edges to run at this share of their capacity
     edges_per_shield: int = 64           # fan-in of one shield process
@@ -61,11 +70,14 @@ class Plan:
         return asdict(self)
 
 
-def upstream_rps(nodes: int, renditions: int, part_target: float) -> float:
+def upstream_rps(nodes: int, renditions: int, part_target: float,
+                 parts: tuple[float, ...] | None = None) -> float:
     """Requests a second that `nodes` coalescing caches send one level up: one blocking
-    playlist and one part per rendition per part target each, plus a master and an init now
-    and then (rounded into a 5 % allowance)."""
-    return nodes * renditions * 2 / part_target * 1.05
+    playlist and one part per part of every rendition (`parts`: each rendition's part
+    duration; else `renditions` of `part_target`), plus a master or an init now and then
+    (a 1 % allowance)."""
+    durations = parts if parts is not None else (part_target,) * renditions
+    return nodes * sum(2 / d for d in durations) * 1.01
 
 
 def make_plan(i: Inputs, prices: Prices = Prices()) -> Plan:
@@ -85,9 +97,9 @@ def make_plan(i: Inputs, prices: Prices = Prices()) -> Plan:
     if i.cdn:
         edges = 0
         # The CDN's nodes ask our edges; our edges act as its shield.
-        cdn_upstream = upstream_rps(i.cdn_pops, i.renditions, i.part_target)
+        cdn_upstream = upstream_rps(i.cdn_pops, i.renditions, i.part_target, i.parts)
         shields = max(1, math.ceil(cdn_upstream / (i.edge_capacity * i.utilisation)))
-        origin = upstream_rps(shields, i.renditions, i.part_target)
+        origin = upstream_rps(shields, i.renditions, i.part_target, i.parts)
         cost["cdn_egress"] = hours_per_gb * prices.cdn_per_gb
         cost["cdn_requests"] = listener_rps * 3600 / 10_000 * prices.cdn_per_10k_requests
         notes.append(f"the CDN's {i.cdn_pops} nodes each ask once per object: "
@@ -103,7 +115,7 @@ def make_plan(i: Inputs, prices: Prices = Prices()) -> Plan:
         if shields and top < edges:
             notes.append(f"{shields} shields in {_levels(edges, i.edges_per_shield)} "
                          f"level(s); {top} face the origin")
-        origin = upstream_rps(top, i.renditions, i.part_target)
+        origin = upstream_rps(top, i.renditions, i.part_target, i.parts)
         cost["egress"] = hours_per_gb * prices.egress_per_gb
     edge_instances = math.ceil(edges / prices.instance_cores)
     shield_instances = math.ceil(shields / prices.instance_cores)

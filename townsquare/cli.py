@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="size a fleet for an audience: edges, shields, origin "
                                        "load, egress and cost per hour")
     plan.add_argument("--listeners", type=int, required=True)
-    plan.add_argument("--part-target", type=float, default=0.2133,
-                      help="seconds per part (default: 10 AAC frames)")
-    plan.add_argument("--renditions", type=int, default=3)
+    plan.add_argument("--part-target", type=float,
+                      help="seconds per part, every rendition (default: the default ladder's "
+                           "parts, 0.213 s for AAC and 0.24 s for Opus)")
+    plan.add_argument("--renditions", type=int, help="renditions (default: the ladder's 3)")
     plan.add_argument("--edge-capacity", type=float,
                       help="requests/s one edge process holds (default: the measured figure)")
     plan.add_argument("--bitrate", type=float, default=96.0, help="kbit/s of the rendition "
@@ -135,11 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace) -> None:
     import json
 
-    from capacity.model import MEASURED_EDGE_RPS, Inputs, PlanError, make_plan
+    from capacity.model import DEFAULT_PARTS, MEASURED_EDGE_RPS, Inputs, PlanError, make_plan
 
     try:
-        p = make_plan(Inputs(args.listeners, args.part_target, args.renditions,
-                             args.edge_capacity or MEASURED_EDGE_RPS,
+        ladder = args.part_target is None and args.renditions is None
+        p = make_plan(Inputs(args.listeners, part_target=args.part_target or 0.2133,
+                             renditions=args.renditions or 3,
+                             edge_capacity=args.edge_capacity or MEASURED_EDGE_RPS,
+                             parts=DEFAULT_PARTS if ladder else None,
                              bitrate_kbps=args.bitrate, cdn=args.cdn))
     except PlanError as exc:
         raise SystemExit(f"townsquare plan: {exc}") from None

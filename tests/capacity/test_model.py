@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from capacity.model import Inputs, PlanError, make_plan, upstream_rps
+from capacity.model import DEFAULT_PARTS, Inputs, PlanError, make_plan, upstream_rps
 
 
 def test_a_listener_costs_two_requests_per_part() -> None:
@@ -21,8 +21,9 @@ def test_origin_load_does_not_grow_with_the_audience_once_shields_stand_in_front
     million = make_plan(Inputs(listeners=1_000_000))
     ten_million = make_plan(Inputs(listeners=10_000_000))
     assert small.edges == 1 and small.shields == 0
-    # One edge straight on the origin: what one edge asks for (measured: 27 requests/s).
-    assert small.origin_requests_per_s == pytest.approx(upstream_rps(1, 3, 0.2133), abs=0.1)
+    # One edge straight on the origin: what one edge asks for (measured: 26.7-27.3/s).
+    assert small.origin_requests_per_s == pytest.approx(
+        upstream_rps(1, 3, 0.2133, DEFAULT_PARTS), abs=0.1)
     assert million.shields > 0 and ten_million.shields > million.shields
     # Shield levels keep the origin's side narrow: a handful of shields face it at any size.
     assert ten_million.origin_requests_per_s <= 4 * small.origin_requests_per_s
