@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.procs import free_port, running, wait_http
+from tests.support.procs import free_port, free_port_with, running, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -19,25 +18,10 @@ pytestmark = pytest.mark.slow
 TOKEN = "test-admin-token-0123456789"
 
 
-def _free_with(offsets: tuple[int, ...]) -> int:
-    """A free port p with p + offset free too for every offset (`up --nodes` derives node
-    ports from the base ones: control + 10, origin + 101.., RTMP + 1)."""
-    for _ in range(200):
-        base = free_port()
-        try:
-            for off in offsets:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", base + off))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no free port with free neighbours {offsets}")
-
-
 def _up(tmp_path: Path) -> tuple[list[str], dict[str, int]]:
     """`townsquare up --demo demo` on free ports: its arguments and the ports."""
-    ports = {"control": _free_with((10, 20)), "origin": _free_with((101, 102, 103)),
-             "edge": free_port(), "rtmp": _free_with((1, 2))}
+    ports = {"control": free_port_with((10, 20)), "origin": free_port_with((101, 102, 103)),
+             "edge": free_port(), "rtmp": free_port_with((1, 2))}
     args = ["up", "--demo", "demo", "--data", str(tmp_path / "data"),
             "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
             "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import free_port, wait_http
+from tests.support.procs import free_port, free_port_with, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "infra" / "prometheus"
@@ -185,7 +185,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`townsquare up --demo demo --nodes 2` with JSON logs: two ingest nodes, the origin tier
     and an edge, each in its own process, stderr kept apart from the banner on stdout."""
     tmp = tmp_path_factory.mktemp("observability")
-    control, origin, edge, rtmp = (free_port() for _ in range(4))
+    control, origin = free_port_with((10,)), free_port_with((101, 102))
+    edge, rtmp = free_port(), free_port_with((1,))
     argv = [sys.executable, "-m", "townsquare", "up", "--demo", "demo", "--nodes", "2",
             "--data", str(tmp / "data"), "--control-port", str(control),
             "--origin-port", str(origin), "--edge-port", str(edge), "--rtmp-port", str(rtmp)]

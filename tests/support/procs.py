@@ -21,6 +21,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_with(offsets: tuple[int, ...]) -> int:
+    """A free port p with p + offset free too for every offset: `up --nodes` derives the
+    other nodes' ports from the ones it is given (control + 10, origin + 101.., RTMP + 1)."""
+    for _ in range(200):
+        base = free_port()
+        try:
+            for off in offsets:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", base + off))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no free port with free neighbours at {offsets}")
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until `url` answers 200; fail early if `proc` dies."""
     deadline = time.monotonic() + timeout
