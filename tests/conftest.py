@@ -17,9 +17,13 @@ import pytest
 from tests.support.procs import free_port
 
 
-# Paths (relative to the repository) whose tests run alone: they time what a listener heard.
+# Paths (relative to the repository) whose tests run alone: they time what a listener heard,
+# or they load the machine.
 SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/test_outage.py",
-          "tests/players/")
+          "tests/players/",
+          # Load generators: their processes would take the CPU a browser test beside them
+          # needs (hls.js stalled at its first segment boundary on a busy machine).
+          "tests/edge/test_loadtest.py", "tests/edge/test_bench_smoke.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
