@@ -26,6 +26,7 @@ from hls.tokens import MAX_LIFETIME_SECONDS, KeyRing, listener_path, sign
 from ingest.errors import (
     BadKey,
     IngestError,
+    OverLimit,
     RoomElsewhere,
     RoomEnded,
     RoomError,
@@ -37,7 +38,7 @@ from ingest.errors import (
     UnsupportedCodec,
 )
 from ingest.key_sync import KEY_SYNC_PATH, tell_nodes
-from ingest.limits import OverLimit, RateLimiter, retry_after_header
+from ingest.limits import RateLimiter, retry_after_header
 from ingest.metrics import IngestMetrics
 from ingest.relay import RELAY_PATH
 from ingest.relay import receive as receive_relay

@@ -16,7 +16,8 @@
     ├── MediaError
     │   ├── UnsupportedCodec   audio we do not decode (RTMP: not AAC; WHIP: not Opus)
     │   └── DecodeError        a packet the decoder rejected (PyAV errors map here)
-    └── SdpError               a WHIP offer that cannot be answered
+    ├── SdpError               a WHIP offer that cannot be answered
+    └── OverLimit              a request or connection refused by a limit (ingest.limits)
 """
 
 from __future__ import annotations
@@ -88,3 +89,12 @@ class DecodeError(MediaError):
 
 class SdpError(IngestError):
     pass
+
+
+class OverLimit(IngestError):
+    """A request or connection refused by a limit; `retry_after` seconds when waiting helps."""
+
+    def __init__(self, message: str, limit: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after

@@ -4,7 +4,6 @@
                       and the whole port may hold
     AddressCounts     open connections (or sessions) per remote address, with a ceiling
     RateLimiter       token buckets per key (address, token), a bounded table of them
-    OverLimit         the error a refused request carries (with how long to wait)
 
 Written here rather than taken from a library: the counts follow connection lifetimes
 (acquire on accept, release on close), which request-rate libraries do not model, and the
@@ -21,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.errors import ConfigError, IngestError
+from ingest.errors import ConfigError
 from ingest.rtmp.chunk import Limits
 from ingest.settings import IngestSettings
 
@@ -29,15 +28,6 @@ from ingest.settings import IngestSettings
 # and publish: well under 1 KiB from ffmpeg and OBS.
 PREAUTH_MESSAGE_BYTES = 16_384
 PREAUTH_CHUNK_STREAMS = 8
-
-
-class OverLimit(IngestError):
-    """A request or connection refused by a limit; `retry_after` seconds when waiting helps."""
-
-    def __init__(self, message: str, limit: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.limit = limit
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from ingest.decoder import ProgramResampler
-from ingest.errors import DecodeError, SdpError, UnsupportedCodec
-from ingest.limits import OverLimit
+from ingest.errors import DecodeError, OverLimit, SdpError, UnsupportedCodec
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, Rooms, Speaker
 

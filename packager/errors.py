@@ -3,6 +3,7 @@
     PackagerError
     ├── StoreError              a store operation failed (the backend's error is chained)
     │   ├── StoreUnavailable    the backend cannot be reached at all; worth retrying
+    │   │   └── StoreFull       a local folder whose filesystem has no space left
     │   ├── StoreMisconfigured  the store can never work as configured (no such bucket,
     │   │                       access denied, a folder that cannot be written): an operator
     │   │                       must act; the message says what is wrong
@@ -26,6 +27,15 @@ class StoreError(PackagerError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class StoreFull(StoreUnavailable):
+    """A local store's filesystem is full. `device` is its st_dev, so that a caller can
+    tell whether its spill folder is on the same, full, filesystem."""
+
+    def __init__(self, message: str, device: int | None = None) -> None:
+        super().__init__(message)
+        self.device = device
 
 
 class StoreMisconfigured(StoreError):

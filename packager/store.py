@@ -35,6 +35,7 @@ from hls.names import LIVE_ROOT, kind_of
 from packager.errors import (
     ObjectRejected,
     StoreError,
+    StoreFull,
     StoreMisconfigured,
     StoreUnavailable,
 )
@@ -49,14 +50,6 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # fit on a full filesystem, a part-sized one tells.
 _PROBE_BYTES = 64 * 1024
 
-
-class StoreFull(StoreUnavailable):
-    """A local store's filesystem is full. `device` is its st_dev, so that a caller can
-    tell whether its spill folder is on the same, full, filesystem."""
-
-    def __init__(self, message: str, device: int | None = None) -> None:
-        super().__init__(message)
-        self.device = device
 
 _LIVE_ONLY = frozenset({"part", "playlist", "state"})
 

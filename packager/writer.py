@@ -67,10 +67,15 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge
 
 from hls.names import LIVE_ROOT, parse_object
-from packager.errors import ObjectRejected, SpillCorrupt, StoreError, StoreMisconfigured
+from packager.errors import (
+    ObjectRejected,
+    SpillCorrupt,
+    StoreError,
+    StoreFull,
+    StoreMisconfigured,
+)
 from packager.settings import StoreSettings
 from packager.spill import SpilledObject, SpillFolder
-from packager.store import StoreFull
 from serving.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
