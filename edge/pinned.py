@@ -15,32 +15,6 @@ from edge.lru import ByteLRU
 from edge.targets import Target
 from hls.reach import PlaylistPosition
 
-_PART_INF = b"#EXT-X-PART-INF:"
-_MAP = b'#EXT-X-MAP:URI="'
-
-
-def part_target_and_epoch(body: bytes) -> tuple[float, str | None]:
-    """PART-TARGET (0 when absent) and the epoch folder of the last EXT-X-MAP of a playlist.
-
-    Kept local until `hls.reach.PlaylistPosition` carries the part target itself.
-    """
-    part_target = 0.0
-    epoch: str | None = None
-    for line in body.split(b"\n"):
-        if line.startswith(_PART_INF):
-            for attr in line[len(_PART_INF):].split(b","):
-                name, _, value = attr.partition(b"=")
-                if name.strip() == b"PART-TARGET":
-                    try:
-                        part_target = float(value)
-                    except ValueError:
-                        part_target = 0.0
-        elif line.startswith(_MAP):
-            uri = line[len(_MAP):].split(b'"', 1)[0]
-            folder, slash, _ = uri.rpartition(b"/")
-            epoch = folder.decode("ascii", "replace") if slash and b"/" not in folder else None
-    return part_target, epoch
-
 
 class PinnedPlaylist:
     """The newest full and delta copies of one live playlist and how far they reach."""
@@ -66,7 +40,7 @@ class PinnedPlaylist:
         self.touched = now
         if pos is not None and (self.reach is None or not self.reach.newer_than(pos)):
             self.reach, self.reach_born = pos, now
-            self.part_target, self.epoch = part_target_and_epoch(entry.body)
+            self.part_target, self.epoch = pos.part_target, pos.epoch
         if pos is not None and pos.delta:
             if self.delta_pos is None or not self.delta_pos.newer_than(pos):
                 self.delta, self.delta_pos = entry, pos

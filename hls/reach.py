@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+_PART_INF = b"#EXT-X-PART-INF:"
+_MAP = b'#EXT-X-MAP:URI="'
+
 
 @dataclass(frozen=True, slots=True)
 class PlaylistPosition:
@@ -24,6 +27,8 @@ class PlaylistPosition:
     ended: bool
     target_duration: float
     delta: bool
+    part_target: float = 0.0  # EXT-X-PART-INF PART-TARGET, 0 when absent
+    epoch: str | None = None  # folder of the last EXT-X-MAP URI (`e{n}-{tag}`), if relative
 
     def contains(self, msn: int, part: int | None) -> bool:
         """Whether this playlist satisfies `_HLS_msn=msn[&_HLS_part=part]` (§6.2.5.2)."""
@@ -88,6 +93,7 @@ def parse_position(body: bytes) -> PlaylistPosition | None:
 
 
 def _position(body: bytes) -> PlaylistPosition | None:
+    """One pass over the lines; raises ValueError on a number that is not one."""
     media_sequence = 0
     segments = 0
     parts_open = 0  # parts listed after the last segment URI
@@ -95,6 +101,8 @@ def _position(body: bytes) -> PlaylistPosition | None:
     target = -1.0
     ended = False
     delta = False
+    part_target = 0.0
+    epoch: str | None = None
     for line in body.split(b"\n"):
         if not line:
             continue
@@ -116,6 +124,12 @@ def _position(body: bytes) -> PlaylistPosition | None:
                     segments += int(value)
         elif line.startswith(b"#EXT-X-ENDLIST"):
             ended = True
+        elif line.startswith(_PART_INF):
+            part_target = _attribute_float(line[len(_PART_INF):], b"PART-TARGET")
+        elif line.startswith(_MAP):
+            uri = line[len(_MAP):].split(b'"', 1)[0]
+            folder, slash, _ = uri.rpartition(b"/")
+            epoch = folder.decode("ascii", "replace") if slash and b"/" not in folder else None
     if not 0 <= target < math.inf:  # absent, negative or NaN
         return None
     last_msn = media_sequence + segments - 1
@@ -123,4 +137,14 @@ def _position(body: bytes) -> PlaylistPosition | None:
         part_msn, part_index = last_msn + 1, parts_open - 1
     else:
         part_msn, part_index = last_msn, parts_closed - 1
-    return PlaylistPosition(last_msn, part_msn, part_index, ended, target, delta)
+    return PlaylistPosition(last_msn, part_msn, part_index, ended, target, delta, part_target,
+                            epoch)
+
+
+def _attribute_float(attrs: bytes, wanted: bytes) -> float:
+    """A decimal attribute of a tag's attribute list, 0 when absent."""
+    for attr in attrs.split(b","):
+        name, _, value = attr.partition(b"=")
+        if name.strip() == wanted:
+            return float(value)
+    return 0.0

@@ -9,7 +9,7 @@ from edge.breaker import BreakerTable, CircuitBreaker
 from edge.entry import Entry, build_fields, max_age
 from edge.listeners import ListenerEstimate
 from edge.lru import ByteLRU
-from edge.pinned import PinnedPlaylists, part_target_and_epoch
+from edge.pinned import PinnedPlaylists
 from edge.targets import parse_target
 from hls.directives import BadDirective
 from hls.http import default_lifetime
@@ -221,10 +221,12 @@ def test_pinned_playlists_count_against_the_bound() -> None:
     assert pins.get("/live/r0/aac96/live.m3u8") is None  # least recently refreshed went first
 
 
-def test_pinned_playlist_knows_part_target_and_epoch() -> None:
+def test_playlist_position_carries_part_target_and_epoch() -> None:
     body = PLAYLIST.replace(b'URI="init.mp4"', b'URI="e4-0a1b2c/init.mp4"')
-    assert part_target_and_epoch(body) == (0.21334, "e4-0a1b2c")
-    assert part_target_and_epoch(PLAYLIST) == (0.21334, None)
+    with_epoch, without = parse_position(body), parse_position(PLAYLIST)
+    assert with_epoch is not None and without is not None
+    assert (with_epoch.part_target, with_epoch.epoch) == (0.21334, "e4-0a1b2c")
+    assert (without.part_target, without.epoch) == (0.21334, None)
 
 
 @pytest.mark.parametrize("path", [
