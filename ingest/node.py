@@ -73,6 +73,9 @@ class Node:
         self._fence_reason = "no renewal yet"
         self._task: asyncio.Task[None] | None = None
         self._fence: asyncio.Task[None] | None = None
+        # Adopting a room reads the store and the database and can take longer than a third
+        # of a lease on a loaded machine: it runs beside the keeper, never in its way.
+        self._adopting: asyncio.Task[None] | None = None
         self._cpu = (time.process_time(), time.monotonic())
 
     async def start(self, rooms: RoomKeeper[Any]) -> None:
@@ -102,8 +105,8 @@ class Node:
         """Leave the cluster: stop keeping leases and hand every room back (released leases
         are adopted by the other nodes at once)."""
         self.draining = True
-        await cancel_and_wait(self._task, self._fence)
-        self._task = self._fence = None
+        await cancel_and_wait(self._task, self._fence, self._adopting)
+        self._task = self._fence = self._adopting = None
 
     async def release(self, room: LeasedRoom) -> None:
         try:
@@ -127,7 +130,7 @@ class Node:
             await asyncio.sleep(ADOPT_EVERY)
             if time.monotonic() < next_renewal:
                 if not self.draining:
-                    await self._adopt(len(self.owned()))
+                    self._adopt_beside(len(self.owned()))
                 continue
             started = time.monotonic()
             next_renewal = started + self.ttl / 3
@@ -153,7 +156,7 @@ class Node:
                     log.warning("room %s: lease lost to another node; stopped here", room.name)
                     await rooms.lose(room)
             if not self.draining:
-                await self._adopt(len(owned) - (len(owned) - len(renewed)))
+                self._adopt_beside(len(renewed))
 
     async def _watch(self) -> None:
         """The fence: stop publishing every room before the last lease renewed can expire
@@ -171,6 +174,14 @@ class Node:
 
     def has_room(self, owning: int) -> bool:
         return not self.draining and owning < self.info.capacity
+
+    def _adopt_beside(self, owning: int) -> None:
+        """Look for orphans in a task of its own, one look at a time, so that renewing the
+        leases already held never waits for a room being put on air."""
+        if self._adopting is None or self._adopting.done():
+            self._adopting = asyncio.get_running_loop().create_task(
+                self._adopt(owning), name="node-adopt")
+            self._adopting.add_done_callback(_log_failure)
 
     async def _adopt(self, owning: int) -> None:
         assert self.rooms is not None
@@ -198,3 +209,8 @@ class Node:
             owning += 1
             log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
             await self.rooms.adopt(rec, lease)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("adopting rooms failed; looking again shortly", exc_info=exc)
