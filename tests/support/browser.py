@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,11 +27,11 @@ FAKE_MIC_FLAGS = [
 
 
 @contextmanager
-def chromium(fake_mic: bool = False) -> Iterator[Any]:
+def chromium(fake_mic: bool = False, extra_args: Sequence[str] = ()) -> Iterator[Any]:
     """Yield a Playwright Browser running Debian's Chromium headless."""
     from playwright.sync_api import sync_playwright
 
-    flags = BASE_FLAGS + (FAKE_MIC_FLAGS if fake_mic else [])
+    flags = BASE_FLAGS + (FAKE_MIC_FLAGS if fake_mic else []) + list(extra_args)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
         try:
