@@ -16,6 +16,14 @@ from edge.protocol import EdgeProtocol
 from edge.settings import EdgeSettings
 from edge.targets import Target, parse_target
 from edge.upstream import Upstream
+from hls.audience import (
+    AUDIENCE_HEADER,
+    EDGE_HEADER,
+    FRESH_SECONDS,
+    ReportTable,
+    clamp,
+    parse_report,
+)
 from hls.directives import BadDirective
 from hls.http import PREFLIGHT_HEADERS
 from hls.tokens import KeyRing
@@ -43,11 +51,15 @@ class EdgeApp:
             settings.edge_upstream_connect_timeout,
             settings.edge_upstream_connections,
         )
-        self.cache = CoalescingCache(settings, self.upstream, self.metrics)
+        self.cache = CoalescingCache(settings, self.upstream, self.metrics, self._report)
         self.access = PrivateAccess(KeyRing.parse(settings.listener_token_keys),
                                     settings.edge_token_skew_seconds,
                                     settings.edge_private_trust_tokenless)
         self.listeners = ListenerEstimate(settings.edge_listener_window)
+        # The latest audience report of each child edge, per room (taken on a shield only).
+        self.children = ReportTable(FRESH_SECONDS, settings.edge_report_rooms,
+                                    settings.edge_report_children)
+        self.accept_reports = settings.edge_accept_reports
         self.connections: set[EdgeProtocol] = set()
         self.clock = time.monotonic
         self.coarse_now = self.clock()
@@ -92,8 +104,13 @@ class EdgeApp:
                                               lambda: c.breakers.trips),
             "townsquare_edge_rooms_in_flight": ("Rooms with upstream requests in flight",
                                                 lambda: len(c.room_flights)),
+            "townsquare_edge_child_report_rooms": ("Rooms with audience reports of child edges",
+                                                   lambda: len(self.children)),
+            "townsquare_edge_child_report_entries": ("Child edges' audience reports kept",
+                                                     lambda: self.children.entries),
         })
         m.room_gauge = lambda: self.listeners.rooms(self.clock())
+        m.audience_gauge = self._audiences
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -116,6 +133,9 @@ class EdgeApp:
         now = self.clock()
         entry = self.cache.lookup(target, now)
         room = target.room if target.kind in LISTENED_KINDS else None
+        if conn.child is not None and room is not None and self.accept_reports:
+            self._child_report(conn, room, now)
+            room = None  # a child edge asking: its listeners are in its report
         if entry is None:
             slot = conn.defer(head_only, close, target.kind, room)
             self.cache.fetch(target, slot.deliver)
@@ -171,14 +191,19 @@ class EdgeApp:
         elif path == "/metrics":
             body = self.metrics.render()
             ctype = b"text/plain; version=0.0.4; charset=utf-8"
-        elif path.startswith("/listen/") and path.count("/") == 2 and len(path) > 8:
-            body = self.static["listen.html"]
+        elif path == "/" or (path.startswith("/listen/") and path.count("/") == 2
+                             and len(path) > 8):
+            body = self.static["rooms.html" if path == "/" else "listen.html"]
             ctype, cc = b"text/html; charset=utf-8", b"max-age=60"
         elif path.startswith("/api/listeners/") and path.count("/") == 3:
             room = path.rsplit("/", 1)[1]
+            now = self.clock()
+            own, reported = self.listeners.estimate(room, now), self.children.total(room, now)
             body = json.dumps({
                 "room": room,
-                "listeners": self.listeners.estimate(room, self.clock()),
+                "listeners": own,  # this edge's own listeners
+                "reported": reported,  # what the edges below it report
+                "total": clamp(own + reported),
                 "upstream": self.cache.breakers.state(room),
             }).encode()
             ctype = b"application/json"
@@ -192,6 +217,35 @@ class EdgeApp:
         self.metrics.requests[("other", status)] += 1
         conn.respond(local_response(status, body, ctype, cc, close=close, head_only=head_only),
                      close)
+
+    # -- audience ------------------------------------------------------------------------------
+
+    def audience(self, room: str, now: float) -> int:
+        """Listeners of `room` here and on every edge below this one."""
+        return clamp(self.listeners.estimate(room, now) + self.children.total(room, now))
+
+    def _report(self, room: str) -> dict[str, str]:
+        """The headers of an upstream playlist request for `room` (`hls.audience`)."""
+        return {EDGE_HEADER: self.settings.edge_id,
+                AUDIENCE_HEADER: str(self.audience(room, self.clock()))}
+
+    def _child_report(self, conn: EdgeProtocol, room: str, now: float) -> None:
+        assert conn.child is not None
+        count = conn.child_count
+        report = parse_report(conn.child.decode("latin-1"),
+                              count.decode("latin-1") if count is not None else None)
+        if report is None:
+            self.metrics.reports["malformed"] += 1
+            return
+        accepted = self.children.report(room, report[0], report[1], now)
+        self.metrics.reports["accepted" if accepted else "dropped"] += 1
+
+    def _audiences(self) -> dict[str, int]:
+        now = self.clock()
+        own = self.listeners.rooms(now)
+        reported = self.children.totals(now)
+        return {room: clamp(own.get(room, 0) + reported.get(room, 0))
+                for room in own.keys() | reported.keys()}
 
     # -- housekeeping ------------------------------------------------------------------------
 

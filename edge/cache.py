@@ -28,6 +28,10 @@ from hls.http import REFUSED, asked_again, default_lifetime, playlist_lifetime
 from hls.reach import parse_position, part_object_too_far, part_too_far
 
 Deliver = Callable[[Entry], None]
+# Headers to add to a room's upstream playlist requests: the edge's audience report.
+Report = Callable[[str], dict[str, str]]
+# Kinds whose upstream requests carry the report (media playlists, plain or blocking).
+REPORTED_KINDS = frozenset({"playlist", "blocking_playlist"})
 EXTRA_HEADERS = (("date", b"Date"), ("etag", b"ETag"), ("last-modified", b"Last-Modified"),
                  ("retry-after", b"Retry-After"))
 
@@ -69,10 +73,12 @@ class Flight:
 class CoalescingCache:
     """Cache lookups, local answers to blocking requests, and coalesced upstream fetches."""
 
-    def __init__(self, settings: EdgeSettings, upstream: Upstream, metrics: EdgeMetrics) -> None:
+    def __init__(self, settings: EdgeSettings, upstream: Upstream, metrics: EdgeMetrics,
+                 report: Report | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
         self.metrics = metrics
+        self.report = report
         negative = min(settings.edge_negative_cache_bytes, settings.edge_cache_bytes // 8)
         self.negative = ByteLRU(negative)
         self.lru = ByteLRU(settings.edge_cache_bytes - negative)
@@ -213,7 +219,10 @@ class CoalescingCache:
         entry: Entry
         try:
             try:
-                r = await self.upstream.fetch(t.key)
+                report = self.report
+                headers = report(room) if report is not None and t.kind in REPORTED_KINDS \
+                    else None
+                r = await self.upstream.fetch(t.key, headers)
             except UpstreamBusy:
                 self.metrics.upstream[(t.kind, "pool_busy")] += 1
                 self.breakers.inconclusive(room)  # our congestion says nothing of the room

@@ -26,12 +26,15 @@ class EdgeMetrics:
         # Requests that name nothing (bad paths, impossible parts), answered by the edge itself:
         # not shedding, so counted apart from `rejected`.
         self.refused: defaultdict[str, int] = defaultdict(int)
+        # Audience reports from child edges, by outcome (accepted, dropped, malformed).
+        self.reports: defaultdict[str, int] = defaultdict(int)
         self.bytes_out = 0
         self.connections_total = 0
         # (waiters, seconds) of the most recent answer handed to more than one client.
         self.last_fanout: tuple[int, float] = (0, 0.0)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.room_gauge: Callable[[], dict[str, int]] = dict
+        self.audience_gauge: Callable[[], dict[str, int]] = dict
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
 
@@ -85,6 +88,12 @@ class _Collector:
         for reason, n in sorted(m.refused.items()):
             c.add_metric([reason], n)
         yield c
+        c = CounterMetricFamily(
+            "townsquare_edge_child_reports", "Audience reports from child edges by outcome",
+            labels=["outcome"])
+        for outcome, n in sorted(m.reports.items()):
+            c.add_metric([outcome], n)
+        yield c
         yield CounterMetricFamily(
             "townsquare_edge_local_answers",
             "Blocking playlist requests answered from a cached playlist", value=m.local_answers)
@@ -105,5 +114,12 @@ class _Collector:
             "townsquare_edge_listeners",
             "Estimated distinct clients per room over the listener window", labels=["room"])
         for room, n in sorted(m.room_gauge().items()):
+            g.add_metric([room], n)
+        yield g
+        g = GaugeMetricFamily(
+            "townsquare_edge_audience",
+            "Listeners per room on this edge and every edge below it (own estimate plus the "
+            "fresh reports of child edges)", labels=["room"])
+        for room, n in sorted(m.audience_gauge().items()):
             g.add_metric([room], n)
         yield g

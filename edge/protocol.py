@@ -88,6 +88,9 @@ class EdgeProtocol(asyncio.Protocol):
         self.ua = b""
         self._client: int | None = None
         self._client_ua = b""
+        # A child edge's audience report (`hls.audience` headers), raw as it came.
+        self.child: bytes | None = None
+        self.child_count: bytes | None = None
         self.headers = 0
         self.header_bytes = 0
         self.body_bytes = 0
@@ -199,6 +202,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.headers = 0
         self.header_bytes = 0
         self.body_bytes = 0
+        self.child = self.child_count = None
         if self.began is None:
             self.began = self.app.coarse_now
 
@@ -213,10 +217,16 @@ class EdgeProtocol(asyncio.Protocol):
         if self.headers > MAX_HEADERS or self.header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("headers too large")
         n = len(name)
-        if n == 15 and name.lower() == b"accept-encoding":
-            self.gz = b"gzip" in value.lower()
+        if n == 15:  # accept-encoding or townsquare-edge
+            lowered = name.lower()
+            if lowered == b"accept-encoding":
+                self.gz = b"gzip" in value.lower()
+            elif lowered == b"townsquare-edge":
+                self.child = value
         elif n == 10 and name.lower() == b"user-agent":
             self.ua = value
+        elif n == 19 and name.lower() == b"townsquare-audience":
+            self.child_count = value
 
     def on_headers_complete(self) -> None:
         self.headers_done = self.app.coarse_now

@@ -5,9 +5,12 @@ Each field carries its default and, where it is not obvious, why that default.
 
 from __future__ import annotations
 
+import secrets
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hls.audience import valid_reporter
 from hls.tokens import KeyRing
 
 
@@ -58,6 +61,16 @@ class EdgeSettings(BaseSettings):
     # A pinned live playlist not refreshed for this long is dropped (its room has gone).
     edge_pin_seconds: float = 600.0
 
+    # Audience reports (`hls.audience`): this edge's name upstream (a fresh random one each
+    # start by default: a restarted edge's old report simply ages out); whether it takes the
+    # reports of edges below it (a shield only: on an edge listeners reach, any client could
+    # claim an audience; without it such requests count as listeners like any other); and
+    # the bounds on the reports kept: rooms, child edges per room.
+    edge_id: str = Field(default_factory=lambda: secrets.token_hex(6))
+    edge_accept_reports: bool = False
+    edge_report_rooms: int = 4096
+    edge_report_children: int = 1024
+
     # Private rooms (`edge.access`): the ring listener tokens are checked with, the same
     # `kid:base64secret,...` as the control API's; the clock skew a token's expiry allows; and,
     # for a shield only (never an edge listeners reach), trust in token-less /private/ paths.
@@ -78,7 +91,15 @@ class EdgeSettings(BaseSettings):
             raise ValueError("edge_cache_bytes must be at least 64 KiB")
         return v
 
-    @field_validator("edge_room_flights", "edge_breaker_rooms")
+    @field_validator("edge_id")
+    @classmethod
+    def _edge_id(cls, v: str) -> str:
+        if not valid_reporter(v):
+            raise ValueError("edge_id must be 1..64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("edge_room_flights", "edge_breaker_rooms", "edge_report_rooms",
+                     "edge_report_children")
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         if v < 1:

@@ -47,9 +47,11 @@ class Upstream:
             trust_env=False,
         )
 
-    async def fetch(self, target: str) -> UpstreamResponse:
+    async def fetch(self, target: str,
+                    headers: dict[str, str] | None = None) -> UpstreamResponse:
+        """GET `target`; `headers` are added to the client's own (an audience report)."""
         try:
-            r = await self._client.get(self.base_url + target)
+            r = await self._client.get(self.base_url + target, headers=headers)
             body = r.content
         except httpx.PoolTimeout as exc:
             raise UpstreamBusy(f"no upstream connection free for {target}") from exc

@@ -23,7 +23,7 @@ _BY_SUFFIX = {".m3u8": PLAYLIST_TYPE, ".m4s": MEDIA_TYPE, ".mp4": MEDIA_TYPE, ".
 _BY_KIND = {"master": PLAYLIST_TYPE, "playlist": PLAYLIST_TYPE,
             "blocking_playlist": PLAYLIST_TYPE, "recording": PLAYLIST_TYPE,
             "part": MEDIA_TYPE, "segment": MEDIA_TYPE, "init": MEDIA_TYPE,
-            "state": JSON_TYPE, "room": JSON_TYPE}
+            "state": JSON_TYPE, "room": JSON_TYPE, "status": JSON_TYPE, "directory": JSON_TYPE}
 
 # Players in web pages read Age for their latency estimate.
 CORS_HEADERS: tuple[tuple[str, str], ...] = (
@@ -45,6 +45,12 @@ SHORT = "public, max-age=1"
 # Refusals (404, 400) of paths that may become valid: short, so a new room is seen soon.
 REFUSED = "public, max-age=2"
 NO_STORE = "no-store"
+# A room's status is composed about once a second, the directory of rooms about as often: an
+# edge asks its upstream once per lifetime however many pages poll them.
+STATUS_SECONDS = 1
+DIRECTORY_SECONDS = 2
+STATUS_CACHE = f"public, max-age={STATUS_SECONDS}"
+DIRECTORY_CACHE = f"public, max-age={DIRECTORY_SECONDS}"
 
 
 def content_type_for_key(key: str) -> str:
@@ -93,8 +99,13 @@ def stored_playlist_cache(body: bytes, live: str) -> str:
 
 
 def default_lifetime(kind: str, status: int, target_duration: float) -> float:
-    """Appendix B: the lifetime of an answer by kind and status, in seconds."""
+    """Appendix B: the lifetime of an answer by kind and status, in seconds (the status and
+    directory documents live their own short lifetimes, whatever the status)."""
     ok = 200 <= status < 300
+    if kind == "status":
+        return STATUS_SECONDS
+    if kind == "directory":
+        return DIRECTORY_SECONDS
     if kind == "blocking_playlist":
         return (6 if ok else 4) * target_duration
     if kind in ("master", "playlist", "recording"):

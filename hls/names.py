@@ -12,7 +12,11 @@ so a name is written once and means one thing to every cache, forever.
 
 Object layout (store keys; URL paths are the same below `/live/`):
 
+    live/rooms.json                                the directory of public rooms (served,
+                                                   never stored)
     live/{room}/master.m3u8                        the room's entry point
+    live/{room}/status.json                        title, state, speakers, audience (served by
+                                                   the room's owner, never stored)
     live/{room}/room.json                          the epoch on air now (store only)
     live/{room}/state.json                         live playlist models (store only)
     live/{room}/{rendition}/live.m3u8              live media playlist
@@ -48,26 +52,31 @@ INIT = "init.mp4"
 ROOM_INFO = "room.json"
 STATE = "state.json"
 EPOCHS = "epochs.json"
+STATUS = "status.json"
+ROOM_LIST = "rooms.json"
 
 Kind = Literal["master", "playlist", "recording", "init", "part", "segment", "index", "state",
-               "room", "epochs", "other"]
+               "room", "epochs", "status", "directory", "other"]
 PLAYLIST_KINDS: frozenset[str] = frozenset({"master", "playlist", "recording"})
 MEDIA_KINDS: frozenset[str] = frozenset({"init", "part", "segment"})
+# JSON documents composed on request (a room's status, the directory of rooms), never stored.
+STATUS_KINDS: frozenset[str] = frozenset({"status", "directory"})
 # What listeners may ask for; the other kinds name objects only the store holds.
-PUBLIC_KINDS: frozenset[str] = PLAYLIST_KINDS | MEDIA_KINDS
+PUBLIC_KINDS: frozenset[str] = PLAYLIST_KINDS | MEDIA_KINDS | STATUS_KINDS
 
 _NAME = r"[A-Za-z0-9-]{1,32}"
 EPOCH_PATTERN = r"e\d{1,9}-[0-9a-f]{6}"
 BROADCAST_PATTERN = r"b\d{8}T\d{6}Z-[0-9a-f]{6}"
 _OBJECT_RE = re.compile(
-    r"^(?P<room>[a-z0-9][a-z0-9-]{0,63})/(?:"
+    r"^(?:(?P<directory>rooms\.json)|(?P<room>[a-z0-9][a-z0-9-]{0,63})/(?:"
     r"(?P<master>master\.m3u8)|(?P<roominfo>room\.json)|(?P<state>state\.json)|"
+    r"(?P<status>status\.json)|"
     rf"(?P<bid>{BROADCAST_PATTERN})/(?:(?P<epochs>epochs\.json)|(?P<rec>recording\.m3u8)|"
     rf"(?P<recrend>{_NAME})/recording\.m3u8)|"
     rf"(?P<rend>{_NAME})/(?:(?P<live>live\.m3u8)|"
     rf"(?P<eid>{EPOCH_PATTERN})/(?:(?P<init>init\.mp4)|"
     r"p(?P<pmsn>\d{1,15})\.(?P<part>\d{1,4})\.m4s|s(?P<smsn>\d{1,15})\.m4s|"
-    r"i(?P<chunk>\d{1,6})\.m3u8)))$"
+    r"i(?P<chunk>\d{1,6})\.m3u8))))$"
 )
 _EPOCH_RE = re.compile(rf"^e(?P<n>\d{{1,9}})-[0-9a-f]{{6}}$")
 
@@ -129,9 +138,15 @@ def room_key(room: str, *rest: str) -> str:
     return "/".join((LIVE_ROOT, room, *rest))
 
 
+def recording_path(room: str, broadcast: str) -> str:
+    """The URL path of a broadcast's recording: `/live/{room}/{broadcast}/recording.m3u8`."""
+    return "/" + room_key(room, broadcast, RECORDING_PLAYLIST)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectName:
-    """One published object, as its path names it."""
+    """One published object, as its path names it (the directory belongs to no room: its
+    `room` is empty)."""
 
     kind: Kind
     room: str
@@ -153,7 +168,11 @@ def parse_object(path: str) -> ObjectName | None:
     m = _OBJECT_RE.match(path)
     if m is None:
         return None
+    if m["directory"]:
+        return ObjectName("directory", "")
     room, rend, eid, bid = m["room"], m["rend"], m["eid"], m["bid"]
+    if m["status"]:
+        return ObjectName("status", room)
     if m["master"]:
         return ObjectName("master", room)
     if m["roominfo"]:

@@ -8,5 +8,7 @@
 and RTMP; `ingest.capture.play` feeds one local source straight into a broadcast. Rooms live
 in the registry (`ingest.rooms`, written through `ingest.ledger`); in cluster mode
 `ingest.node` keeps this node's room leases and `ingest.relay` carries a speaker's audio to
-the node that publishes their room.
+the node that publishes their room. Titles, descriptions and speaker names follow
+`ingest.display`; `ingest.presence` writes each live room's audience and speakers to the
+registry for the directory of rooms.
 """

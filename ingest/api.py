@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -18,11 +18,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hls.http import JSON_TYPE, STATUS_CACHE
 from hls.names import ROOM_PATTERN, InvalidRoomName, is_valid_room
 from hls.tokens import MAX_LIFETIME_SECONDS, KeyRing, listener_path, sign
+from ingest.display import (
+    DESCRIPTION_MAX,
+    NAME_MAX,
+    TITLE_MAX,
+    BadText,
+    check_description,
+    check_speaker_name,
+    check_title,
+)
 from ingest.errors import (
     BadKey,
     IngestError,
@@ -44,6 +54,8 @@ from ingest.relay import RELAY_PATH
 from ingest.relay import receive as receive_relay
 from ingest.rooms import Room, Rooms
 from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
+from packager.status import StatusDesk, StatusUnavailable
+from registry import RegistryError
 
 log = logging.getLogger("townsquare.ingest.api")
 MAX_BODY = 65_536
@@ -57,6 +69,16 @@ class PublicUrls:
     origin: str  # where playlists are served
 
 
+Title = Annotated[str, Field(max_length=TITLE_MAX, description="What listeners read first: "
+                             "one line of printable text."), AfterValidator(check_title)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX, description="What the room is "
+                                   "about: printable text, line breaks allowed."),
+                        AfterValidator(check_description)]
+SpeakerName = Annotated[str, Field(max_length=NAME_MAX, description="A speaker's display "
+                                   "name: one line of printable text."),
+                        AfterValidator(check_speaker_name)]
+
+
 class CreateRoom(BaseModel):
     name: str | None = Field(
         default=None, pattern=ROOM_PATTERN, description="Room name; a random one when omitted."
@@ -64,6 +86,19 @@ class CreateRoom(BaseModel):
     private: bool = Field(
         default=False, description="Listeners need a signed, expiring URL "
         "(POST /rooms/{room}/listener-urls); the room is never served under /live/.")
+    title: Title = ""
+    description: Description = ""
+
+
+class RoomInfo(BaseModel):
+    """What PATCH /rooms/{room} changes; a field left out stays as it is."""
+
+    title: Title | None = None
+    description: Description | None = None
+
+
+class SpeakerNameBody(BaseModel):
+    name: SpeakerName
 
 
 # Listener URLs of private rooms: 6 h by default (a long show), a minute at least.
@@ -85,6 +120,8 @@ class RoomCreated(BaseModel):
     state: str
     private: bool = False
     key_generation: int = 1
+    title: str = ""
+    description: str = ""
 
 
 class ListenerUrlRequest(BaseModel):
@@ -234,7 +271,10 @@ def build_app(
     health: Any = None,
     limits: ApiLimits | None = None,
     token_keys: KeyRing | None = None,
+    status: StatusDesk | None = None,
 ) -> FastAPI:
+    """The control API. `status`: the desk rooms' status objects come from, shared with the
+    origin beside it (without one, a desk on these rooms and their registry)."""
     # /docs (Swagger UI) and /redoc load their scripts from this server, not from a CDN:
     # operators in closed networks get the API docs too.
     app = FastAPIOffline(
@@ -243,6 +283,10 @@ def build_app(
         version="1",
     )
     bearer = HTTPBearer(auto_error=False)
+    if status is None:
+        status = StatusDesk(rooms.registry)
+        status.attach(rooms)
+    desk = status
 
     def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         given = creds.credentials if creds is not None else ""
@@ -298,7 +342,8 @@ def build_app(
                 broadcast_page_url=f"{urls.control}/broadcast/{room.name}",
                 listener_url=signed.listener_url if signed else None,
                 playlist_url=signed.playlist_url if signed else None,
-                state=room.state, private=True, key_generation=room.key_generation)
+                state=room.state, private=True, key_generation=room.key_generation,
+                title=room.title, description=room.description)
         return RoomCreated(
             name=room.name,
             stream_key=key,
@@ -310,6 +355,8 @@ def build_app(
             playlist_url=f"{urls.origin}/live/{room.name}/master.m3u8",
             state=room.state,
             key_generation=room.key_generation,
+            title=room.title,
+            description=room.description,
         )
 
     # --- rooms ------------------------------------------------------------------------
@@ -317,8 +364,9 @@ def build_app(
               tags=["rooms"], summary="Create a room; its stream key is shown only here")
     async def create_room(body: CreateRoom | None = None) -> RoomCreated:
         try:
-            room, key = await rooms.create(body.name if body else None,
-                                           private=body.private if body else False)
+            body = body or CreateRoom()
+            room, key = await rooms.create(body.name, private=body.private, title=body.title,
+                                           description=body.description)
         except InvalidRoomName as exc:
             raise HTTPException(422, str(exc)) from exc
         return created(room, key)
@@ -334,6 +382,86 @@ def build_app(
         r = await room_or_404(room)
         await rooms.refresh(r)
         return r.describe()
+
+    @app.patch("/rooms/{room}", dependencies=[Depends(admin)], tags=["rooms"],
+               summary="Change a room's title or description (also once it has ended)")
+    async def edit_room(room: str, body: RoomInfo) -> Any:
+        r = await known_room(room)
+        forwarded = await on_owner(r, "PATCH", f"/rooms/{room}",
+                                   body.model_dump(exclude_none=True))
+        if forwarded is not None:
+            await rooms.refresh(r)
+            return forwarded
+        await rooms.set_info(r, body.title, body.description)
+        return r.describe()
+
+    @app.get("/rooms/{room}/status", tags=["rooms"],
+             summary="The room's status object (title, state, speakers and who is speaking, "
+                     "audience), as listeners get it at /live/{room}/status.json; no token "
+                     "for a public room, the stream key or the admin token for a private one",
+             responses={200: {"content": {JSON_TYPE: {}}}})
+    async def room_status(room: str, request: Request) -> Response:
+        if not is_valid_room(room):
+            raise HTTPException(404, f"room name {room!r} does not match {ROOM_PATTERN}")
+        r: Room | None = None
+        with contextlib.suppress(RoomNotFound, Unavailable):
+            r = await rooms.find(room)
+        if r is not None and r.private and not may_see(r, request):
+            raise HTTPException(404, f"no room named {room!r}")
+        if r is not None:
+            forwarded = await on_owner(r, "GET", f"/rooms/{room}/status")
+            if forwarded is not None:
+                return forwarded
+        try:
+            body = await desk.status(room)
+        except StatusUnavailable as exc:
+            raise HTTPException(503, str(exc)) from exc
+        if body is None or (r is None and await hidden(room)):
+            raise HTTPException(404, f"no room named {room!r}")
+        return Response(body, media_type=JSON_TYPE, headers={"Cache-Control": STATUS_CACHE})
+
+    def may_see(r: Room, request: Request) -> bool:
+        """A private room's status is for its broadcasters and operators only."""
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            return False
+        if hmac.compare_digest(given.encode(), admin_token.encode()):
+            return True
+        try:
+            rooms.check_key(r.name, given)
+        except (BadKey, RoomEnded):
+            return False
+        return True
+
+    async def hidden(room: str) -> bool:
+        """A room this node does not hold (ended, from the registry): private ones stay
+        unseen here, as under /live/."""
+        if rooms.registry is None:
+            return False
+        try:
+            return (await rooms.registry.private_rooms([room])).get(room, False)
+        except RegistryError:
+            return True
+
+    async def known_room(name: str) -> Room:
+        """The room, also when it has ended: its title still shows beside its recording."""
+        try:
+            return await room_or_404(name)
+        except RoomNotFound:
+            if rooms.registry is None:
+                raise
+        try:
+            rec = await rooms.registry.get_room(name)
+        except RegistryError as exc:
+            raise Unavailable(f"room {name!r} cannot be looked up now: {exc}") from exc
+        if rec is None:
+            raise RoomNotFound(f"no room named {name!r}")
+        return Room(rec.name, rec.key_hash, rec.created_at, state=rec.state,
+                    started_at=rec.started_at, ended_at=rec.ended_at, end_reason=rec.end_reason,
+                    broadcast_id=rec.broadcast_id, epoch=rec.epoch, next_msn=rec.next_msn,
+                    private=rec.private, key_generation=rec.key_generation, title=rec.title,
+                    description=rec.description)
 
     async def on_owner(r: Room, method: str, path: str, body: Any = None) -> Response | None:
         """In a cluster, send a request about a room another node publishes to that node
@@ -412,6 +540,18 @@ def build_app(
         s = rooms.mute(r, speaker, body.muted if body else True)
         return s.describe()
 
+    @app.put("/rooms/{room}/speakers/{speaker}/name", dependencies=[Depends(admin)],
+             tags=["speakers"], summary="Change a speaker's display name")
+    async def rename(room: str, speaker: str, body: SpeakerNameBody) -> Any:
+        r = await room_or_404(room)
+        forwarded = await on_owner(r, "PUT", f"/rooms/{room}/speakers/{speaker}/name",
+                                   body.model_dump())
+        if forwarded is not None:
+            return forwarded
+        if not body.name:
+            raise HTTPException(422, "name must not be empty")
+        return rooms.rename(r, speaker, body.name).describe()
+
     @app.delete("/rooms/{room}/speakers/{speaker}", status_code=204, dependencies=[Depends(admin)],
                 tags=["speakers"], summary="Disconnect a speaker")
     async def remove(room: str, speaker: str) -> Response:
@@ -444,9 +584,14 @@ def build_app(
             **_CORS, "Access-Control-Allow-Methods": "DELETE, OPTIONS"})
 
     @app.post("/whip/{room}", tags=["whip"], status_code=201,
-              summary="WHIP: publish into a room (Bearer stream key, SDP offer body)",
+              summary="WHIP: publish into a room (Bearer stream key, SDP offer body); "
+                      "`?name=` is the speaker's display name",
               responses={201: {"content": {"application/sdp": {}}}})
-    async def whip_post(room: str, request: Request) -> Response:
+    async def whip_post(room: str, request: Request, name: str | None = None) -> Response:
+        try:
+            shown = check_speaker_name(name or "") or None
+        except BadText as exc:
+            raise HTTPException(422, f"name: {exc}", headers=_CORS) from exc
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
             metrics.whip_sessions.labels(outcome="bad_type").inc()
@@ -475,7 +620,7 @@ def build_app(
                                 ) from exc
         remote = f"{request.client.host}:{request.client.port}" if request.client else "?"
         try:
-            session = await whip.offer(r, body, remote)
+            session = await whip.offer(r, body, remote, shown)
         except OverLimit as exc:
             metrics.whip_sessions.labels(outcome=exc.limit).inc()
             log.warning("whip %s from %s refused: %s", room, remote, exc)
@@ -524,7 +669,11 @@ def build_app(
         """Another node of the cluster relays a speaker's audio into a room published here."""
         r = await room_or_404(room)
         remote = f"relay from {request.client.host}" if request.client else "relay"
-        speaker = rooms.join(r, "relay", remote)
+        try:
+            shown = check_speaker_name(request.query_params.get("name", "")) or None
+        except BadText:
+            shown = None  # the relaying node checked it; a default is better than no voice
+        speaker = rooms.join(r, "relay", remote, name=shown)
         try:
             samples = await receive_relay(request.stream(), speaker.push)
         finally:

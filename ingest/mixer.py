@@ -35,6 +35,11 @@ from packager.ladder import SAMPLE_RATE
 from serving.tasks import cancel_and_wait
 
 BLOCK = 960  # 20 ms at 48 kHz
+# An input at least this loud is someone speaking: room tone, hiss and a muted microphone's
+# noise floor stay below it.
+VOICE_DBFS = -50.0
+# Voiced within this many blocks (0.5 s) still counts as speaking: pauses between words.
+VOICE_HOLD_BLOCKS = 25
 log = logging.getLogger("townsquare.ingest.mixer")
 
 
@@ -44,6 +49,7 @@ class MixerInput:
     muted: bool = False
     gain: float = 1.0
     level_dbfs: float = -120.0  # smoothed RMS of what this speaker sent, muted or not
+    voiced_block: int = -VOICE_HOLD_BLOCKS - 1  # the last block its level reached VOICE_DBFS
 
 
 @dataclass(slots=True)
@@ -65,6 +71,7 @@ class Mixer:
         self._release_step = BLOCK / (SAMPLE_RATE * release_ms / 1000)
         self.inputs: dict[str, MixerInput] = {}
         self.stats = MixerStats()
+        self.blocks = 0  # blocks rendered
         self._pending = np.zeros((2, BLOCK), np.float32)  # the look-ahead block
         self._gain = 1.0
         # Hold audio loops while nobody is connected, fading in and out over 200 ms.
@@ -97,11 +104,19 @@ class Mixer:
             rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64))))
             db = 20 * math.log10(rms) if rms > 1e-6 else -120.0
             inp.level_dbfs = db if db > inp.level_dbfs else 0.8 * inp.level_dbfs + 0.2 * db
+            if inp.level_dbfs >= VOICE_DBFS:
+                inp.voiced_block = self.blocks
             if not inp.muted:
                 mix += block * (inp.gain * self.headroom)
         if self._hold is not None:
             self._add_hold(mix)
+        self.blocks += 1
         return self._limit(mix)
+
+    def speaking(self, inp: MixerInput) -> bool:
+        """Whether the input is heard speaking now: voiced within the last half second, and
+        not muted."""
+        return not inp.muted and self.blocks - inp.voiced_block <= VOICE_HOLD_BLOCKS
 
     def _add_hold(self, mix: np.ndarray) -> None:
         target = 0.0 if self.inputs else 1.0

@@ -23,11 +23,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import numpy as np
 from prometheus_client import Counter
 
 from hls.names import check_room, epoch_id, new_broadcast_id
+from ingest.display import default_speaker_name
 from ingest.errors import (
     BadKey,
     RoomElsewhere,
@@ -47,6 +49,7 @@ from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
 from packager.recording import EpochInfo
+from packager.status import RoomFacts, SpeakerFacts, recording_of
 from registry import (
     REVOKED_KEY_HASH,
     Lease,
@@ -102,6 +105,7 @@ class Speaker:
     # speakers no key admitted (local sources, relays from other nodes, which answer for
     # their own speakers).
     key_generation: int | None = None
+    name: str = ""  # what listeners read (`ingest.display`)
 
     def push(self, pcm: np.ndarray) -> None:
         if self.relay is not None:
@@ -113,6 +117,7 @@ class Speaker:
         buf = self.input.buffer
         return {
             "id": self.id,
+            "name": self.name,
             "kind": self.kind,
             "remote": self.remote,
             "connected_at": _iso(self.connected_at),
@@ -138,6 +143,8 @@ class Room:
     owner: str | None = None  # the node holding its lease, as last read (cluster mode)
     private: bool = False  # listeners need a signed token (`hls.tokens`)
     key_generation: int = 1  # grows with every rotation or revocation of the stream key
+    title: str = ""
+    description: str = ""
     speakers: dict[str, Speaker] = field(default_factory=dict)
     relayed: dict[str, Speaker] = field(default_factory=dict)  # heard on another node
     _mixer: Mixer | None = None
@@ -162,6 +169,8 @@ class Room:
             program = round(self._clock.stats.samples / SAMPLE_RATE, 3)
         return {
             "name": self.name,
+            "title": self.title,
+            "description": self.description,
             "state": self.state,
             "live": self.state == "live",
             "created_at": _iso(self.created_at),
@@ -179,6 +188,24 @@ class Room:
             "key_revoked": self.key_hash == REVOKED_KEY_HASH,
             "speakers": [s.describe() for s in self.speakers.values()],
         }
+
+    def speaker_names(self) -> tuple[str, ...]:
+        """Display names of the speakers mixed here, in the order they joined."""
+        return tuple(s.name for s in self.speakers.values())
+
+    def facts(self) -> RoomFacts:
+        """What the room's status object says: who speaks is known only while it is on air
+        here (this node mixes its speakers)."""
+        speakers: tuple[SpeakerFacts, ...] = ()
+        if self._mixer is not None:
+            mixer = self._mixer
+            speakers = tuple(SpeakerFacts(s.id, s.name, mixer.speaking(s.input), s.input.muted)
+                             for s in self.speakers.values())
+        return RoomFacts(
+            room=self.name, title=self.title, description=self.description, state=self.state,
+            since=self.started_at, ended_at=self.ended_at if self.state == "ended" else None,
+            speakers=speakers, recording=recording_of(self.name, self.broadcast_id,
+                                                      self.started_at))
 
 
 @dataclass(frozen=True)
@@ -219,6 +246,11 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
 
+    @property
+    def node_id(self) -> str | None:
+        """This node's id in a cluster; None for a single node."""
+        return self.node.id if self.node is not None else None
+
     # --- start-up ---------------------------------------------------------------------
     async def load(self) -> list[Room]:
         """Read the open rooms from the registry; returns those that were live."""
@@ -233,7 +265,7 @@ class Rooms:
                 rec.name, rec.key_hash, rec.created_at, state="waiting",
                 started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
                 next_msn=rec.next_msn, owner=rec.owner, private=rec.private,
-                key_generation=rec.key_generation)
+                key_generation=rec.key_generation, title=rec.title, description=rec.description)
         return [self._rooms[r.name] for r in records if r.state == "live"]
 
     async def resume(self, rooms: list[Room]) -> None:
@@ -287,6 +319,7 @@ class Rooms:
             room.ended_at, room.end_reason = rec.ended_at, rec.end_reason
             room.epoch, room.next_msn = rec.epoch, rec.next_msn
             room.private = rec.private
+            room.title, room.description = rec.title, rec.description
             await self._apply_key(room, rec.key_hash, rec.key_generation)
         room.owner = owner.node if owner is not None else None
 
@@ -339,7 +372,8 @@ class Rooms:
         room = Room(rec.name, rec.key_hash, rec.created_at, state=rec.state,
                     started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
                     next_msn=rec.next_msn, owner=rec.owner, private=rec.private,
-                    key_generation=rec.key_generation)
+                    key_generation=rec.key_generation, title=rec.title,
+                    description=rec.description)
         self._rooms[rec.name] = room
         return room
 
@@ -356,6 +390,9 @@ class Rooms:
             raise RoomFull(f"node {self.node.id} publishes {owning} rooms, its capacity; "
                            "this room can go on air on another node")
         bid = new_broadcast_id(time.time()) if room.state == "waiting" else None
+        # Before the lease, not between it and going on air: a second admission must find
+        # the room on air once the first has its lease.
+        await self._read_info(room)
         try:
             lease = await self.node.take(room.name, go_live=bid)
         except RegistryError as exc:
@@ -372,6 +409,7 @@ class Rooms:
         """Put a room whose node went away on air here, on its timeline."""
         room = self._rooms.get(rec.name) or self._remember(rec)
         room.state = "live"
+        room.title, room.description = rec.title, rec.description
         if not room.on_air:
             await self._on_air_leased(room, lease)
 
@@ -389,6 +427,19 @@ class Rooms:
         room.owner = self.node.id
         self._go_live(room, plan, resumed=resumed, recorded=True)
         self._repair(room, plan)
+
+    async def _read_info(self, room: Room) -> None:
+        """The room's title and description as the registry has them now (another node may
+        have changed them since this one read the room); what is known stands if it cannot
+        be read (the database down must not keep a speaker off the air)."""
+        if self.registry is None:
+            return
+        try:
+            rec = await self.registry.get_room(room.name)
+        except RegistryError:
+            return
+        if rec is not None:
+            room.title, room.description = rec.title, rec.description
 
     def _repair(self, room: Room, plan: EpochPlan) -> None:
         """The epoch a crash cut short has an index behind its segments: rebuild it."""
@@ -455,17 +506,21 @@ class Rooms:
         return room
 
     # --- lifecycle --------------------------------------------------------------------
-    async def create(self, name: str | None = None, private: bool = False) -> tuple[Room, str]:
+    async def create(self, name: str | None = None, private: bool = False, title: str = "",
+                     description: str = "") -> tuple[Room, str]:
+        """A new waiting room and its stream key (shown once). `title` and `description` must
+        have passed `ingest.display`'s checks."""
         name = check_room(name) if name is not None else "room-" + secrets.token_hex(4)
         old = self._rooms.get(name)
         if old is not None and old.state != "ended":
             raise RoomExists(f"room {name!r} already exists ({old.state}); end it first")
         key = new_key()
-        room = Room(name=name, key_hash=hash_key(key), created_at=time.time(), private=private)
+        room = Room(name=name, key_hash=hash_key(key), created_at=time.time(), private=private,
+                    title=title, description=description)
         if self.registry is not None:
             try:
                 rec = await self.registry.create_room(name, room.key_hash, room.created_at,
-                                                      private)
+                                                      private, title, description)
             except RoomTaken as exc:
                 raise RoomExists(f"room {name!r} already exists; end it first") from exc
             except RegistryError as exc:
@@ -486,7 +541,10 @@ class Rooms:
         kind: SpeakerKind,
         remote: str,
         disconnect: Callable[[], Awaitable[None]] | None = None,
+        name: str | None = None,
     ) -> Speaker:
+        """A speaker mixed into `room` here; `name` (checked by `ingest.display`) is what
+        listeners read, a numbered default when None or empty."""
         if room.state == "ended":
             raise RoomEnded(f"room {room.name!r} has ended")
         if len(room.speakers) >= self.policy.max_speakers:
@@ -501,7 +559,8 @@ class Rooms:
         sid = f"{kind}-{room._seq}"
         buf = JitterBuffer(target_ms=self.policy.jitter_ms.get(kind, 120.0))
         inp = room._mixer.add(sid, buf)
-        speaker = Speaker(sid, kind, remote, time.time(), inp, disconnect)
+        speaker = Speaker(sid, kind, remote, time.time(), inp, disconnect,
+                          name=name or default_speaker_name(room._seq))
         room.speakers[sid] = speaker
         room._last_voice = time.monotonic()
         self.metrics.speakers.inc()
@@ -509,14 +568,15 @@ class Rooms:
         return speaker
 
     async def speak(self, room: Room, kind: SpeakerKind, remote: str,
-                    disconnect: Callable[[], Awaitable[None]] | None = None) -> Speaker:
+                    disconnect: Callable[[], Awaitable[None]] | None = None,
+                    name: str | None = None) -> Speaker:
         """A speaker for `room`: mixed here when this node publishes the room (or can take
         it), relayed to the node that does otherwise (cluster mode). Call it right after the
         speaker's key was checked: the speaker is tied to the key generation of that moment."""
         generation = room.key_generation
         try:
             await self.admit(room)
-            joined = self.join(room, kind, remote, disconnect)
+            joined = self.join(room, kind, remote, disconnect, name)
             joined.key_generation = generation
             return joined
         except RoomElsewhere:
@@ -527,13 +587,16 @@ class Rooms:
                 raise
         room._seq += 1
         speaker = Speaker(f"{kind}-{room._seq}-relayed", kind, remote, time.time(),
-                          MixerInput(JitterBuffer()), disconnect, key_generation=generation)
+                          MixerInput(JitterBuffer()), disconnect, key_generation=generation,
+                          name=name or default_speaker_name(room._seq))
 
         def link_closed() -> None:
             # The owner went away or refused: the speaker reconnects (and lands anew).
             if room.relayed.pop(speaker.id, None) is not None and speaker.disconnect:
                 self._spawn(speaker.disconnect(), f"relay-closed-{room.name}")
 
+        # The owner mixes the speaker, so it shows their name: it travels with the relay.
+        url = f"{url}?name={quote(speaker.name)}"
         speaker.relay = RelayLink(url, self.relay_token, link_closed)
         room.relayed[speaker.id] = speaker
         log.info("room %s: speaker %s from %s relayed to %s", room.name, speaker.id, remote, url)
@@ -649,6 +712,39 @@ class Rooms:
             raise RoomNotFound(f"room {room.name!r} has no speaker {speaker_id!r}")
         speaker.input.muted = muted
         return speaker
+
+    def rename(self, room: Room, speaker_id: str, name: str) -> Speaker:
+        """Give a speaker mixed here a new display name (checked by `ingest.display`)."""
+        speaker = room.speakers.get(speaker_id)
+        if speaker is None:
+            raise RoomNotFound(f"room {room.name!r} has no speaker {speaker_id!r}")
+        speaker.name = name
+        return speaker
+
+    async def set_info(self, room: Room, title: str | None = None,
+                       description: str | None = None) -> None:
+        """Change the room's title and description (None: unchanged; both checked by
+        `ingest.display`). The registry is written first (Unavailable when it cannot be),
+        so every node and the directory read the same."""
+        if self.registry is not None:
+            try:
+                rec = await self.registry.set_room_info(room.name, title, description)
+            except NoSuchRoom as exc:
+                raise RoomNotFound(f"no room named {room.name!r}") from exc
+            except RegistryError as exc:
+                raise Unavailable(f"room {room.name!r} cannot be changed now: {exc}") from exc
+            room.title, room.description = rec.title, rec.description
+            return
+        if title is not None:
+            room.title = title
+        if description is not None:
+            room.description = description
+
+    def room_facts(self, name: str) -> RoomFacts | None:
+        """The status facts of a room this process holds (`packager.status.StatusFeed`);
+        None for any other."""
+        room = self._rooms.get(name)
+        return room.facts() if room is not None else None
 
     async def remove(self, room: Room, speaker_id: str) -> None:
         speaker = room.speakers.get(speaker_id)

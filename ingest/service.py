@@ -17,12 +17,14 @@ from ingest.capture import play
 from ingest.errors import ConfigError, RoomExists, Unavailable
 from ingest.metrics import IngestMetrics
 from ingest.node import Node
+from ingest.presence import PresenceWriter
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
 from ingest.settings import IngestSettings
 from ingest.sources import MediaSource, SourceError, TestSignal
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from packager.ladder import SAMPLE_RATE
+from packager.status import StatusDesk
 from registry import Registry, RegistryError, default_url
 from serving.http import http_server, serve_http
 from serving.tasks import cancel_and_wait
@@ -34,23 +36,29 @@ MIN_ADMIN_TOKEN = 16
 @dataclass
 class DemoRoom:
     """A room opened at start with the generated test signal as its first speaker, so a
-    new user hears something at once; `key` is filled in so others can join as co-hosts."""
+    new user hears something at once; `key` is filled in so others can join as co-hosts.
+    The title and the speaker's name are what the directory and the listener page show."""
 
     name: str
     key: str | None = None
+    title: str = "townsquare demo"
+    speaker: str = "Test tone"
 
 
 async def _open_demo(rooms: Rooms, demo: DemoRoom) -> asyncio.Task[int]:
     """The demo room, created or, when it is still open from an earlier run, resumed (its
     key is unchanged then, and shown only when it was made)."""
     try:
-        room, key = await rooms.create(demo.name)
+        room, key = await rooms.create(demo.name, title=demo.title)
         demo.key = key
     except RoomExists:
         room = rooms.get(demo.name)
         log.info("demo room %s resumed (%s); its stream key is unchanged", demo.name, room.state)
+        if not room.title:  # made by a version without titles
+            with contextlib.suppress(Unavailable):
+                await rooms.set_info(room, title=demo.title)
     await rooms.admit(room)
-    speaker = rooms.join(room, "local", "test signal")
+    speaker = rooms.join(room, "local", "test signal", name=demo.speaker)
     return asyncio.create_task(play(TestSignal(), speaker.push), name=f"demo-{demo.name}")
 
 
@@ -131,9 +139,12 @@ async def open_registry(settings: IngestSettings) -> Registry:
 
 
 async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | None = None,
-              demo: DemoRoom | None = None, registry: Registry | None = None) -> None:
+              demo: DemoRoom | None = None, registry: Registry | None = None,
+              status: StatusDesk | None = None) -> None:
     """Serve ingest until cancelled. Rooms that were live resume at start; on the way out
-    they are stopped without ending (the next start resumes them)."""
+    they are stopped without ending (the next start resumes them). `status`: the desk the
+    origin beside it answers status objects from (its audience board is the origin's); the
+    rooms are attached to it here."""
     token = check_settings(settings)
     # aioice logs every candidate pair at INFO: pages of noise per browser connecting.
     logging.getLogger("aioice").setLevel(logging.WARNING)
@@ -145,6 +156,10 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     if registry is None:
         registry = await open_registry(settings)
     rooms = Rooms(packager, registry, metrics, policy)
+    if status is None:
+        status = StatusDesk(registry)
+    status.attach(rooms)
+    presence = PresenceWriter(rooms, registry, status.audience, settings.presence_seconds)
     try:
         live = await rooms.load()
     except Unavailable as exc:
@@ -176,7 +191,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     api_limits = ApiLimits(settings.api_rate_per_second, settings.api_burst,
                            settings.api_max_body_bytes)
     app = build_app(rooms, whip, metrics, token, public_urls(settings), health, api_limits,
-                    token_keys=listener_token_keys(settings))
+                    token_keys=listener_token_keys(settings), status=status)
     server = http_server(app, settings.host, settings.control_port)
     http_started = asyncio.Event()
     http = asyncio.create_task(serve_http(server, http_started))
@@ -207,6 +222,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
             rooms.relay_token = token
             await rooms.node.start(rooms)
         await rooms.resume(live)
+        presence.start()
         if demo is not None:
             demo_task = await _open_demo(rooms, demo)
         if started is not None:
@@ -214,6 +230,7 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
         await asyncio.shield(http)
     finally:
         await cancel_and_wait(demo_task)
+        await presence.stop()
         await rtmp.stop()
         await whip.close()
         await rooms.close(settings.store_drain_seconds)

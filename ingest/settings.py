@@ -81,3 +81,6 @@ class IngestSettings(PackagerSettings):
     # Where the origin tier and other nodes reach this node's origin (default: derived from
     # host and origin_port).
     internal_url: str | None = None
+    # How often the rooms this node publishes have their audience and speaker names written to
+    # the registry (only those that changed): how fresh the directory of rooms is.
+    presence_seconds: float = Field(default=5.0, ge=0.5)

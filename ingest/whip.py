@@ -87,10 +87,11 @@ class WhipSession:
 
     def __init__(self, session_id: str, room: Room, rooms: Rooms, metrics: IngestMetrics,
                  remote: str, ice_servers: list[str], connect_timeout: float,
-                 on_closed: Callable[[WhipSession], None]) -> None:
+                 on_closed: Callable[[WhipSession], None], name: str | None = None) -> None:
         self.id = session_id
         self.room = room
         self.remote = remote
+        self.name = name  # the speaker's display name, None for the default
         self.state: State = "new"
         self._rooms, self._metrics = rooms, metrics
         self._connect_timeout = connect_timeout
@@ -133,7 +134,8 @@ class WhipSession:
             await pc.setLocalDescription(answer)
         except Exception as exc:  # aiortc reports a bad offer with many exception types
             raise SdpError(f"cannot answer the offer: {type(exc).__name__}: {exc}") from exc
-        self.speaker = await self._rooms.speak(self.room, "whip", self.remote, self._disconnect)
+        self.speaker = await self._rooms.speak(self.room, "whip", self.remote, self._disconnect,
+                                               self.name)
         self._set_state("connecting")
         self._spawn(self._connect_deadline())
         self.answer_sdp = str(pc.localDescription.sdp)
@@ -201,8 +203,10 @@ class WhipEndpoint:
         self.max_per_address = max_per_address
         self.sessions: dict[str, WhipSession] = {}
 
-    async def offer(self, room: Room, offer_body: bytes, remote: str) -> WhipSession:
-        """Answer an offer; raises SdpError, UnsupportedCodec, OverLimit or a RoomError."""
+    async def offer(self, room: Room, offer_body: bytes, remote: str,
+                    name: str | None = None) -> WhipSession:
+        """Answer an offer; raises SdpError, UnsupportedCodec, OverLimit or a RoomError.
+        `name`: the speaker's display name (checked by `ingest.display`)."""
         offer = check_offer(offer_body)
         if len(self.sessions) >= self.max_sessions:
             self._metrics.limit_hits.labels(limit="whip_sessions").inc()
@@ -217,7 +221,7 @@ class WhipEndpoint:
                             "whip_sessions_per_address", retry_after=5.0)
         sid = secrets.token_urlsafe(16)
         session = WhipSession(sid, room, self._rooms, self._metrics, remote, self._ice_servers,
-                              self._connect_timeout, self._forget)
+                              self._connect_timeout, self._forget, name)
         self.sessions[sid] = session
         try:
             await session.answer(offer)

@@ -6,5 +6,7 @@
                                     └──────────▶ StoreWriter (store) ─▶ folder or S3
 
 `pipeline.Packager` starts broadcasts; `origin.build_app` serves them. Object names come
-from `hls.names`, directive parsing and lifetimes from `hls`.
+from `hls.names`, directive parsing and lifetimes from `hls`. Beside the media, the origin
+serves each room's status object (`status`: title, state, who speaks, audience, composed at
+most once a second) and the directory of public rooms (`roomlist`, read from the registry).
 """

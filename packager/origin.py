@@ -4,7 +4,9 @@ they exist, and everything else from the store.
 Live state comes from a `LiveSource`: the in-process `Hub` when the packager runs in the
 same process (`HubLive`, the normal case), or `StoreLive`, which re-reads `state.json` from
 the store for an origin running on its own. Paths, directives, the containment rule and cache
-lifetimes are the shared ones of `hls`; the statuses follow LLHLS.md.
+lifetimes are the shared ones of `hls`; the statuses follow LLHLS.md. Beside LL-HLS, it
+answers each room's status object (`packager.status`, composed from the rooms of this process)
+and the directory of public rooms (`packager.roomlist`, read from the registry).
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from starlette.routing import Route
 from hls.directives import BadDirective, parse_query
 from hls.http import (
     CORS_HEADERS,
+    DIRECTORY_CACHE,
     FINAL,
     IMMUTABLE,
+    JSON_TYPE,
     NO_STORE,
     PLAYLIST_TYPE,
     PREFLIGHT_HEADERS,
     REFUSED,
     SHORT,
+    STATUS_CACHE,
     asked_again,
     content_type_for_key,
     live_playlist_cache,
@@ -49,10 +54,13 @@ from hls.names import (
 )
 from hls.reach import part_object_too_far, part_too_far
 from hls.tokens import PRIVATE_ROOT
+from packager.audience import AudienceBoard
 from packager.errors import StoreError
 from packager.live import Hub, LiveRoom
 from packager.privacy import NoPrivateRooms, PrivacyUnknown, RoomPrivacy, served_here
 from packager.recording import RecordingComposer
+from packager.roomlist import RoomList, RoomListUnavailable
+from packager.status import StatusDesk, StatusUnavailable
 from packager.store import Store
 
 log = logging.getLogger(__name__)
@@ -180,6 +188,31 @@ async def stored_answer(store: Store, key: str, kind: str, cache: str, method: s
     return respond(data, 200, kind, cache, content_type_for_key(key), method)
 
 
+async def status_answer(desk: StatusDesk, room: str, method: str,
+                        respond: Responder) -> Response:
+    """A room's status object, as the origin and the tier serve it: 404 for a room nobody
+    knows, 503 when the registry would have to say and cannot."""
+    try:
+        body = await desk.status(room)
+    except StatusUnavailable as exc:
+        return respond((str(exc) + "\n").encode(), 503, "status", SHORT, TEXT, method)
+    if body is None:
+        return respond(b"no such room\n", 404, "status", REFUSED, TEXT, method)
+    return respond(body, 200, "status", STATUS_CACHE, JSON_TYPE, method)
+
+
+async def directory_answer(rooms: RoomList, route: str, method: str,
+                           respond: Responder) -> Response:
+    """The directory of public rooms; only ever under `/live/` (it lists no private room)."""
+    if not route.startswith(f"/{LIVE_ROOT}/"):
+        return respond(b"not found\n", 404, "directory", REFUSED, TEXT, method)
+    try:
+        body = await rooms.document()
+    except RoomListUnavailable as exc:
+        return respond((str(exc) + "\n").encode(), 503, "directory", SHORT, TEXT, method)
+    return respond(body, 200, "directory", DIRECTORY_CACHE, JSON_TYPE, method)
+
+
 def _resp(body: bytes, status: int, kind: str, cache: str, ctype: str, method: str) -> Response:
     REQUESTS.labels(kind, str(status)).inc()
     return answer(body, status, cache, ctype, method)
@@ -190,11 +223,19 @@ def _error(status: int, kind: str, message: str, cache: str, method: str) -> Res
 
 
 class Origin:
-    def __init__(self, store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None):
+    def __init__(self, store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None,
+                 audience: AudienceBoard | None = None, status: StatusDesk | None = None,
+                 room_list: RoomList | None = None):
         self.store = store
         self.rooms = rooms
         self.privacy: RoomPrivacy = privacy or NoPrivateRooms()
         self.recordings = RecordingComposer(store)
+        # What the edges below report listening to each room (`total(room, time.time())`).
+        self.audience = audience if audience is not None else AudienceBoard()
+        # Rooms' status objects (facts from the rooms of this process, once attached) and
+        # the directory of public rooms (empty without a registry).
+        self.status = status if status is not None else StatusDesk(audience=self.audience)
+        self.room_list = room_list if room_list is not None else RoomList(None)
 
     async def _wait(self, live: LiveRoom, name: str, msn: int, part: int | None,
                     timeout: float) -> bool:
@@ -229,11 +270,15 @@ class Origin:
         if found is None:
             return _error(404, "other", "not found", REFUSED, method)
         obj, key = found
+        if obj.kind == "directory":
+            return await directory_answer(self.room_list, request.url.path, method, _resp)
         try:
             if not await served_here(self.privacy, obj.room, request.url.path):
                 return _error(404, obj.kind, "not found", REFUSED, method)
         except PrivacyUnknown as exc:
             return _error(503, obj.kind, str(exc), SHORT, method)
+        if obj.kind == "status":
+            return await status_answer(self.status, obj.room, method, _resp)
         if obj.kind == "master":
             live = await self.rooms.live(obj.room)
             if live is not None and live.announced:
@@ -278,6 +323,7 @@ class Origin:
 
     async def _playlist(self, request: Request, room: str, name: str, key: str,
                         method: str) -> Response:
+        self.audience.report_headers(room, request.headers)  # an edge's report, if it sent one
         try:
             d = parse_query(request.url.query)
         except BadDirective as exc:
@@ -364,10 +410,14 @@ class Origin:
         return await self._object(key, "part", IMMUTABLE, method)
 
 
-def build_app(store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None) -> Starlette:
+def build_app(store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None,
+              audience: AudienceBoard | None = None, status: StatusDesk | None = None,
+              room_list: RoomList | None = None) -> Starlette:
     """`privacy`: which rooms are private (`packager.privacy.RegistryPrivacy`); without it every
-    room is public."""
-    origin = Origin(store, rooms, privacy)
+    room is public. `audience`: the board the edges' reports go to (a new one without it).
+    `status`: where rooms' status objects come from (without it: nowhere, every room is
+    unknown); `room_list`: the directory of public rooms (without it: empty)."""
+    origin = Origin(store, rooms, privacy, audience, status, room_list)
     return Starlette(routes=live_routes(origin.handle))
 
 

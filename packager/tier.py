@@ -12,6 +12,9 @@ edges/shields, and holds no room state:
   Content-Type, Cache-Control, Age) is passed through unchanged.
 - Everything immutable (init segments, segments, stored parts, recordings) is read from the
   store first, with the lifetimes of `hls.http`: owners only see what only they can answer.
+- A room's status object (`status.json`) goes to its owner like the master; a room nobody owns
+  (waiting, ended) is described from the database. The directory of public rooms
+  (`rooms.json`) is read from the database, at most once a second (`packager.roomlist`).
 - Paths outside the grammar of `hls.names` are refused before any store read, database lookup
   or forward; malformed directives get 400 the same way.
 - A private room is served only under `/private/{room}/...` (the edge checked and stripped the
@@ -68,8 +71,16 @@ from hls.http import (
     max_age,
 )
 from hls.names import ObjectName
+from packager.audience import relay_report, relayed_report
 from packager.errors import StoreError
-from packager.origin import answer, live_routes, public_object, stored_answer
+from packager.origin import (
+    answer,
+    directory_answer,
+    live_routes,
+    public_object,
+    status_answer,
+    stored_answer,
+)
 from packager.privacy import (
     NoPrivateRooms,
     PrivacyUnknown,
@@ -78,9 +89,11 @@ from packager.privacy import (
     served_here,
 )
 from packager.recording import RecordingComposer
+from packager.roomlist import RoomList
 from packager.settings import TierSettings
+from packager.status import StatusDesk
 from packager.store import Store
-from registry import Owner, RegistryError
+from registry import Owner, RegistryError, RoomListing, RoomRecord
 
 __all__ = [
     "DirectoryUnavailable",
@@ -112,11 +125,16 @@ ENDLIST = b"#EXT-X-ENDLIST"
 
 # --- owners -------------------------------------------------------------------------------
 class OwnerLookup(Protocol):
-    """Where rooms' owners (and whether they are private) are found: `registry.Registry`."""
+    """Where rooms' owners (and whether they are private), rooms nobody publishes and the
+    directory of public rooms are found: `registry.Registry`."""
 
     async def owner_of(self, name: str) -> Owner | None: ...
 
     async def private_rooms(self, names: list[str]) -> dict[str, bool]: ...
+
+    async def get_room(self, name: str) -> RoomRecord | None: ...
+
+    async def public_rooms(self, replays: int = ..., live: int = ...) -> RoomListing: ...
 
 
 class DirectoryUnavailable(Exception):
@@ -257,11 +275,12 @@ class OwnerClient:
             t = max(timeout, 0.05)
             limit = httpx.Timeout(t, connect=min(t, CONNECT_SECONDS), pool=CONNECT_SECONDS)
         url = base.rstrip("/") + target
+        headers = relayed_report()  # an edge's audience report goes on to the owner unchanged
         try:
             if limit is None:
-                r = await self._client.request(method, url)
+                r = await self._client.request(method, url, headers=headers)
             else:
-                r = await self._client.request(method, url, timeout=limit)
+                r = await self._client.request(method, url, headers=headers, timeout=limit)
         except httpx.PoolTimeout as exc:
             raise TierBusy("every connection to the owners is in use") from exc
         except httpx.TimeoutException as exc:
@@ -335,8 +354,13 @@ class Tier:
     """Answers one request: from the owner, from the store, or refused."""
 
     def __init__(self, store: Store, owners: OwnerDirectory, client: OwnerClient,
-                 failover_wait: float, privacy: RoomPrivacy | None = None) -> None:
+                 failover_wait: float, privacy: RoomPrivacy | None = None,
+                 status: StatusDesk | None = None, room_list: RoomList | None = None) -> None:
         self.privacy: RoomPrivacy = privacy or NoPrivateRooms()
+        # Status objects of rooms nobody publishes (waiting, ended), from the registry; the
+        # directory of public rooms, from the registry too.
+        self.status = status if status is not None else StatusDesk()
+        self.room_list = room_list if room_list is not None else RoomList(None)
         self.store = CountedStore(store)
         self.owners = owners
         self.client = client
@@ -349,6 +373,7 @@ class Tier:
     async def handle(self, request: Request) -> Response:
         method = request.method
         path = request.path_params["path"]
+        relay_report(request.headers)
         found = public_object(path)
         if found is None:
             return _error(404, "other", "not found", REFUSED, method)
@@ -356,9 +381,13 @@ class Tier:
         kind: str = obj.kind
         # What owners are asked for: the request's own path, `/live/...` or `/private/...`.
         route = request.url.path
+        if obj.kind == "directory":
+            return await directory_answer(self.room_list, route, method, _resp)
         try:
             if not await served_here(self.privacy, obj.room, route):
                 return _error(404, kind, "not found", REFUSED, method)
+            if obj.kind == "status":
+                return await self._status(obj.room, route, method)
             if obj.kind == "playlist":
                 try:
                     d = parse_query(request.url.query)
@@ -425,6 +454,16 @@ class Tier:
         if isinstance(answer, OwnerAnswer):
             return _passed(kind, answer, method)
         return await self._stored(key, kind, SHORT, method)
+
+    async def _status(self, room: str, route: str, method: str) -> Response:
+        """A room's status object: its owner's (only it knows who speaks), else, for a room
+        nobody publishes, what the registry says of it."""
+        answer = await self._ask_owner(room, route, method, hold=False)
+        if isinstance(answer, OwnerAnswer):
+            return _passed("status", answer, method)
+        if answer is Missing.NO_OWNER:
+            return await status_answer(self.status, room, method, _resp)
+        return _error(503, "status", answer.value, SHORT, method)
 
     async def _blocking(self, room: str, target: str, key: str, method: str) -> Response:
         kind = "blocking_playlist"
@@ -518,7 +557,8 @@ def build_tier_app(store: Store, registry: OwnerLookup, settings: TierSettings) 
     client = OwnerClient(settings.tier_forward_timeout_seconds, settings.tier_max_connections)
     privacy = RegistryPrivacy(registry, settings.tier_owner_cache_seconds,
                               settings.tier_owner_cache_rooms)
-    tier = Tier(store, owners, client, settings.tier_failover_wait_seconds, privacy)
+    tier = Tier(store, owners, client, settings.tier_failover_wait_seconds, privacy,
+                StatusDesk(registry), RoomList(registry))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

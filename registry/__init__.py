@@ -19,6 +19,10 @@ a lease that comes with a new epoch (the fencing number its writes carry):
     await registry.owner_of("r")                 # Owner(node, epoch, expires, internal_url)
     await registry.rooms_to_adopt()              # live rooms whose owner's lease ran out
 
+A room has a title and a description (`set_room_info`); its owner writes what it sees of a
+live room, the audience and the speakers' names (`record_presence`), so the directory of
+public rooms is one read (`public_rooms`).
+
 A room may be private (`create_room(..., private=True)`: listeners need a signed token), and
 its stream key can be replaced or revoked (`replace_key`); `key_generation` counts the keys, so
 every node can tell which speakers an old key admitted.
@@ -47,6 +51,8 @@ from registry.records import (
     Lease,
     NodeInfo,
     Owner,
+    Presence,
+    RoomListing,
     RoomRecord,
     RoomState,
 )
@@ -59,11 +65,13 @@ __all__ = [
     "NoSuchRoom",
     "NodeInfo",
     "Owner",
+    "Presence",
     "Registry",
     "RegistryError",
     "REVOKED_KEY_HASH",
     "RegistryUnavailable",
     "RoomClosed",
+    "RoomListing",
     "RoomRecord",
     "RoomState",
     "RoomTaken",

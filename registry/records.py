@@ -33,10 +33,31 @@ class RoomRecord:
     lease_expires: float | None = None
     private: bool = False  # listeners need a signed token; served only under /private/
     key_generation: int = 1  # grows by one at every rotation or revocation of the key
+    title: str = ""
+    description: str = ""
+    # What the node publishing the room last wrote (every few seconds, when they changed).
+    audience: int = 0
+    speaker_names: tuple[str, ...] = ()
 
     @property
     def key_revoked(self) -> bool:
         return self.key_hash == REVOKED_KEY_HASH
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """What the node publishing a room sees of it: listeners across every edge, and who speaks."""
+
+    audience: int
+    speakers: tuple[str, ...]  # display names, in the order they joined
+
+
+@dataclass(frozen=True, slots=True)
+class RoomListing:
+    """The public rooms a directory lists: live ones, and ended ones with a recording."""
+
+    live: tuple[RoomRecord, ...]  # longest on air first
+    replays: tuple[RoomRecord, ...]  # newest end first
 
 
 @dataclass(frozen=True, slots=True)

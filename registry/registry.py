@@ -13,8 +13,9 @@ reports itself in the node directory (`register_node`, `heartbeat`, see `registr
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +31,16 @@ from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact,
 from registry.errors import NoSuchRoom, RegistryError, RoomClosed, RoomTaken
 from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
 from registry.migrate import upgrade as upgrade_schema
-from registry.records import EpochRecord, Lease, NodeInfo, Owner, RoomRecord, RoomState
+from registry.records import (
+    EpochRecord,
+    Lease,
+    NodeInfo,
+    Owner,
+    Presence,
+    RoomListing,
+    RoomRecord,
+    RoomState,
+)
 from registry.tables import epochs, rooms
 
 
@@ -87,10 +97,12 @@ class Registry:
 
     # --- rooms ------------------------------------------------------------------------
     async def create_room(self, name: str, key_hash: str, created_at: float,
-                          private: bool = False) -> RoomRecord:
+                          private: bool = False, title: str = "",
+                          description: str = "") -> RoomRecord:
         """A new waiting room, or an ended one reused under the same name (keeping its epoch
         and next_msn, so the name's URLs and sequence numbers never go backwards; its key
-        generation moves on, so nothing admitted by the old key counts).
+        generation moves on, so nothing admitted by the old key counts; its title,
+        description, audience and speakers start afresh).
 
         Raises RoomTaken when a waiting or live room has that name.
         """
@@ -106,7 +118,7 @@ class Registry:
                         sa.insert(rooms).values(
                             name=name, key_hash=key_hash, state="waiting",
                             created_at=created_at, epoch=0, next_msn=1, private=private,
-                            key_generation=1,
+                            key_generation=1, title=title, description=description,
                         )
                     )
                 except sa_exc.IntegrityError as exc:  # created by someone else meanwhile
@@ -119,6 +131,7 @@ class Registry:
                 key_hash=key_hash, state="waiting", created_at=created_at,
                 started_at=None, ended_at=None, end_reason=None, broadcast_id=None,
                 private=private, key_generation=rooms.c.key_generation + 1,
+                title=title, description=description, audience=0, speakers="[]",
             )
 
     async def get_room(self, name: str) -> RoomRecord | None:
@@ -144,6 +157,54 @@ class Registry:
     async def live_rooms(self) -> list[RoomRecord]:
         """Live rooms, ordered by name: what a restarted service must resume."""
         return await self._rooms("list live rooms", rooms.c.state == "live")
+
+    async def set_room_info(self, name: str, title: str | None = None,
+                            description: str | None = None) -> RoomRecord:
+        """Change a room's title and description (None: unchanged), whatever its state: an
+        ended room's title still shows beside its recording. Raises NoSuchRoom."""
+        values = {key: value for key, value in (("title", title), ("description", description))
+                  if value is not None}
+        async with self._write(f"set title of room {name!r}") as conn:
+            if not values:
+                return await self._room(conn, name)
+            return await self._update_room(conn, name, **values)
+
+    async def record_presence(self, seen: Mapping[str, Presence],
+                              node: str | None = None) -> None:
+        """Write each room's audience and speaker names as the node publishing it saw them,
+        in one transaction. Rooms no longer live are left alone, and so, with `node`, are
+        rooms whose lease another node holds now (its view is the newer one)."""
+        if not seen:
+            return
+        query = (sa.update(rooms)
+                 .where(rooms.c.name == sa.bindparam("room"), rooms.c.state == "live")
+                 .values(audience=sa.bindparam("seen_audience"),
+                         speakers=sa.bindparam("seen_speakers")))
+        if node is not None:
+            query = query.where(rooms.c.owner == node)
+        rows = [{"room": name, "seen_audience": p.audience,
+                 "seen_speakers": json.dumps(list(p.speakers))} for name, p in seen.items()]
+        async with self._write(f"presence of {len(rows)} rooms") as conn:
+            await conn.execute(query, rows)
+
+    async def public_rooms(self, replays: int = 50, live: int = 1000) -> RoomListing:
+        """What a directory of rooms lists, in one read: public live rooms (longest on air
+        first, at most `live`) and public ended rooms that went on air, so have a recording
+        (newest end first, at most `replays`)."""
+        public = rooms.c.private == sa.false()
+        on_air = (sa.select(rooms).where(public, rooms.c.state == "live")
+                  .order_by(sa.func.coalesce(rooms.c.started_at, rooms.c.created_at),
+                            rooms.c.name)
+                  .limit(live))
+        ended = (sa.select(rooms)
+                 .where(public, rooms.c.state == "ended", rooms.c.broadcast_id.is_not(None),
+                        rooms.c.started_at.is_not(None))
+                 .order_by(rooms.c.ended_at.desc(), rooms.c.name)
+                 .limit(replays))
+        async with self._read("list public rooms") as conn:
+            found = [_room_record(row) for row in await conn.execute(on_air)]
+            done = [_room_record(row) for row in await conn.execute(ended)]
+        return RoomListing(tuple(found), tuple(done))
 
     async def set_key_hash(self, name: str, key_hash: str) -> RoomRecord:
         async with self._write(f"set key of room {name!r}") as conn:
@@ -455,6 +516,10 @@ def _room_record(row: sa.Row[Any]) -> RoomRecord:
         lease_expires=_float(row.lease_expires),
         private=bool(row.private),
         key_generation=int(row.key_generation),
+        title=row.title or "",
+        description=row.description or "",
+        audience=int(row.audience or 0),
+        speaker_names=_names(row.speakers),
     )
 
 
@@ -471,7 +536,18 @@ def _epoch_record(row: sa.Row[Any]) -> EpochRecord:
 
 
 def _room_values(room: RoomRecord) -> dict[str, Any]:
-    return {field.name: getattr(room, field.name) for field in dataclasses.fields(room)}
+    values = {field.name: getattr(room, field.name) for field in dataclasses.fields(room)}
+    values["speakers"] = json.dumps(list(values.pop("speaker_names")))
+    return values
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    """Speaker names as stored (a JSON list); nothing for anything else."""
+    try:
+        found = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(n) for n in found) if isinstance(found, list) else ()
 
 
 def _float(value: Any) -> float | None:

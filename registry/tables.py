@@ -28,6 +28,10 @@ rooms = sa.Table(
     sa.Column("lease_expires", sa.Float, nullable=True),
     sa.Column("private", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("key_generation", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("title", sa.String(120), nullable=False, server_default=""),
+    sa.Column("description", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("audience", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("speakers", sa.Text, nullable=False, server_default="[]"),  # JSON display names
     sa.CheckConstraint("state IN ('waiting', 'live', 'ended')", name="rooms_state"),
 )
 

@@ -1,5 +1,6 @@
 """`townsquare rooms ...` against a real `townsquare ingest`: an operator creates, lists,
-shows and ends rooms, rotates a key and mutes a speaker without writing JSON by hand."""
+shows, titles and ends rooms, rotates a key and mutes a speaker without writing JSON by hand
+(titles on both databases: SQLite, and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.procs import free_port, running
+
+__all__ = ["postgres_server"]  # the session fixture
 
 TOKEN = "admin-cli-test-token-0123456789"
 
@@ -26,6 +30,22 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running(args, d / "ingest.log", f"http://127.0.0.1:{port}/healthz",
                  env={"TOWNSQUARE_ADMIN_TOKEN": TOKEN}):
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def control_on_postgres(tmp_path_factory: pytest.TempPathFactory,
+                        postgres_server: PostgresServer) -> Iterator[str]:
+    d = tmp_path_factory.mktemp("admin-pg")
+    url = postgres_server.create_database("admin_cli")
+    port = free_port()
+    args = ["ingest", "--data", str(d / "data"), "--control-port", str(port),
+            "--origin-port", str(free_port()), "--rtmp-port", str(free_port())]
+    try:
+        with running(args, d / "ingest.log", f"http://127.0.0.1:{port}/healthz",
+                     env={"TOWNSQUARE_ADMIN_TOKEN": TOKEN, "TOWNSQUARE_DATABASE_URL": url}):
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        postgres_server.drop_database("admin_cli")
 
 
 def rooms(control: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
@@ -67,3 +87,32 @@ def test_errors_say_what_to_do(control: str, tmp_path: Path) -> None:
     assert mute.returncode != 0 and "no room named" in mute.stderr
 
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_titles_and_descriptions_from_the_terminal(backend: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    control = request.getfixturevalue("control" if backend == "sqlite" else "control_on_postgres")
+    made = rooms(control, "--json", "create", "titled", "--title", "Town hall",
+                 "--description", "Questions for the mayor")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["title"] == "Town hall"
+
+    edited = rooms(control, "edit", "titled", "--title", "Town hall, part 2")
+    assert edited.returncode == 0, edited.stderr
+    shown = json.loads(rooms(control, "--json", "show", "titled").stdout)
+    assert (shown["title"], shown["description"]) == ("Town hall, part 2",
+                                                      "Questions for the mayor")
+    table = rooms(control, "list")
+    assert "Town hall, part 2" in table.stdout
+
+    too_long = rooms(control, "edit", "titled", "--title", "x" * 121)
+    assert too_long.returncode != 0 and "title" in too_long.stderr
+    assert "at most 120 characters" in too_long.stderr
+    # The title outlives the room: an ended room keeps it for its replay.
+    assert rooms(control, "end", "titled").returncode == 0
+    after = rooms(control, "--json", "edit", "titled", "--description", "Recorded")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["description"] == "Recorded"
+    rename = rooms(control, "rename", "titled", "rtmp-1", "Ada")
+    assert rename.returncode != 0 and "no room named" in rename.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +28,21 @@ def _up(tmp_path: Path) -> tuple[list[str], dict[str, int]]:
             "--control-port", str(ports["control"]), "--origin-port", str(ports["origin"]),
             "--edge-port", str(ports["edge"]), "--rtmp-port", str(ports["rtmp"])]
     return args, ports
+
+
+def _until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return found
+
+
+def _talking(edge: str, room: str) -> dict[str, Any] | None:
+    """The room's status through the edge once its first speaker is heard talking."""
+    answer = httpx.get(f"{edge}/live/{room}/status.json")
+    doc: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
+    return doc if doc.get("speakers") and doc["speakers"][0]["speaking"] else None
 
 
 def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
@@ -51,6 +68,14 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
         room = httpx.get(f"http://127.0.0.1:{ports['control']}/rooms/demo",
                          headers={"Authorization": f"Bearer {token}"}).json()
         assert room["live"] and [s["kind"] for s in room["speakers"]] == ["local"]
+        # A newcomer sees it in the directory with its title and its speaker, talking.
+        status = _talking(edge, "demo")
+        assert status is not None and status["title"] == "townsquare demo", status
+        assert [s["name"] for s in status["speakers"]] == ["Test tone"]
+        listed = _until(lambda: [r for r in httpx.get(f"{edge}/live/rooms.json").json()["live"]
+                                 if r["speakers"]], "the demo's speaker in the directory")
+        assert [(r["room"], r["title"], r["speakers"]) for r in listed] == [
+            ("demo", "townsquare demo", ["Test tone"])]
         printed = up.output()
         for needle in (f"admin token:  {token}", f"{edge}/listen/demo", "rtmp://127.0.0.1:",
                        "/broadcast/demo  (stream key tsk_"):
@@ -107,6 +132,16 @@ def test_up_with_two_nodes_serves_rooms_from_either_through_one_entry(tmp_path: 
             wait_http(f"{edge}/live/second/master.m3u8", 60, up.proc)
             state = httpx.get(f"{control}/rooms/second", headers=auth).json()
             assert state["node"] == "node-2" and state["live"], state
+            # Its status comes from node 2, through the edge and the tier; the demo's from
+            # node 1.
+            second = _until(lambda: _talking(edge, "second"), "the speaker on node 2 talking")
+            assert [s["name"] for s in second["speakers"]] == ["Speaker 1"]
+            assert second["state"] == "live" and second["since"] == pytest.approx(
+                time.time(), abs=120)
+            demo = _until(lambda: _talking(edge, "demo"), "the demo talking")
+            assert demo["title"] == "townsquare demo"
+            node1 = httpx.get(f"{control}/rooms/second/status").json()  # asks node 2
+            assert node1["room"] == "second" and node1["speakers"][0]["name"] == "Speaker 1"
             out = tmp_path / "second.wav"
             subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i",
                             f"{edge}/live/second/master.m3u8", "-t", "3", "-y", str(out)],

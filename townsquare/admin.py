@@ -23,8 +23,8 @@ class AdminError(Exception):
 
 
 def add_parser(sub: Any) -> None:
-    rooms = sub.add_parser("rooms", help="create, list, show and end rooms; rotate keys; mute "
-                                         "speakers (the rooms API from a terminal)")
+    rooms = sub.add_parser("rooms", help="create, list, show, edit and end rooms; rotate keys; "
+                                         "mute and name speakers (the rooms API from a terminal)")
     rooms.add_argument("--control", default=os.environ.get("TOWNSQUARE_CONTROL_URL",
                                                            DEFAULT_CONTROL),
                        help="control API URL (TOWNSQUARE_CONTROL_URL)")
@@ -37,6 +37,12 @@ def add_parser(sub: Any) -> None:
     create.add_argument("name", nargs="?")
     create.add_argument("--private", action="store_true",
                         help="listeners need a signed, expiring URL")
+    create.add_argument("--title", help="what listeners read first (up to 120 characters)")
+    create.add_argument("--description", help="what the room is about (up to 1000)")
+    edit = act.add_parser("edit", help="change a room's title or description")
+    edit.add_argument("room")
+    edit.add_argument("--title")
+    edit.add_argument("--description")
     act.add_parser("list", help="every room with its state and speakers")
     for name, text in (("show", "one room in full"), ("end", "end the room (recording kept)"),
                        ("rotate-key", "a new stream key; the old one stops at once"),
@@ -52,6 +58,10 @@ def add_parser(sub: Any) -> None:
     kick = act.add_parser("remove", help="disconnect a speaker")
     kick.add_argument("room")
     kick.add_argument("speaker")
+    rename = act.add_parser("rename", help="give a speaker a display name")
+    rename.add_argument("room")
+    rename.add_argument("speaker")
+    rename.add_argument("speaker_name", metavar="NAME")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -71,7 +81,8 @@ def _request(args: argparse.Namespace) -> Any:
     a = args.action
     calls: dict[str, tuple[str, str, Any]] = {
         "create": ("POST", "/rooms", {"name": getattr(args, "name", None),
-                                      "private": getattr(args, "private", False)}),
+                                      "private": getattr(args, "private", False),
+                                      **_info(args)}),
         "list": ("GET", "/rooms", None),
     }
     if hasattr(args, "room"):
@@ -83,11 +94,14 @@ def _request(args: argparse.Namespace) -> Any:
             "revoke-key": ("DELETE", f"/rooms/{r}/key", None),
             "listener-url": ("POST", f"/rooms/{r}/listener-urls",
                              {"lifetime_seconds": int(getattr(args, "hours", 6) * 3600)}),
+            "edit": ("PATCH", f"/rooms/{r}", _info(args)),
         })
         if hasattr(args, "speaker"):
             calls["mute"] = ("POST", f"/rooms/{r}/speakers/{args.speaker}/mute",
                              {"muted": not getattr(args, "off", False)})
             calls["remove"] = ("DELETE", f"/rooms/{r}/speakers/{args.speaker}", None)
+            calls["rename"] = ("PUT", f"/rooms/{r}/speakers/{args.speaker}/name",
+                               {"name": getattr(args, "speaker_name", "")})
     method, path, body = calls[a]
     base = args.control.rstrip("/")
     try:
@@ -108,11 +122,20 @@ def _request(args: argparse.Namespace) -> Any:
     return response.json()
 
 
+def _info(args: argparse.Namespace) -> dict[str, str]:
+    """The title and description given on the command line (those left out stay as they are)."""
+    return {key: getattr(args, key) for key in ("title", "description")
+            if getattr(args, key, None) is not None}
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
         detail = response.text
+    if isinstance(detail, list):  # validation errors: say which field and why
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: "
+                           f"{e.get('msg', '')}" for e in detail if isinstance(e, dict))
     return str(detail)[:300]
 
 
@@ -122,26 +145,30 @@ def _show(action: str, answer: Any) -> None:
 
     console = Console()
     if action == "list":
-        t = Table("room", "state", "speakers", "since", "duration", "node", "private")
+        t = Table("room", "title", "state", "speakers", "since", "duration", "node", "private")
         for r in answer.get("rooms", []):
-            t.add_row(r["name"], r["state"], str(len(r.get("speakers", []))),
+            t.add_row(r["name"], r.get("title") or "", r["state"],
+                      str(len(r.get("speakers", []))),
                       r.get("started_at") or "-", _duration(r.get("duration_seconds")),
                       r.get("node") or "-", "yes" if r.get("private") else "")
         console.print(t)
         return
     if action == "show":
         t = Table(show_header=False, title=answer.get("name"))
-        for key in ("state", "broadcast_id", "started_at", "ended_at", "end_reason",
+        for key in ("title", "description", "state", "broadcast_id", "started_at", "ended_at",
+                    "end_reason",
                     "duration_seconds", "node", "private", "key_generation", "listener_url",
                     "playlist_url"):
-            if answer.get(key) is not None:
+            if answer.get(key) not in (None, ""):
                 t.add_row(key, str(answer[key]))
         console.print(t)
         speakers = answer.get("speakers", [])
         if speakers:
-            s = Table("speaker", "kind", "from", "since", "muted", "level dBFS", "buffer ms")
+            s = Table("speaker", "name", "kind", "from", "since", "muted", "level dBFS",
+                      "buffer ms")
             for sp in speakers:
-                s.add_row(sp["id"], sp["kind"], sp["remote"], sp["connected_at"],
+                s.add_row(sp["id"], sp.get("name", ""), sp["kind"], sp["remote"],
+                          sp["connected_at"],
                           "yes" if sp["muted"] else "", str(sp["level_dbfs"]),
                           str(sp["buffer_ms"]))
             console.print(s)

@@ -18,12 +18,15 @@ from hls.names import epoch_id, new_broadcast_id, room_key
 from ingest.capture import play
 from ingest.settings import IngestSettings
 from ingest.sources import SourceError, TestSignal, open_source
+from packager.audience import AudienceBoard
 from packager.ladder import GRID_SAMPLES, SAMPLE_RATE
 from packager.origin import HubLive, StoreLive, build_app
 from packager.pipeline import Packager, plan_epoch
 from packager.playlist import target_duration_for
 from packager.recording import EpochInfo, repair_broadcast
+from packager.roomlist import RoomList
 from packager.settings import OriginSettings, PackagerSettings
+from packager.status import OnAirFeed, StatusDesk
 from packager.store import open_store
 from serving.http import http_server, serve_http
 from serving.tasks import cancel_and_wait
@@ -119,14 +122,19 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     packager = None
     demo_stop = asyncio.Event()
     tasks: list[asyncio.Task[Any]] = []
+    audience = AudienceBoard()
+    status = StatusDesk(audience=audience)
     if args.demo:
         packager = Packager(PackagerSettings(**_store_overrides(args)), store)
         await packager.start()
-        rooms: Any = HubLive(packager.hub)
+        hub = packager.hub
+        rooms: Any = HubLive(hub)
+        status.attach(OnAirFeed(lambda room: hub.get(room) is not None))
         tasks.append(asyncio.create_task(_demo(packager, args.demo, demo_stop)))
     else:
         rooms = StoreLive(store, settings.origin_poll_seconds)
-    server = http_server(build_app(store, rooms), settings.host, settings.origin_port)
+    server = http_server(build_app(store, rooms, audience=audience, status=status),
+                         settings.host, settings.origin_port)
     http = asyncio.create_task(serve_http(server))
     base = f"http://{settings.host}:{settings.origin_port}"
     print(f"origin: {base}  (store: {store.describe()})", flush=True)
@@ -209,14 +217,19 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     packager = Packager(settings)
     store = packager.store
     store_problem = await packager.start()
-    origin = http_server(build_app(store, HubLive(packager.hub), RegistryPrivacy(registry)),
+    # The edges' audience reports reach this origin; the status objects it serves count them,
+    # and ingest writes them to the registry for the directory.
+    audience = AudienceBoard()
+    status = StatusDesk(registry, audience)
+    origin = http_server(build_app(store, HubLive(packager.hub), RegistryPrivacy(registry),
+                                   audience, status, RoomList(registry)),
                          settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
     demo_name = getattr(args, "demo", None)
     demo = DemoRoom(demo_name) if demo_name else None
     ingest_started = asyncio.Event()
     ingest_task = asyncio.create_task(run_ingest(settings, packager, ingest_started, demo,
-                                                 registry=registry))
+                                                 registry=registry, status=status))
     await _until_started(ingest_started, ingest_task)
 
     node_lines = []

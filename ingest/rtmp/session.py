@@ -22,6 +22,7 @@ import time
 from typing import Literal
 
 from ingest.decoder import AacDecoder
+from ingest.display import name_in_query
 from ingest.errors import (
     BadKey,
     DecodeError,
@@ -303,11 +304,12 @@ class RtmpSession:
         if self.speaker is not None:
             raise ProtocolError("publish on a connection that is already publishing")
         key = cmd.args[0] if cmd.args and isinstance(cmd.args[0], str) else ""
-        key = key.split("?", 1)[0]
+        key, _, query = key.partition("?")
         try:
             room = await self._rooms.find_by_key(key)
             self.room = room
-            self.speaker = await self._rooms.speak(room, "rtmp", self.remote, self._disconnect)
+            self.speaker = await self._rooms.speak(room, "rtmp", self.remote, self._disconnect,
+                                                   name_in_query(query))
         except BadKey:
             self._refuse(stream_id, "NetStream.Publish.BadName", "invalid stream key", "key")
             await self._writer.drain()

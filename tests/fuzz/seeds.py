@@ -81,6 +81,7 @@ def object_paths(room: str = ROOM) -> tuple[str, ...]:
         f"{room}/{rend}/{EPOCH}/{part_name(4, 2)}", f"{room}/{rend}/{EPOCH}/{segment_name(3)}",
         f"{room}/{rend}/{EPOCH}/{index_name(0)}", f"{room}/{BROADCAST}/epochs.json",
         f"{room}/{BROADCAST}/recording.m3u8", f"{room}/{BROADCAST}/{rend}/recording.m3u8",
+        f"{room}/status.json", "rooms.json",
     )
 
 

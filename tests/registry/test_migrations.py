@@ -1,5 +1,5 @@
-"""Schema migrations: from nothing to head, from 0001 or 0002 with rows to head, and tables.py in
-step."""
+"""Schema migrations: from nothing to head, from 0001, 0002 or 0004 with rows to head, and
+tables.py in step."""
 
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-async def test_head_is_0004() -> None:
-    assert head() == "0004"
+async def test_head_is_0005() -> None:
+    assert head() == "0005"
 
 
 async def test_upgrade_from_an_empty_database_to_head(engine: AsyncEngine) -> None:
     assert await current(engine) is None
     await upgrade(engine)
-    assert await current(engine) == "0004"
+    assert await current(engine) == "0005"
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
         columns = await conn.run_sync(
@@ -43,7 +43,7 @@ async def test_upgrade_from_an_empty_database_to_head(engine: AsyncEngine) -> No
     assert columns == [
         "name", "key_hash", "state", "created_at", "started_at", "ended_at", "end_reason",
         "broadcast_id", "epoch", "next_msn", "owner", "lease_expires", "private",
-        "key_generation",
+        "key_generation", "title", "description", "audience", "speakers",
     ]
 
 
@@ -65,7 +65,7 @@ async def test_upgrade_from_0001_keeps_rooms_with_epoch_0_and_next_msn_1(
     finally:
         await registry.close()
 
-    assert await current(engine) == "0004"
+    assert await current(engine) == "0005"
     assert set(rooms) == {"old-open", "old-done"}
     assert all((r.epoch, r.next_msn) == (0, 1) for r in rooms.values())
     done = rooms["old-done"]
@@ -99,7 +99,7 @@ async def test_upgrade_from_0002_keeps_rooms_and_epochs_unowned(
     finally:
         await registry.close()
 
-    assert await current(engine) == "0004"
+    assert await current(engine) == "0005"
     on_air, done = rooms["on-air"], rooms["done"]
     assert (on_air.state, on_air.broadcast_id, on_air.epoch, on_air.next_msn) == (
         "live", "b-1", 3, 40
@@ -111,6 +111,38 @@ async def test_upgrade_from_0002_keeps_rooms_and_epochs_unowned(
     assert (epoch.epoch, epoch.first_msn, epoch.last_msn) == (3, 30, 39)
     assert [r.name for r in orphans] == ["on-air"]  # live and unowned: to be adopted
     assert lease is not None and (lease.epoch, lease.next_msn) == (4, 40)
+
+
+async def test_upgrade_from_0004_keeps_rooms_untitled_with_no_presence(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    await upgrade(engine, "0004")
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO rooms (name, key_hash, state, created_at, started_at, ended_at,"
+            " end_reason, broadcast_id, epoch, next_msn, owner, lease_expires, private,"
+            " key_generation) VALUES"
+            " ('on-air', :h, 'live', 1.5, 2.5, NULL, NULL, 'b-1', 3, 40, 'n1', 99.0, :f, 2),"
+            " ('hidden', :h, 'ended', 2.5, 3.5, 4.5, 'requested', 'b-0', 1, 7, NULL, NULL, :t, 1)"
+        ), {"h": "e" * 64, "f": False, "t": True})
+
+    registry = await Registry.open(db_url)  # migrates to head
+    try:
+        rooms = {r.name: r for r in await registry.list_rooms()}
+        titled = await registry.set_room_info("on-air", title="Still here")
+    finally:
+        await registry.close()
+
+    assert await current(engine) == "0005"
+    on_air, hidden = rooms["on-air"], rooms["hidden"]
+    assert (on_air.state, on_air.broadcast_id, on_air.epoch, on_air.next_msn, on_air.owner,
+            on_air.lease_expires, on_air.private, on_air.key_generation) == (
+        "live", "b-1", 3, 40, "n1", 99.0, False, 2)
+    assert (hidden.state, hidden.ended_at, hidden.private, hidden.next_msn) == (
+        "ended", 4.5, True, 7)
+    assert all((r.title, r.description, r.audience, r.speaker_names) == ("", "", 0, ())
+               for r in rooms.values())
+    assert titled.title == "Still here" and titled.next_msn == 40
 
 
 async def test_migrating_again_changes_nothing(db_url: str) -> None:

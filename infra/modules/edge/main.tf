@@ -34,6 +34,8 @@ locals {
     TOWNSQUARE_EDGE_PORT        = local.edge_port
     TOWNSQUARE_EDGE_UPSTREAM    = var.upstream_url
     TOWNSQUARE_EDGE_CACHE_BYTES = coalesce(var.cache_bytes, floor(var.memory / 2) * 1024 * 1024)
+    # A shield adds up its edges' audience reports; a public edge must not believe listeners.
+    TOWNSQUARE_EDGE_ACCEPT_REPORTS = var.internal ? "true" : "false"
   }
 
   healthcheck = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.edge_port}/healthz', timeout=3)"
