@@ -8,6 +8,18 @@ its own `EXT-X-MAP`, and `EXT-X-DISCONTINUITY-SEQUENCE` counts the gaps that sli
 `render_media` turns the model into text (optionally as a delta update), `parse_media`
 reads such text back, and `render_multivariant` lists the renditions. Nothing here touches a
 socket or a file.
+
+Every audio part could be a start point, but only a segment's first part is advertised as one
+(`INDEPENDENT=YES`). hls.js 1.7 joins and switches renditions at the last advertised part
+before its target; joining at part k > 0 leaves parts 0..k-1 of that segment unloaded in the
+rendition it plays, and once its fragment tracker counts the segment as buffered anyway (the
+other rendition's audio, or a missing 0.21 s part within its 0.2 s tolerance once the AAC edit
+list pulls Chromium's buffer 21 ms earlier) it keeps choosing that segment, refuses to reload
+it and loads nothing until the segment's parts leave the playlist: a 6-8 s stall at the next
+boundary after every mid-segment switch and about one start in nine. Starting at part 0 means
+the segment is loaded whole, so it never gets there. The draft makes the attribute optional
+(every independent part SHOULD carry it, for joins and switches); the cost is a join fetching
+up to one segment of parts before its target, which hls.js then plays from as before.
 """
 
 from __future__ import annotations
@@ -188,7 +200,7 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
             lines.append(f'#EXT-X-MAP:URI="{seg_map}"')
         lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(seg.start_time)}")
         if ll and total - elapsed <= pl.part_keep_seconds:
-            lines.extend(_part_line(p) for p in seg.parts)
+            lines.extend(_part_line(p, i == 0) for i, p in enumerate(seg.parts))
         lines.append(f"#EXTINF:{format_duration(seg.duration)},")
         lines.append(seg.uri)
 
@@ -199,7 +211,7 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
             if pl.map_uri != current_map:
                 lines.append(f'#EXT-X-MAP:URI="{pl.map_uri}"')
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(pl.partial_start)}")
-            lines.extend(_part_line(p) for p in pl.partial)
+            lines.extend(_part_line(p, i == 0) for i, p in enumerate(pl.partial))
         if pl.preload_hint:
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{pl.preload_hint}"')
         for r in pl.rendition_reports:
@@ -211,8 +223,9 @@ def render_media(pl: MediaPlaylist, skip: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _part_line(p: Part) -> str:
-    ind = ",INDEPENDENT=YES" if p.independent else ""
+def _part_line(p: Part, starts_segment: bool) -> str:
+    # A start point only where a segment starts: see the module docstring.
+    ind = ",INDEPENDENT=YES" if p.independent and starts_segment else ""
     return f'#EXT-X-PART:DURATION={format_duration(p.duration)},URI="{p.uri}"{ind}'
 
 
@@ -338,10 +351,13 @@ def parse_media(text: str) -> MediaPlaylist:
             elif tag == "#EXT-X-SKIP":
                 raise PlaylistParseError("a delta update does not hold the whole window")
             elif tag == "#EXT-X-PROGRAM-DATE-TIME":
-                pdt = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                pdt = datetime.fromisoformat(value).timestamp()
             elif tag == "#EXT-X-PART":
                 a = _attrs(value)
-                parts.append(Part(float(a["DURATION"]), a["URI"], a.get("INDEPENDENT") == "YES"))
+                # Only a segment's first part says whether it is independent; the rest
+                # were written like it (see `_part_line`).
+                independent = parts[0].independent if parts else a.get("INDEPENDENT") == "YES"
+                parts.append(Part(float(a["DURATION"]), a["URI"], independent))
             elif tag == "#EXTINF":
                 duration = float(value.split(",")[0])
             elif tag == "#EXT-X-ENDLIST":

@@ -70,6 +70,37 @@ def test_skip_never_reaches_into_the_last_six_target_durations() -> None:
     assert skip_count(_live(3, 0)) == 0
 
 
+def _start_points(text: str) -> list[list[bool]]:
+    """For each segment listed with parts (the one being written included), whether each of
+    its parts carries INDEPENDENT=YES."""
+    out: list[list[bool]] = []
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PART:"):
+            if line.split('"')[1].endswith(".0.m4s"):
+                out.append([])
+            out[-1].append("INDEPENDENT=YES" in line)
+    return out
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_only_a_segments_first_part_is_offered_as_a_start_point(skip: bool) -> None:
+    # hls.js 1.7 joins or switches at the last INDEPENDENT part before its target; from a
+    # part past a segment's first it stalled 6-8 s at the segment's end (packager.playlist).
+    text = render_media(_live(10, 4), skip=skip)
+    segments = _start_points(text)
+    assert len(segments) >= 4, "complete segments and the one being written list parts"
+    assert all(flags == [True] + [False] * (len(flags) - 1) for flags in segments), segments
+    check_media_playlist(text)
+
+
+def test_reading_a_playlist_back_keeps_its_parts_independent() -> None:
+    back = parse_media(render_media(_live(5, 3)))
+    parts = [p for s in back.segments for p in s.parts]
+    assert parts and all(p.independent for p in parts)
+    again = _start_points(render_media(back))
+    assert again and all(flags == [True] + [False] * (len(flags) - 1) for flags in again)
+
+
 def test_ended_playlist_has_endlist_and_no_hint() -> None:
     b = PlaylistBuilder(_live(3, 0), window=15)
     text = render_media(b.end())

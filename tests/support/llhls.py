@@ -83,7 +83,11 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
             d = float(a["DURATION"])
             assert d <= part_target + 1e-9, f"part {a['URI']} longer than PART-TARGET"
             seg_parts.append(d)
-            independents.add(a.get("INDEPENDENT") == "YES")
+            # Start points only where a segment starts (packager.playlist says why).
+            if seg_parts[1:]:
+                assert "INDEPENDENT" not in a, f"{a['URI']}: INDEPENDENT=YES past a segment's first part"
+            else:
+                independents.add(a.get("INDEPENDENT") == "YES")
             last_msn, last_part = msn, len(seg_parts) - 1
             assert a["URI"] == _in(folder, f"p{msn}.{len(seg_parts) - 1}.m4s"), (a["URI"], msn)
         elif tag == "#EXTINF":
@@ -106,7 +110,7 @@ def check_media_playlist(text: str, renditions: int = 3) -> Position:
             a = attrs(ln)
             assert a["TYPE"] == "PART"
             hint = a["URI"]
-    assert len(independents) <= 1, "INDEPENDENT=YES on every part or on none"
+    assert len(independents) <= 1, "INDEPENDENT=YES on every segment's first part or on none"
     for p in seg_parts[:-1]:
         assert p >= 0.85 * part_target - 1e-9
     if ended:
