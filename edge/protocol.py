@@ -79,6 +79,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def __init__(self, app: ConnectionHost) -> None:
         self.app = app
+        self.metrics = app.metrics
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Slot] = deque()
@@ -155,7 +156,13 @@ class EdgeProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
                 asyncio.get_running_loop().call_soon(self._feed_backlog)
-        self._feed(data)
+        # `_feed`, written out: one Python call fewer on every request's path.
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(400, b"upgrades are not supported\n")
+        except httptools.HttpParserError:
+            self.fail(400, b"malformed request\n")
 
     def _feed_backlog(self) -> None:
         if self.transport is None or not self.backlog:  # closed, or failed meanwhile
@@ -239,10 +246,12 @@ class EdgeProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.began = None
         self.headers_done = None
-        self.last_active = self.app.coarse_now
+        app = self.app
+        self.last_active = app.coarse_now
         parser = self.parser
-        self.app.handle(self, self.url, parser.get_method(), not parser.should_keep_alive())
-        if len(self.queue) > MAX_QUEUED and self.transport is not None and not self.paused:
+        app.handle(self, self.url, parser.get_method(), not parser.should_keep_alive())
+        if self.queue and len(self.queue) > MAX_QUEUED and self.transport is not None \
+                and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
@@ -265,7 +274,7 @@ class EdgeProtocol(asyncio.Protocol):
         if transport is None:
             return
         transport.write(data)
-        self.app.metrics.bytes_out += len(data)
+        self.metrics.bytes_out += len(data)
         if close:
             transport.close()
 
@@ -283,7 +292,7 @@ class EdgeProtocol(asyncio.Protocol):
             data = slot.data
             assert data is not None
             transport.write(data)
-            self.app.metrics.bytes_out += len(data)
+            self.metrics.bytes_out += len(data)
             if slot.close:
                 queue.clear()
                 transport.close()

@@ -1,8 +1,10 @@
 """The benchmarks run on demand (`./dev bench`); these run them at a tiny size so that they
-cannot rot between runs: the offload curve, mouth-to-ear latency by each way in, failover."""
+cannot rot between runs: the offload curve, mouth-to-ear latency by each way in, failover,
+the ingest cost, and the plots drawn from the committed results."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,3 +48,53 @@ def test_failover_benchmark_times_a_round_at_a_tiny_size() -> None:
     assert row["killed"] == "node-1" and row["adopted_by"] == "node-2", row
     assert 0 < row["lease_left_at_kill_s"] <= 3.0
     assert row["parts_back_s"] > 0 and row["speaker_back_s"] >= row["parts_back_s"]
+
+
+def test_edge_throughput_benchmark_compares_with_nginx_at_a_tiny_size() -> None:
+    from tests.bench import edge
+
+    result = edge.run(runs=1, seconds=1, held=20, results=None)
+    assert result["fanout"]["all_held"], result["fanout"]  # type: ignore[index]
+    hits: dict[str, Any] = result["throughput"]  # type: ignore[assignment]
+    sizes = hits["response_bytes"]
+    assert max(sizes.values()) <= 1.05 * min(sizes.values()), sizes  # like for like
+    for mode in edge.MODES:
+        assert hits[mode]["errors"] == 0, hits[mode]
+        assert set(hits[mode]["median_rps"]) == {"townsquare", *edge.NGINX_TUNINGS}
+        assert all(v > 0 for v in hits[mode]["median_rps"].values()), hits[mode]
+        assert all(v > 0 for v in hits[mode]["median_server_cpu_us_per_request"].values())
+
+
+def test_join_storm_benchmark_counts_origin_requests_per_object_at_a_tiny_size() -> None:
+    from tests.bench import joinstorm
+
+    result = joinstorm.run([8], seconds=1, results=None)
+    (step,) = result["steps"]
+    for storm in (step["cold"], step["warm_reference"]):
+        assert storm["errors"] == {} and storm["listeners_with_a_part"] == 8, storm
+        origin = storm["origin"]
+        assert origin["requests_by_kind"]["media"] >= 1 and origin["objects"] >= 3, origin
+        assert origin["requests_beyond_one_per_object_count"] == 0, origin
+    assert step["targets_met"]["at_most_one_upstream_request_per_object"]
+
+
+def test_ingest_cost_benchmark_measures_townsquare_and_ffmpeg_at_a_tiny_size() -> None:
+    from tests.bench import encoder
+
+    result = encoder.run(rounds=1, window=2, seconds=4, max_rooms=2, results=None, settle=0.5)
+    live = result["live_ingest"]
+    assert set(live["median_cpu_s_per_broadcast_minute"]) == {"townsquare", "ffmpeg_cli"}
+    assert all(v > 0 for v in live["median_cpu_s_per_broadcast_minute"].values()), live
+    check = result["rooms_per_core"]["checks"][0]
+    assert check["rooms"] >= 1 and check["program_fed_over_wall"] > 0.9, check
+    assert result["encode_only"]["runs"]["townsquare"][0]["events"] > 0
+
+
+def test_plots_are_drawn_from_the_committed_results(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra: pip install -e '.[bench]'")
+    from tests.bench import plots
+
+    done = plots.render(images=tmp_path)
+    assert set(done) == {name for _, _, name in plots.FIGURES}
+    for name in ("offload-curve.png", "part-delay.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), done[name]
