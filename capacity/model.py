@@ -8,6 +8,12 @@ per object, so one level up the load is `edges × renditions × 2 / part_target`
 the number of listeners: the origin's load depends on how many shields there are, not on
 the audience. With a CDN in front, the CDN's points of presence play the part of edges and
 bill each listener request.
+
+The default `edge_capacity` is measured, not assumed: `capacity.measured.MEASURED_EDGE`, the
+listener requests one edge process answered per second of its CPU in the committed offload
+benchmark (tests/bench/results/offload.json, `python -m tests.bench.offload`), read by
+`capacity.measured.edge_capacity_from`; tests/capacity keeps the two in step. The same results
+check `upstream_rps`: what one edge asked of the origin at every step lands within 10 % of it.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from capacity.measured import MEASURED_EDGE
 from capacity.prices import GB, Prices
 
-# Measured on this project's reference machine (docs/performance.md): one edge process held
-# 4 000 simulated LL-HLS listeners, 9.4 requests/s each, with part delay p99 < 0.3 s. It is a
-# floor, not the edge's ceiling (the client ran out of CPU first).
-MEASURED_EDGE_RPS = 37_600.0
+# Requests/s one edge process holds: the offload benchmark's figure (see capacity.measured).
+MEASURED_EDGE_RPS = float(MEASURED_EDGE.requests_per_s)
+LIST_PRICES = Prices()
 
 
 # The default ladder's part durations: two AAC renditions (10 frames of 1024 samples at
@@ -80,7 +86,7 @@ def upstream_rps(nodes: int, renditions: int, part_target: float,
     return nodes * sum(2 / d for d in durations) * 1.01
 
 
-def make_plan(i: Inputs, prices: Prices = Prices()) -> Plan:
+def make_plan(i: Inputs, prices: Prices = LIST_PRICES) -> Plan:
     if i.listeners < 1:
         raise PlanError("--listeners must be at least 1")
     if not 0.05 <= i.part_target <= 2.0:

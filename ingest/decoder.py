@@ -69,6 +69,11 @@ class AacDecoder:
             return np.zeros((2, 0), np.float32)
         pcm = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         # A hostile stream can decode to NaN/inf or huge values; the mixer must never see them.
-        clean: np.ndarray = np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0)
-        clipped: np.ndarray = np.clip(clean, -4.0, 4.0)
-        return clipped
+        # Cleaned in place (the array is a fresh copy of the frame); the NaN pass only runs
+        # on the rare frame that needs it.
+        if not pcm.flags.writeable:
+            pcm = pcm.copy()
+        if not np.isfinite(pcm).all():
+            np.nan_to_num(pcm, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+        np.clip(pcm, -4.0, 4.0, out=pcm)
+        return pcm

@@ -210,9 +210,11 @@ def summary(plan: Plan, prog: Progress) -> dict[str, Any]:
         "requests_per_s_steady_median": round(_median(steady), 1) if steady else None,
         "parts": main.parts, "bytes": main.bytes,
         "part_delay_s": main.part_delay.summary(),
+        "part_delay_distribution_s": main.part_delay.distribution(),
         "time_to_first_part_s": main.first_part.summary(),
         "canary": {"requests": dict(canary.requests), "errors": dict(canary.errors),
                    "part_delay_s": canary.part_delay.summary(),
+                   "part_delay_distribution_s": canary.part_delay.distribution(),
                    "time_to_first_part_s": canary.first_part.summary()},
         "client_cpu": cpu,
         # The client is the bottleneck when its own processes are busy, or when its delays

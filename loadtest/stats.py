@@ -58,6 +58,11 @@ class Histogram:
                 return min(_upper(i), self.high)
         return self.high
 
+    def distribution(self) -> list[list[float]]:
+        """[upper bound in seconds, count] of every bucket that holds a sample: the whole
+        distribution in a few dozen pairs (the first bucket also holds negative values)."""
+        return [[round(_upper(i), 5), n] for i, n in enumerate(self.counts) if n]
+
     def summary(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 4)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from packager.ladder import Rendition
@@ -120,9 +121,27 @@ class LiveRoom:
 
 
 def playlist_to_dict(pl: MediaPlaylist) -> dict[str, Any]:
-    d = asdict(pl)
+    d: dict[str, Any] = _plain(pl)
     d["rendition_reports"] = []
     return d
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(model: Any) -> dict[str, Any]:
+    """A frozen playlist model (a dataclass whose tuples hold dataclasses or plain values) as
+    JSON-ready dicts and lists. Not `dataclasses.asdict`: that deep-copies every value of
+    the window, and at one state write per part it cost more than the rest of publishing."""
+    out = {}
+    for name in _field_names(model.__class__):
+        value = getattr(model, name)
+        if type(value) is tuple:
+            value = [_plain(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
+        out[name] = value
+    return out
 
 
 def playlist_from_dict(d: dict[str, Any]) -> MediaPlaylist:

@@ -7,7 +7,9 @@ says what it should ask. The promise: the origin's load does not grow with the a
 (largest / smallest step ≤ 1.05), and the model lands within 10 % of it.
 
 With two or more CPUs the origin and the edge run on CPU 1 and the load generator on CPU 0;
-the canary's part delays beside each step tell a saturated client from a saturated edge.
+the canary's part delays beside each step tell a saturated client from a saturated edge. Each
+step keeps the whole part-delay distribution (for docs/img) and the edge's CPU share, from
+which `capacity.measured` takes the requests one edge process serves per second of its core.
 """
 
 from __future__ import annotations
@@ -39,11 +41,19 @@ def _pin(pid: int) -> None:
                        capture_output=True)
 
 
-def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of every thread of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path,
+          pids: dict[str, int]) -> dict[str, Any]:
     out = work / f"loadtest-{listeners}.json"
     ramp = min(10.0, max(1.0, listeners / 500))
     processes = max(1, min((os.cpu_count() or 2) - 1, 1 + listeners // 2000))
     prefix = ["taskset", "-c", LOAD_CPU] if PINNED else []
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     before, started = origin_requests(origin), time.monotonic()
     subprocess.run([*prefix, sys.executable, "-m", "townsquare", "loadtest", "--url",
                     f"{edge}/live/{ROOM}/master.m3u8", "--listeners", str(listeners),
@@ -52,8 +62,10 @@ def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path) ->
                    check=True, capture_output=True, timeout=ramp + seconds + 120)
     elapsed = time.monotonic() - started
     after = origin_requests(origin)
+    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     summary = json.loads(out.read_text())
     asked = sum(after.values()) - sum(before.values())
+    served = sum(summary["requests"].values()) + sum(summary["canary"]["requests"].values())
     model = upstream_rps(1, RENDITIONS, PART_TARGET, DEFAULT_PARTS)
     return {
         "listeners": listeners,
@@ -63,10 +75,17 @@ def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path) ->
         "listener_requests_per_s": summary["requests_per_s_steady_median"],
         "errors": summary["errors"],
         "part_delay_s": summary["part_delay_s"],
+        "part_delay_distribution_s": summary["part_delay_distribution_s"],
         "canary_part_delay_s": summary["canary"]["part_delay_s"],
+        "canary_part_delay_distribution_s": summary["canary"]["part_delay_distribution_s"],
         "time_to_first_part_s": summary["time_to_first_part_s"],
         "client_cpu": summary["client_cpu"],
         "client_saturated": summary["client_saturated"],
+        # Over the whole step, ramp and start included: every listener request the edge
+        # answered (canary too) against the CPU time it spent.
+        "edge_cpu_seconds": round(cpu["edge"], 2),
+        "origin_cpu_seconds": round(cpu["origin"], 2),
+        "edge_requests_per_cpu_second": round(served / max(cpu["edge"], 1e-3)),
     }
 
 
@@ -85,7 +104,8 @@ def run(steps: list[int], seconds: float, results: Path | None = RESULTS) -> dic
         for svc in (origin, edge):
             _pin(svc.proc.pid)
         edge_url = f"http://127.0.0.1:{e_port}"
-        rows = [_step(edge_url, origin_url, n, seconds, work) for n in steps]
+        pids = {"origin": origin.proc.pid, "edge": edge.proc.pid}
+        rows = [_step(edge_url, origin_url, n, seconds, work, pids) for n in steps]
     rates = [r["origin_requests_per_s"] for r in rows]
     result = {
         "command": f"python -m tests.bench.offload  (steps {steps}, {seconds:g} s each)",
