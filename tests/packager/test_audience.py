@@ -4,11 +4,8 @@ The origin and the tier are the real apps on real sockets, in this process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -20,9 +17,8 @@ from packager.audience import AudienceBoard, relay_report, relayed_report
 from packager.origin import StoreLive, build_app
 from packager.store import LocalStore
 from registry import Registry, default_url
-from serving.http import http_server, serve_http
 from tests.packager.test_tier import _own, serving_tier
-from tests.support.procs import free_port
+from tests.support.serve import serving
 
 EDGE = {"Townsquare-Edge": "a1b2c3d4e5f6", "Townsquare-Audience": "12"}
 
@@ -85,18 +81,6 @@ def test_a_relayed_report_belongs_to_the_request_that_carried_it() -> None:
     assert relayed_report() is None  # nothing leaked into this context
 
 
-@asynccontextmanager
-async def serving(app: object) -> AsyncIterator[str]:
-    port = free_port()
-    started = asyncio.Event()
-    task = asyncio.create_task(serve_http(http_server(app, "127.0.0.1", port), started))
-    await asyncio.wait_for(started.wait(), 10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_reports_reach_the_owners_board_through_the_tier(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -15,11 +13,8 @@ from prometheus_client import REGISTRY
 
 from packager.roomlist import RoomList
 from packager.status import RoomFacts, SpeakerFacts, StatusDesk, compose, render
-from packager.store import LocalStore
-from packager.tier import TierSettings, build_tier_app
 from registry import Presence, Registry, default_url
-from serving.http import http_server, serve_http
-from tests.support.procs import free_port
+from tests.packager.test_tier import serving_tier
 
 HASH = "0" * 64
 BROADCAST = "b20260101T000000Z-abcdef"
@@ -82,22 +77,6 @@ async def test_a_room_is_composed_once_per_second_however_many_ask() -> None:
     assert feed.asked == 3
 
 
-@asynccontextmanager
-async def tier(data: Path, registry: Registry) -> AsyncIterator[str]:
-    store = LocalStore(data)
-    app = build_tier_app(store, registry, TierSettings(data_dir=data))
-    port = free_port()
-    started = asyncio.Event()
-    task = asyncio.create_task(serve_http(http_server(app, "127.0.0.1", port), started))
-    await asyncio.wait_for(started.wait(), 10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        await app.state.tier.aclose()
-        store.close()
 
 
 async def test_the_tier_answers_rooms_nobody_publishes_from_the_database(
@@ -115,7 +94,7 @@ async def test_the_tier_answers_rooms_nobody_publishes_from_the_database(
         await registry.create_room("orphan", HASH, 1.0, title="Carrying on")
         await registry.go_live("orphan", BROADCAST, 3.0)
         await registry.record_presence({"orphan": Presence(42, ("Ada",))})
-        async with tier(tmp_path / "data", registry) as base, httpx.AsyncClient(
+        async with serving_tier(tmp_path / "data", registry) as base, httpx.AsyncClient(
                 base_url=base) as client:
             soon = await client.get("/live/soon/status.json")
             assert soon.status_code == 200, soon.text

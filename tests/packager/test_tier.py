@@ -23,9 +23,9 @@ from hls.http import IMMUTABLE, SHORT
 from packager.store import LocalStore
 from packager.tier import TierSettings, build_tier_app
 from registry import Lease, NodeInfo, Registry, RegistryError, default_url
-from serving.http import http_server, serve_http
 from tests.support.postgres import PostgresNotInstalled, PostgresServer
 from tests.support.procs import Service, free_port, running
+from tests.support.serve import serving
 
 ROOM = "plaza"
 HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="((e\d+-[0-9a-f]{6})/p(\d+)\.(\d+)\.m4s)"')
@@ -80,16 +80,10 @@ async def _own(registry: Registry, room: str, nodes: dict[str, str], node: str,
 async def serving_tier(data: Path, registry: Registry, **settings: Any) -> AsyncIterator[str]:
     store = LocalStore(data)
     app = build_tier_app(store, registry, TierSettings(data_dir=data, **settings))
-    port = free_port()
-    started = asyncio.Event()
-    task = asyncio.create_task(serve_http(http_server(app, "127.0.0.1", port), started))
-    await asyncio.wait_for(started.wait(), 10)
     try:
-        yield f"http://127.0.0.1:{port}"
+        async with serving(app) as base:
+            yield base
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
         await app.state.tier.aclose()
         store.close()
 
