@@ -25,7 +25,7 @@ from edge.settings import EdgeSettings
 from edge.targets import Target
 from edge.upstream import Upstream, UpstreamResponse
 from hls.http import REFUSED, asked_again, default_lifetime, playlist_lifetime
-from hls.reach import parse_position, part_object_too_far, part_too_far
+from hls.reach import parse_position, part_object_too_far, part_too_far, segments_since
 
 Deliver = Callable[[Entry], None]
 # Headers to add to a room's upstream playlist requests: the edge's audience report.
@@ -143,7 +143,8 @@ class CoalescingCache:
     def _slack(self, pinned: PinnedPlaylist, now: float) -> int:
         # Allow for how far the live edge may have moved since our copy was made (players
         # add segments for a CDN's Age).
-        return 1 + int((now - pinned.reach_born) / self.td)
+        assert pinned.reach is not None
+        return 1 + segments_since(now - pinned.reach_born, pinned.reach.target_duration)
 
     def _refuse_blocking(self, t: Target, pinned: PinnedPlaylist, now: float) -> Entry | None:
         pos = pinned.reach

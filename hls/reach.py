@@ -57,6 +57,18 @@ class PlaylistPosition:
         )
 
 
+def segments_since(elapsed: float, target_duration: float) -> int:
+    """The most segments a live playlist can have added in `elapsed` seconds, for judging a
+    request against a copy made that long ago. Segments are counted as lasting half the
+    target duration: the rounded TARGETDURATION bounds them from above only, and real ones
+    run short of it (the packager's last 1.92 s under TD 2, so counting whole target
+    durations fell one segment behind every 48 s and, after two minutes, refused requests
+    for the real live edge)."""
+    if elapsed <= 0 or target_duration <= 0:
+        return 0
+    return math.ceil(elapsed / (0.5 * target_duration))
+
+
 def max_parts_per_segment(target_duration: float, part_target: float) -> int:
     """The most parts any segment of a playlist can hold, from its EXT-X-TARGETDURATION and
     PART-TARGET alone (the edge knows nothing else).

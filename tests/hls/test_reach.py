@@ -10,6 +10,7 @@ from hls.reach import (
     parse_position,
     part_object_too_far,
     part_too_far,
+    segments_since,
 )
 from packager.playlist import MediaPlaylist, Part, Segment, render_media
 
@@ -47,6 +48,19 @@ def test_requests_far_ahead_are_too_far() -> None:
     pos = PlaylistPosition(8, 9, 1, False, 2, False)
     assert not pos.too_far(11) and pos.too_far(12) and not pos.too_far(12, slack=1)
     assert not PlaylistPosition(8, 9, 1, True, 2, False).too_far(1000)
+
+
+@pytest.mark.parametrize("minutes", [0.5, 2.5, 10, 60])
+def test_a_copy_made_long_ago_still_admits_the_real_live_edge(minutes: float) -> None:
+    # The packager's segments last 1.92 s under TARGETDURATION 2: a copy `minutes` old is
+    # that many segments behind, and the next segment of the real edge must not be refused.
+    pos = _playlist(3, 2).position()
+    elapsed = minutes * 60
+    moved = int(elapsed / 1.92) + 1
+    slack = 1 + segments_since(elapsed, pos.target_duration)
+    assert not pos.too_far(pos.part_msn + moved + 1, slack)
+    # … while what lies well beyond any possible edge is still refused.
+    assert pos.too_far(pos.part_msn + 3 + 4 * moved, slack)
 
 
 def test_the_largest_part_index_a_playlist_can_hint() -> None:
