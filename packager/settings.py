@@ -103,6 +103,10 @@ class OriginSettings(StoreSettings):
     origin_port: int = 8001
     # How often a standalone origin (no packager in its process) re-reads live state.
     origin_poll_seconds: float = 0.05
+    # The rooms database (postgresql://…) that says which rooms are private, their status
+    # and the directory. Unset means the SQLite file in the data folder, which only a single
+    # machine can share; a standalone origin without either serves every room as public.
+    database_url: str | None = None
 
 
 # Segments are at most 2 s (`segment_units` ≤ 6), so an origin holds a blocking request ≤ 6 s.
@@ -112,9 +116,7 @@ MAX_TARGET_DURATION = 2
 class TierSettings(OriginSettings):
     """The origin tier: the store settings of the origin, plus where owners are found."""
 
-    # The rooms database the ingest nodes hold their leases in (postgresql://…). Unset means
-    # the SQLite file in the data folder, which only a single machine can share.
-    database_url: str | None = None
+    # `database_url`: the rooms database the ingest nodes hold their leases in.
     # A room's owner is looked up at most once per this, per replica, however many requests:
     # a failover is noticed sooner anyway, as the old owner stops answering.
     tier_owner_cache_seconds: float = Field(default=1.0, gt=0)

@@ -36,7 +36,7 @@ driver errors translated), `tables` and `migrate` (schema), `legacy` (the rooms.
 registry replaces).
 """
 
-from registry.engine import default_url
+from registry.engine import DB_FILE, default_url
 from registry.errors import (
     NoSuchNode,
     NoSuchRoom,
@@ -59,6 +59,7 @@ from registry.records import (
 from registry.registry import Registry
 
 __all__ = [
+    "DB_FILE",
     "EpochRecord",
     "Lease",
     "NoSuchNode",

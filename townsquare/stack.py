@@ -22,6 +22,7 @@ from packager.audience import AudienceBoard
 from packager.ladder import GRID_SAMPLES, SAMPLE_RATE
 from packager.origin import HubLive, StoreLive, build_app
 from packager.pipeline import Packager, plan_epoch
+from packager.privacy import RegistryPrivacy
 from packager.playlist import target_duration_for
 from packager.recording import EpochInfo, repair_broadcast
 from packager.roomlist import RoomList
@@ -131,13 +132,22 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
         rooms: Any = HubLive(hub)
         status.attach(OnAirFeed(lambda room: hub.get(room) is not None))
         tasks.append(asyncio.create_task(_demo(packager, args.demo, demo_stop)))
+        registry = None
     else:
         rooms = StoreLive(store, settings.origin_poll_seconds)
-    server = http_server(build_app(store, rooms, audience=audience, status=status),
-                         settings.host, settings.origin_port)
-    http = asyncio.create_task(serve_http(server))
+        registry = await _origin_registry(settings)
+    if registry is not None:
+        # The rooms database ingest writes: private rooms only under /private/, rooms nobody
+        # publishes described from it, and the directory.
+        status = StatusDesk(registry, audience)
+        app = build_app(store, rooms, RegistryPrivacy(registry), audience, status,
+                        RoomList(registry))
+    else:
+        app = build_app(store, rooms, audience=audience, status=status)
+    http = asyncio.create_task(serve_http(http_server(app, settings.host, settings.origin_port)))
     base = f"http://{settings.host}:{settings.origin_port}"
-    print(f"origin: {base}  (store: {store.describe()})", flush=True)
+    rooms_db = f", rooms database: {registry.describe()}" if registry is not None else ""
+    print(f"origin: {base}  (store: {store.describe()}{rooms_db})", flush=True)
     if args.demo:
         print(f"demo room: {base}/live/{args.demo}/master.m3u8", flush=True)
     try:
@@ -147,6 +157,25 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
         if packager is not None:
             await packager.close(suspend=True)
         await cancel_and_wait(*tasks, http)
+        if registry is not None:
+            await registry.close()
+
+
+async def _origin_registry(settings: OriginSettings) -> Any:
+    """The rooms database a standalone origin reads (`registry.Registry`): the configured
+    one, or the SQLite file ingest keeps in the data folder when there is one. None without
+    either: every room is then public and the directory is empty."""
+    from registry import DB_FILE, Registry, RegistryError, default_url
+
+    if settings.database_url is None and not (settings.data_dir / DB_FILE).exists():
+        log.warning("no rooms database (TOWNSQUARE_DATABASE_URL, or %s in the data folder): "
+                    "every room is served as public and the directory is empty", DB_FILE)
+        return None
+    url = settings.database_url or default_url(settings.data_dir)
+    try:
+        return await Registry.open(url, migrate=False)
+    except RegistryError as exc:
+        raise SystemExit(f"townsquare origin: {exc}") from None
 
 
 async def run_capture(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -191,7 +220,6 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """`townsquare ingest` (servers) and `townsquare up` (the same plus an edge)."""
     from ingest.service import DemoRoom, open_registry
     from ingest.service import run as run_ingest
-    from packager.privacy import RegistryPrivacy
 
     with_edge = args.command == "up" and not args.no_edge
     edge_port = getattr(args, "edge_port", None) or 8080

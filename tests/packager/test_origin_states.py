@@ -157,3 +157,44 @@ async def test_a_stored_live_playlist_never_outlives_the_live_edge(
         assert blocking.headers["cache-control"] == "public, max-age=0"
         ended = await client.get(f"{base}/live/over/aac96/live.m3u8")
         assert ended.headers["cache-control"] == "public, max-age=86400"
+
+
+async def test_a_standalone_origin_reads_privacy_status_and_directory_from_the_rooms_database(
+        tmp_path: Path) -> None:
+    from registry import Registry, default_url
+
+    data = tmp_path / "data"
+    registry = await Registry.open(default_url(data))
+    await registry.create_room("secret", "h1", time.time(), private=True, title="Board meeting")
+    await registry.create_room("town", "h2", time.time(), title="Town hall")
+    await registry.close()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with (running(["ingest", "--room", "secret", "--source", "tone", "--data", str(data)],
+                  tmp_path / "ingest.log", None),
+          running(["origin", "--port", str(port), "--data", str(data)],
+                  tmp_path / "origin.log", f"{base}/healthz")):
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            deadline = time.monotonic() + 20
+            # The broadcast's objects are in the store, but a private room is never
+            # served under /live/.
+            while not list((data / "live" / "secret").glob("*/live.m3u8")):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            assert (await client.get("/live/secret/master.m3u8")).status_code == 404
+            assert (await client.get("/live/secret/status.json")).status_code == 404
+            town = await client.get("/live/town/status.json")
+            assert town.status_code == 200
+            assert town.json()["title"] == "Town hall"
+            assert town.json()["state"] == "waiting"
+            listing = (await client.get("/live/rooms.json")).json()
+            assert "secret" not in str(listing)
+
+
+async def test_a_standalone_origin_without_a_rooms_database_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "origin.log"
+    with running(["origin", "--port", str(port), "--data", str(tmp_path / "data")], log,
+                 f"http://127.0.0.1:{port}/healthz"):
+        pass
+    assert "every room is served as public" in log.read_text()
