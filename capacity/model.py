@@ -31,9 +31,9 @@ LIST_PRICES = Prices()
 
 
 # The default ladder's part durations: two AAC renditions (10 frames of 1024 samples at
-# 48 kHz) and one Opus (12 frames of 960). Each rendition costs an upstream two requests
+# 48 kHz) and one Opus (10 frames of 960). Each rendition costs an upstream two requests
 # per part of its own.
-DEFAULT_PARTS = (0.21333, 0.21333, 0.24)
+DEFAULT_PARTS = (0.21333, 0.21333, 0.2)
 
 
 class PlanError(ValueError):

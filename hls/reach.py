@@ -75,8 +75,8 @@ def max_parts_per_segment(target_duration: float, part_target: float) -> int:
 
     A segment lasts less than TD + ½ s (TD is the longest segment rounded half up), and every
     part but a segment's last lasts at least 85 % of PART-TARGET (draft §4.4.4.9), so at most
-    ⌊(TD + ½) / (0.85 × PART-TARGET)⌋ parts come before the last one. For TD 2 s and parts of
-    0.24 s that is 13 (the packager cuts 8 or 9)."""
+    ⌊(TD + ½) / (0.85 × PART-TARGET)⌋ parts come before the last one. For TD 2 s and a
+    PART-TARGET of 0.21334 s that is 14 (the packager cuts 9 or 10)."""
     if part_target <= 0 or target_duration <= 0:
         raise ValueError("target duration and part target must be positive")
     return math.floor((target_duration + 0.5) / (0.85 * part_target)) + 1

@@ -7,6 +7,7 @@ same media time in every rendition and one media sequence number means one momen
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hls.names import is_rendition_name
@@ -16,12 +17,17 @@ GRID_SAMPLES = 15_360  # lcm(1024, 960)
 DEFAULT_LADDER = "aac96:aac:96:2,aac48:aac:48:2,opus64:opus:64:2"
 
 _FRAME_SIZE = {"aac": 1024, "opus": 960}
-# Frames per part: 10 × 1024 = 213.3 ms, 12 × 960 = 240 ms. Both ≥ 85 % of the 240 ms
-# part target and both divide the 320 ms grid's multiples at segment ends.
-_PART_FRAMES = {"aac": 10, "opus": 12}
+# Frames per part: 10 × 1024 = 213.3 ms and 10 × 960 = 200 ms, both ≥ 85 % of the part
+# target, the longest of them rounded up. A segment (90 AAC or 96 Opus frames) is 9 whole
+# AAC parts, or 9 Opus parts and a last one of 6 frames (a segment's last part may be
+# short). The part target sets the latency floor: players hold back 3 part targets (PART-
+# HOLD-BACK) and a part is published once whole, so shorter parts are heard sooner, and
+# every listener then asks for a playlist and a part that much more often.
+_PART_FRAMES = {"aac": 10, "opus": 10}
 _CODECS = {"aac": "mp4a.40.2", "opus": "opus"}
 _PYAV_CODEC = {"aac": "aac", "opus": "libopus"}
-PART_TARGET_SECONDS = 0.24
+PART_TARGET_SECONDS = math.ceil(
+    max(_PART_FRAMES[c] * _FRAME_SIZE[c] for c in _FRAME_SIZE) / 48_000 * 1e5) / 1e5
 
 
 class LadderError(ValueError):

@@ -91,9 +91,9 @@ class MediaPlaylist:
 
     @property
     def part_hold_back(self) -> float:
-        # At least 3 part targets (Apple: must); a full second leaves edges in a chain and
-        # busy machines room for jitter while staying far under the 2 s latency goal.
-        return max(round(3 * self.part_target, 3), 1.0)
+        # 3 part targets (Apple: at least that), rounded up to a millisecond: what players
+        # hold back is most of the latency a listener hears (0.641 s of about 1).
+        return math.ceil(round(3 * self.part_target * 1000, 6)) / 1000
 
     @property
     def can_skip_until(self) -> float:

@@ -115,7 +115,7 @@ def _encode(rendition: Rendition, seconds: float) -> tuple[RenditionEncoder, lis
 
 @pytest.mark.parametrize("rendition,part_frames,parts_per_segment", [
     (Rendition("aac96", "aac", 96), 10, 9),
-    (Rendition("opus64", "opus", 64), 12, 8),
+    (Rendition("opus64", "opus", 64), 10, 10),
 ])
 def test_encoder_cuts_parts_and_segments_on_the_shared_grid(
     rendition: Rendition, part_frames: int, parts_per_segment: int

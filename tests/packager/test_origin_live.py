@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hls.reach import max_parts_per_segment
 from packager.boxes import read_fragment
+from packager.ladder import PART_TARGET_SECONDS
 from tests.support.llhls import check_media_playlist, check_multivariant
 from tests.support.procs import free_port, running
 
@@ -152,12 +154,14 @@ def test_part_indices_no_segment_can_hold_are_refused_at_once(origin: str) -> No
     pos = check_media_playlist(httpx.get(url).text)
     assert pos.hint is not None
     folder = url.rsplit("/", 1)[0] + "/" + pos.hint.split("/")[0]
-    # TARGETDURATION 2, PART-TARGET 0.24: at most 13 parts (hls.reach.max_parts_per_segment).
-    r = httpx.get(f"{folder}/p{pos.last_msn + 1}.13.m4s", timeout=2)
+    # TARGETDURATION 2, PART-TARGET 0.21334: at most 14 parts (hls.reach).
+    most = max_parts_per_segment(2, PART_TARGET_SECONDS)
+    assert most == 14
+    r = httpx.get(f"{folder}/p{pos.last_msn + 1}.{most}.m4s", timeout=2)
     assert r.status_code == 404 and r.headers["cache-control"] == "public, max-age=2"
-    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": 14}, timeout=2)
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": most + 1}, timeout=2)
     assert r.status_code == 400
-    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": 13}, timeout=10)
+    r = httpx.get(url, params={"_HLS_msn": pos.last_msn + 1, "_HLS_part": most}, timeout=10)
     assert r.status_code == 200  # one past the last part: part 0 of the next segment
     # A complete segment has 9 AAC parts: a tenth is refused without waiting or retrying.
     r = httpx.get(f"{folder}/p{pos.last_msn}.10.m4s", timeout=2)
