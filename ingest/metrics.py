@@ -62,5 +62,24 @@ class IngestMetrics:
             "townsquare_ingest_http_requests", "Control API requests by status class",
             ["status"], registry=r)
 
+        # Cluster mode (a node holding rooms by lease).
+        self.leases_held = Gauge(
+            "townsquare_ingest_leases_held", "Rooms this node holds a live lease for",
+            registry=r)
+        self.lease_losses = Counter(
+            "townsquare_ingest_lease_losses",
+            "Rooms stopped here because their lease was lost, by reason (taken: another node "
+            "holds it; fence: not renewed in time)", ["reason"], registry=r)
+        self.lease_renewal_failures = Counter(
+            "townsquare_ingest_lease_renewal_failures",
+            "Lease renewals that failed, by kind (unavailable, timeout, error)", ["kind"],
+            registry=r)
+        self.lease_renewal_seconds = Gauge(
+            "townsquare_ingest_lease_renewal_seconds",
+            "How long the last lease renewal that succeeded took", registry=r)
+        self.rooms_adopted = Counter(
+            "townsquare_ingest_rooms_adopted",
+            "Rooms this node took over from a node that went away", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
+from ingest.metrics import IngestMetrics
 from registry import Lease, NodeInfo, Registry, RegistryError, RegistryUnavailable, RoomRecord
 from serving.tasks import cancel_and_wait
 
@@ -59,8 +60,10 @@ FENCE_EVERY = 0.1  # seconds between checks that the leases are still safe to pu
 
 class Node:
     def __init__(self, registry: Registry, node_id: str, internal_url: str, control_url: str,
-                 rtmp_port: int, capacity: int, lease_seconds: float) -> None:
+                 rtmp_port: int, capacity: int, lease_seconds: float,
+                 metrics: IngestMetrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics or IngestMetrics()
         self.id = node_id
         self.info = NodeInfo(node_id, internal_url, control_url, rtmp_port, 0, 0.0, capacity,
                              time.time(), False)
@@ -142,18 +145,24 @@ class Node:
                     self.registry.renew_leases(self.id, [r.name for r in owned], self.ttl),
                     max(0.1, self._safe_until - started + self.ttl / 3))
                 self._safe_until = started + self.ttl * 2 / 3
+                self.metrics.lease_renewal_seconds.set(time.monotonic() - started)
+                self.metrics.leases_held.set(len(renewed))
                 await asyncio.wait_for(
                     self.registry.heartbeat(self.id, len(owned), self._load(), self.draining),
                     self.ttl / 3)
             except (RegistryUnavailable, TimeoutError) as exc:
                 self._fence_reason = str(exc) or "the rooms database did not answer in time"
+                self.metrics.lease_renewal_failures.labels(
+                    "timeout" if isinstance(exc, TimeoutError) else "unavailable").inc()
                 continue
             except RegistryError as exc:
                 log.error("node %s: %s", self.id, exc)
+                self.metrics.lease_renewal_failures.labels("error").inc()
                 continue
             for room in owned:
                 if room.name not in renewed:
                     log.warning("room %s: lease lost to another node; stopped here", room.name)
+                    self.metrics.lease_losses.labels("taken").inc()
                     await rooms.lose(room)
             if not self.draining:
                 self._adopt_beside(len(renewed))
@@ -170,7 +179,9 @@ class Node:
             for room in self.owned():
                 log.error("room %s: lease not renewed (%s); stopped here", room.name,
                           self._fence_reason)
+                self.metrics.lease_losses.labels("fence").inc()
                 await self.rooms.lose(room)
+            self.metrics.leases_held.set(len(self.owned()))
 
     def has_room(self, owning: int) -> bool:
         return not self.draining and owning < self.info.capacity
@@ -208,6 +219,7 @@ class Node:
                 continue  # another node was quicker
             owning += 1
             log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
+            self.metrics.rooms_adopted.inc()
             await self.rooms.adopt(rec, lease)
 
 

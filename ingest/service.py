@@ -218,7 +218,8 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
             internal_control = (f"http://{host}:{settings.control_port}" if host
                                 else urls.control)
             rooms.node = Node(registry, settings.node_id, internal_origin, internal_control,
-                              rtmp.port, settings.node_capacity, settings.lease_seconds)
+                              rtmp.port, settings.node_capacity, settings.lease_seconds,
+                              metrics)
             rooms.relay_token = token
             await rooms.node.start(rooms)
         await rooms.resume(live)

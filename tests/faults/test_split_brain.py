@@ -295,9 +295,29 @@ def test_a_node_cut_from_the_database_stops_before_another_takes_its_room(
                 problems.append("node 2 stopped publishing the room after the heal")
             if watch.errors:
                 problems.append(f"listing the store failed: {watch.errors[-3:]}")
+            # What an operator's dashboard shows of it.
+            m1, m2 = _metrics(one.api), _metrics(two.api)
+            if m1.get('townsquare_ingest_lease_losses_total{reason="fence"}', 0) < 1:
+                problems.append(f"node 1's metrics show no lease lost to the fence: {m1}")
+            if sum(v for k, v in m1.items()
+                   if k.startswith("townsquare_ingest_lease_renewal_failures_total")) < 1:
+                problems.append(f"node 1's metrics show no failed renewal: {m1}")
+            if m1.get("townsquare_ingest_leases_held") != 0:
+                problems.append(f"node 1's metrics say it holds leases: {m1}")
+            if m2.get("townsquare_ingest_rooms_adopted_total", 0) < 1 \
+                    or m2.get("townsquare_ingest_leases_held") != 1:
+                problems.append(f"node 2's metrics do not show the room adopted and held: {m2}")
             story = f"{story}\nnode 1 log after the heal:\n" \
                     f"{_tail(one.output()[len(at_heal_1):], 1500)}"
             assert not problems, "\n".join(problems) + "\n" + story
         finally:
             speaker.stop()
             watch.stop()
+
+
+def _metrics(api: str) -> dict[str, float]:
+    """The node's lease metrics, by sample name with labels."""
+    text = httpx.get(f"{api}/metrics", timeout=5).text
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.splitlines()
+             if line.startswith(("townsquare_ingest_lease", "townsquare_ingest_rooms_adopted")))}
