@@ -356,17 +356,20 @@ class CoalescingCache:
         A blocking request gets a stale playlist only if it holds the requested part: an old
         playlist that does not is no answer to it (players reject it), so it gets the 503.
         """
-        stale = self.lru.peek(t.key)
-        if stale is not None and stale.status < 400 and t.msn is None:
-            self.metrics.stale[t.kind] += 1
-            return stale.relabelled(None) if t.is_playlist else stale
-        if t.is_playlist:
-            pinned = self.pins.get(t.path)
-            if pinned is not None:
-                last = pinned.answer(t) if t.msn is not None else pinned.last_good(t)
-                if last is not None:
-                    self.metrics.stale[t.kind] += 1
-                    return last.relabelled(None)
+        pinned = self.pins.get(t.path) if t.is_playlist else None
+        if pinned is not None:
+            # A live media playlist: only a copy as new as any players were given. The copy
+            # cached under a plain request's key may be from a listener's join, long ago;
+            # hls.js, whose retries drop their directives, would jump back to it.
+            last = pinned.answer(t) if t.msn is not None else pinned.current(t)
+            if last is not None:
+                self.metrics.stale[t.kind] += 1
+                return last.relabelled(None)
+        else:
+            stale = self.lru.peek(t.key)
+            if stale is not None and stale.status < 400 and t.msn is None:
+                self.metrics.stale[t.kind] += 1
+                return stale.relabelled(None) if t.is_playlist else stale
         if failed is not None:
             return failed
         retry = max(1, math.ceil(self.breakers.retry_after(t.room)))

@@ -73,6 +73,21 @@ class PinnedPlaylist:
             return self.delta
         return self.full
 
+    def current(self, t: Target) -> Entry | None:
+        """The held copy answering a plain (or delta) request for `t` that reaches as far as
+        anything seen, or None: a copy behind what players were already given would move
+        them back (hls.js seeks back into its buffer and replays it)."""
+        reach = self.reach
+        if reach is None:
+            return None
+        if t.skip is not None and self.delta is not None and self.delta_pos is not None \
+                and not reach.newer_than(self.delta_pos):
+            return self.delta
+        if self.full is not None and self.full_pos is not None \
+                and not reach.newer_than(self.full_pos):
+            return self.full
+        return None
+
     @property
     def size(self) -> int:
         return (self.full.size if self.full else 0) + (self.delta.size if self.delta else 0)

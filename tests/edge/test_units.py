@@ -247,3 +247,21 @@ def test_only_public_objects_are_asked_upstream() -> None:
     part = parse_target("/live/r/aac96/e1-0a1b2c/p9.1.m4s?x=1")
     assert part.public and (part.epoch, part.media_msn, part.media_part) == ("e1-0a1b2c", 9, 1)
     assert part.live_path == "/live/r/aac96/live.m3u8"
+
+
+def test_a_copy_behind_what_players_were_given_is_never_the_stale_answer() -> None:
+    from edge.pinned import PinnedPlaylist
+
+    pinned = PinnedPlaylist()
+    old, joined = parse_position(PLAYLIST), _entry(1)
+    assert old is not None
+    pinned.update(joined, old, 100.0)
+    plain, skip = parse_target(PL), parse_target(PL + "?_HLS_skip=YES")
+    assert pinned.current(plain) is joined
+    # Listeners moved on to delta updates: the only full copy is the one from the join.
+    newer = PLAYLIST.replace(b"MEDIA-SEQUENCE:7", b"MEDIA-SEQUENCE:12").replace(
+        b"#EXTINF:1.92,\ns7.m4s\n", b"#EXT-X-SKIP:SKIPPED-SEGMENTS=1\n")
+    delta = _entry(2)
+    pinned.update(delta, parse_position(newer), 130.0)
+    assert pinned.current(skip) is delta
+    assert pinned.current(plain) is None  # → 503, never the old copy
