@@ -525,9 +525,9 @@ def run(seconds: float = SECONDS, paths: tuple[str, ...] = ("rtmp", "whip"),
                 "(Web Audio on the <audio> element, hls.js through townsquare edge)",
         "targets": {"p50_s": TARGET_P50, "p99_s": TARGET_P99},
         "listeners": {
-            "listen-page": "the edge's listener page /listen/ROOM (the project's hls.js "
-                           "settings: best AAC rendition fixed, up to 1.5x catch-up, restart "
-                           "after 6 s without progress)",
+            "listen-page": "the edge's listener page /listen/ROOM (hls.js in low-latency "
+                           "mode, best AAC rendition fixed, the page playing up to 1.25x while "
+                           "behind hls.js's target latency, restart after 6 s without progress)",
             "hlsjs-defaults": "new Hls() with every default (lowLatencyMode on), the room's "
                               "master playlist, hls.js's own rendition choice",
         },

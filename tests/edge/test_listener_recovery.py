@@ -2,8 +2,10 @@
 
 A: the origin is killed (-9) while the edge stays up, and restarted on the same port and data.
 B: the origin and the edge are both killed, then both restarted on the same ports.
-Either way the page, never reloaded, must say "reconnecting" while nothing plays and play the
-room again on its own once the stack is back.
+Either way the page, never reloaded, must say "reconnecting" while nothing new plays and play
+the room again on its own once the stack is back: new audio, made by the restarted origin, not
+a replay of what was heard before the outage. Audio is told apart by its PROGRAM-DATE-TIME
+(hls.js's `playingDate`): the room's clock, which never goes back, unlike a player's playhead.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOM = "drill"
 OUTAGE = 6.0      # seconds the stack stays down
 RECOVERY = 20.0   # seconds after the restart within which the page must play again
-PLAYED = 3.0      # seconds of audio the page must play after the restart
+PLAYED = 3.0      # seconds of new audio the page must play after the restart
 
 PROBE = """() => ({
     t: document.querySelector('audio').currentTime,
+    pdt: window.townsquare.hls && window.townsquare.hls.playingDate
+        ? window.townsquare.hls.playingDate.getTime() / 1000 : null,
     state: window.townsquare.state,
     recoveries: window.townsquare.recoveries,
     fatal: window.townsquare.fatal,
@@ -40,10 +44,12 @@ PROBE = """() => ({
 class Sample:
     at: float        # time.monotonic()
     t: float         # audio.currentTime
+    pdt: float | None  # the room's wall-clock time (epoch s) of the audio at the playhead
     state: str
     recoveries: int
     fatal: str | None
     played: float = 0.0  # playback since the previous sample (0 for a stall or a seek)
+    new: float = 0.0     # of it, audio later than any heard before (0 for a replay)
     moved: bool = False  # the playhead is elsewhere than at the previous sample (play or seek)
 
 
@@ -53,13 +59,14 @@ class Recorder:
 
     page: Any
     samples: list[Sample] = field(default_factory=list)
-    streak: float = 0.0                 # seconds played without a stall of more than 0.75 s
+    streak: float = 0.0                 # seconds of new audio without a break of over 0.75 s
     streak_from: float | None = None    # when that streak began
     last_advance: float = float("-inf")
+    heard: float = float("-inf")        # the latest audio (PROGRAM-DATE-TIME) played so far
 
     def poll(self) -> Sample:
         r = self.page.evaluate(PROBE)
-        s = Sample(time.monotonic(), r["t"], r["state"], r["recoveries"], r["fatal"])
+        s = Sample(time.monotonic(), r["t"], r["pdt"], r["state"], r["recoveries"], r["fatal"])
         if self.samples:
             prev = self.samples[-1]
             step = s.t - prev.t
@@ -67,10 +74,14 @@ class Recorder:
             # Playback moves at most 1.5× wall time; a bigger jump is a seek to the live edge.
             if 0 < step <= 2 * (s.at - prev.at) + 0.05:
                 s.played = step
-        if s.played > 0:
+        if s.played > 0 and s.pdt is not None and s.pdt > self.heard:
+            s.new = s.played
+        if s.pdt is not None and s.played > 0:
+            self.heard = max(self.heard, s.pdt)
+        if s.new > 0:
             if self.streak_from is None:
                 self.streak_from = s.at
-            self.streak += s.played
+            self.streak += s.new
             self.last_advance = s.at
         elif s.at - self.last_advance > 0.75:
             self.streak, self.streak_from = 0.0, None
@@ -84,7 +95,12 @@ class Recorder:
             time.sleep(0.25)
 
     def played_since(self, since: float) -> float:
+        """Seconds the playhead moved forward, replays included."""
         return sum(s.played for s in self.samples if s.at > since)
+
+    def new_since(self, since: float) -> float:
+        """Seconds of audio played that is later than any heard before it."""
+        return sum(s.new for s in self.samples if s.at > since)
 
     def timeline(self, zero: float) -> list[tuple[float, str, float, int]]:
         """(seconds since `zero`, state, currentTime, recoveries) at every change of state."""
@@ -175,7 +191,7 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
                 stack.kill(stack.edge)
             rec.run(OUTAGE)
 
-            restarted_at = time.monotonic()
+            restarted_at, restarted_wall = time.monotonic(), time.time()
             stack.start_origin()
             if kill_edge:
                 stack.start_edge()
@@ -184,7 +200,7 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
                 s = rec.poll()
                 if live_at is None and stack.live():
                     live_at = s.at
-                if first_advance is None and s.played > 0:
+                if first_advance is None and s.new > 0:
                     first_advance = s.at
                 if rec.streak > PLAYED and s.state == "playing":
                     sustained_from = rec.streak_from
@@ -206,6 +222,9 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
         "restart_to_sustained_play_s":
             None if sustained_from is None else round(sustained_from - restarted_at, 2),
         "played_after_restart_s": round(rec.played_since(restarted_at), 2),
+        "new_audio_after_restart_s": round(rec.new_since(restarted_at), 2),
+        # How much later than the restart the last audio heard was made (> 0: by the new origin).
+        "heard_made_after_restart_s": round(rec.heard - restarted_wall, 2),
         "recoveries": final["recoveries"],
         "timeline (s since kill, state, currentTime, recoveries)": rec.timeline(killed_at),
         "fatal": final["fatal"],
@@ -218,8 +237,11 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
     # (with a deep buffer the playhead may run on for most of the outage, rightly "playing").
     assert "reconnecting" in rec.states(killed_at, sustained_from or float("inf")), result
     assert "failed" not in rec.states(killed_at), result
-    # Within RECOVERY s of the restart the page played PLAYED s in one go and said "playing".
-    assert sustained_from is not None, result
+    # Within RECOVERY s of the restart the page played PLAYED s of new audio in one go and said
+    # "playing"; what it played was made after the restart, not replayed from its buffer.
+    assert sustained_from is not None and sustained_from > restarted_at, result
+    assert result["new_audio_after_restart_s"] >= PLAYED, result
+    assert result["heard_made_after_restart_s"] > 0, result
     assert result["state"] == "playing", result
     assert final["recoveries"] >= 1 or not kill_edge, result
     assert final["lastProgress"] is not None
