@@ -13,7 +13,7 @@ from tests.bench import failover, latency, offload
 
 
 def test_offload_benchmark_runs_at_a_tiny_size() -> None:
-    result = offload.run([3, 6], seconds=2, results=None)
+    result = offload.run([3, 6], seconds=1, results=None)
     assert [s["listeners"] for s in result["steps"]] == [3, 6]
     for step in result["steps"]:
         assert step["errors"] == {} and step["origin_requests_per_s"] > 0
@@ -22,15 +22,12 @@ def test_offload_benchmark_runs_at_a_tiny_size() -> None:
 
 
 @pytest.mark.browser
-def test_latency_benchmark_hears_rtmp_markers_at_a_tiny_size() -> None:
-    _heard(latency.run(4, paths=("rtmp",), listeners=("listen-page",), results=None,
-                       warmup=1, grace=3)["paths"]["rtmp"])
-
-
-@pytest.mark.browser
-def test_latency_benchmark_hears_whip_markers_at_a_tiny_size() -> None:
-    _heard(latency.run(4, paths=("whip",), listeners=("listen-page",), results=None,
-                       warmup=1, grace=3)["paths"]["whip"])
+def test_latency_benchmark_hears_rtmp_and_whip_markers_at_a_tiny_size() -> None:
+    # Both ways in through one stack and one Chromium, as the benchmark itself runs them.
+    result = latency.run(3, paths=("rtmp", "whip"), listeners=("listen-page",), results=None,
+                         warmup=1, grace=2)
+    for path in ("rtmp", "whip"):
+        _heard(result["paths"][path])
 
 
 def _heard(path: dict[str, Any]) -> None:
@@ -43,7 +40,7 @@ def _heard(path: dict[str, Any]) -> None:
 
 
 def test_failover_benchmark_times_a_round_at_a_tiny_size() -> None:
-    result = failover.run(rounds=1, lease=3.0, nodes=2, results=None, settle=1.5)
+    result = failover.run(rounds=1, lease=3.0, nodes=2, results=None, settle=1.0)
     (row,) = result["rounds"]
     assert row["killed"] == "node-1" and row["adopted_by"] == "node-2", row
     assert 0 < row["lease_left_at_kill_s"] <= 3.0
@@ -81,7 +78,7 @@ def test_join_storm_benchmark_counts_origin_requests_per_object_at_a_tiny_size()
 def test_ingest_cost_benchmark_measures_townsquare_and_ffmpeg_at_a_tiny_size() -> None:
     from tests.bench import encoder
 
-    result = encoder.run(rounds=1, window=2, seconds=4, max_rooms=2, results=None, settle=0.5)
+    result = encoder.run(rounds=1, window=1, seconds=4, max_rooms=2, results=None, settle=0.5)
     live = result["live_ingest"]
     assert set(live["median_cpu_s_per_broadcast_minute"]) == {"townsquare", "ffmpeg_cli"}
     assert all(v > 0 for v in live["median_cpu_s_per_broadcast_minute"].values()), live

@@ -1,5 +1,6 @@
-"""Storage faults: a bucket that does not exist from the start, and S3 gone for 30 s while a
-room is on air. Listeners are served from memory throughout; nothing acknowledged is lost;
+"""Storage faults: a bucket that does not exist from the start, and S3 gone for 12 s while a
+room is on air (twice the store writer's live edge, and more than twice the audio its memory
+bound holds). Listeners are served from memory throughout; nothing acknowledged is lost;
 shutdown never hangs on a store that does not answer."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from tests.support.procs import Service, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 TOKEN = "outage-admin-token-0123456789"
-DRAIN = 4.0
+DRAIN = 2.0  # the store's drain deadline: ending a room and SIGTERM wait this long, no longer
+OUTAGE = 12.0  # seconds without S3
+SEGMENT = 1.92  # the demo room's segment duration
 
 
 class Up:
@@ -53,7 +56,7 @@ class Up:
 
     def metric(self, name: str) -> float:
         text = httpx.get(f"{self.origin}/metrics", timeout=5).text
-        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         assert m, name
         return float(m[1])
 
@@ -91,9 +94,11 @@ def test_a_wrong_bucket_is_reported_and_the_room_plays_from_memory(
         wait_http(f"{up.origin}/live/demo/master.m3u8", 30, up.svc.proc)
         first, status = _newest_part(up.origin)
         assert status == 200
-        time.sleep(3)
-        later, status = _newest_part(up.origin)
-        assert later > first and status == 200, "the room plays on, from memory"
+        deadline = time.monotonic() + 3
+        while (later := _newest_part(up.origin))[0] <= first:
+            assert later[1] == 200 and time.monotonic() < deadline, "the room plays on, from memory"
+            time.sleep(0.2)
+        assert later[1] == 200, "the room plays on, from memory"
         store = up.health()["store"]
         assert isinstance(store, dict) and not store["ok"], store
         assert "no-such-bucket-here" in str(store["error"])
@@ -127,9 +132,9 @@ def _keys(s3: S3Server, prefix: str) -> set[str]:
         Bucket=s3.bucket, Prefix=prefix) for o in page.get("Contents", [])}
 
 
-def test_thirty_seconds_without_s3_lose_nothing_and_shutdown_never_hangs(
+def test_twelve_seconds_without_s3_lose_nothing_and_shutdown_never_hangs(
         tmp_path: Path, own_s3: S3Server) -> None:
-    bound = 512 * 1024  # 30 s of the ladder is ~1.5 MB: most of it must go to disk
+    bound = 256 * 1024  # 12 s of the ladder is ~620 kB: most of it must go to disk
     prefix = "outage"
     env = {**own_s3.env(), "TOWNSQUARE_S3_PREFIX": prefix,
            "TOWNSQUARE_STORE_MEMORY_BYTES": str(bound), "TOWNSQUARE_STORE_RETRY_MAX_SECONDS": "2"}
@@ -140,14 +145,15 @@ def test_thirty_seconds_without_s3_lose_nothing_and_shutdown_never_hangs(
         time.sleep(2)
         server.stop()  # type: ignore[attr-defined]
         msns, pending = [], []
-        end = time.monotonic() + 30
+        end = time.monotonic() + OUTAGE
         while time.monotonic() < end:
             msn, status = _newest_part(up.origin)
             assert status == 200, "listeners are served from memory"
             msns.append(msn)
             pending.append(up.metric("townsquare_store_pending_bytes"))
             time.sleep(1)
-        assert msns[-1] - msns[0] >= 12, "the room kept advancing through the outage"
+        assert msns[-1] - msns[0] >= int(0.7 * OUTAGE / SEGMENT), \
+            "the room kept advancing through the outage"
         assert max(pending) <= bound, "memory held for the store stays under its bound"
         assert up.metric("townsquare_store_spilled_objects") > 0, "the rest waited on disk"
         peak = _rss_peak_kib(up.svc.proc.pid)
@@ -189,7 +195,7 @@ def test_thirty_seconds_without_s3_lose_nothing_and_shutdown_never_hangs(
         assert f"{prefix}/live/demo/{bid}/epochs.json" in keys
         rec = httpx.get(f"{up.origin}/live/demo/{bid}/aac96/recording.m3u8", timeout=10)
         assert rec.status_code == 200 and rec.text.endswith("#EXT-X-ENDLIST\n"), rec.text[-300:]
-        listed = re.findall(r"^\.\./\.\./(\S+\.m4s)$", rec.text, re.M)
+        listed = re.findall(r"^\.\./\.\./(\S+\.m4s)$", rec.text, re.MULTILINE)
         assert len(listed) >= last - 1
         assert all(f"{prefix}/live/demo/{name}" in keys for name in listed)
         print(f"S3 outage: peak RSS {peak / 1024:.1f} MiB, store memory bound "
