@@ -38,6 +38,8 @@ class SegmentReady:
 
 
 Event = PartReady | SegmentReady
+# An event and the name of the rendition it belongs to.
+LadderEvent = tuple[str, Event]
 
 
 @dataclass(slots=True)
@@ -156,3 +158,18 @@ class RenditionEncoder:
         seg = SegmentReady(cut.msn, b"".join(cut.segment_parts), samples, cut.segment_start)
         self._cut = _Cut(cut.msn + 1, segment_start=self._samples_out)
         return seg
+
+
+class LadderEncoder:
+    """Every rendition of a ladder, fed the same program PCM in one call (one hand-off to
+    an encoder thread per block, not one per rendition)."""
+
+    def __init__(self, renditions: list[Rendition], segment_units: int, first_msn: int = 1):
+        self.encoders = {r.name: RenditionEncoder(r, segment_units, first_msn) for r in renditions}
+
+    def push(self, pcm: np.ndarray) -> list[LadderEvent]:
+        """Encode a block in every rendition; events per rendition, in ladder order."""
+        return [(name, ev) for name, enc in self.encoders.items() for ev in enc.push(pcm)]
+
+    def finish(self) -> list[LadderEvent]:
+        return [(name, ev) for name, enc in self.encoders.items() for ev in enc.finish()]

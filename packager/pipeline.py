@@ -5,6 +5,11 @@ reads. Each `Broadcast` is one epoch of a room: it encodes every rendition of th
 the encoder pool (never behind storage I/O), publishes each part to the hub the moment it is
 cut, and queues every object for the store.
 
+A broadcast hands its blocks to the pool through `EncoderLane`, written here rather than
+a `run_in_executor` per block: that cost the event loop a future, a wake-up and a task
+switch per block and rendition (150 a second a room, more than the rest of publishing);
+the lane costs a list append per block, and the loop hears back only when something is cut.
+
 A room's URLs outlive its epochs. `resume_point` reads what the store says about a room (its
 last live window, epoch and broadcast), and `start_broadcast` continues from it: media
 sequence numbers go on, the old window stays in the playlist followed by a discontinuity,
@@ -18,10 +23,10 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +49,7 @@ from hls.names import (
     segment_name,
 )
 from packager.boxes import read_fragment
-from packager.cmaf import PartReady, RenditionEncoder, SegmentReady
+from packager.cmaf import LadderEncoder, LadderEvent, PartReady
 from packager.errors import BroadcastClosed, StoreError
 from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
 from packager.live import Hub, LiveRoom, dumps_state
@@ -91,6 +96,83 @@ PCM_QUEUED = Gauge("townsquare_packager_pcm_queued_seconds",
 MAX_QUEUED_SECONDS = 30.0
 # An epoch that has stopped is dropped from memory this long after (its objects are stored).
 RELEASE_AFTER_SECONDS = 5.0
+
+
+class EncoderLane:
+    """One broadcast's encoding, in order, on a shared pool: blocks put on the event loop
+    are encoded by one pool thread at a time (the lane holds at most one job in the pool
+    while it has work), and what they cut is handed back to the loop with
+    `call_soon_threadsafe`, in the order it was cut.
+
+    `finish()` queues the end: the encoder is flushed after every block put before it and
+    `on_finished` gets the last events. An error stops the lane: `on_error` gets it, once,
+    and later blocks are dropped."""
+
+    def __init__(self, encoder: LadderEncoder, pool: Executor, loop: asyncio.AbstractEventLoop,
+                 on_events: Callable[[list[LadderEvent]], None],
+                 on_finished: Callable[[list[LadderEvent]], None],
+                 on_error: Callable[[BaseException], None]) -> None:
+        self._encoder = encoder
+        self._pool = pool
+        self._loop = loop
+        self._on_events, self._on_finished, self._on_error = on_events, on_finished, on_error
+        self._lock = threading.Lock()
+        self._blocks: list[np.ndarray | None] = []  # None: finish here
+        self._busy = False  # a job of this lane is in the pool
+        self._failed = False
+        self.queued = 0  # samples put and not yet taken by the encoder thread
+
+    def put(self, pcm: np.ndarray) -> None:
+        with self._lock:
+            self._blocks.append(pcm)
+            self.queued += pcm.shape[1]
+            if self._busy:
+                return
+            self._busy = True
+        self._pool.submit(self._drain)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._blocks.append(None)
+            if self._busy:
+                return
+            self._busy = True
+        self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                blocks, self._blocks = self._blocks, []
+                queued, self.queued = self.queued, 0
+                if not blocks:
+                    self._busy = False
+                    return
+            PCM_QUEUED.dec(queued / SAMPLE_RATE)
+            if self._failed:
+                continue
+            try:
+                self._encode(blocks)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which ends the epoch
+                self._failed = True
+                self._loop.call_soon_threadsafe(self._on_error, exc)
+
+    def _encode(self, blocks: list[np.ndarray | None]) -> None:
+        pcm: list[np.ndarray] = []  # blocks since the last call, encoded as one
+        for block in blocks:
+            if block is not None:
+                pcm.append(block)
+                continue
+            self._push(pcm)
+            pcm = []
+            self._loop.call_soon_threadsafe(self._on_finished, self._encoder.finish())
+        self._push(pcm)
+
+    def _push(self, pcm: list[np.ndarray]) -> None:
+        if not pcm:
+            return
+        events = self._encoder.push(pcm[0] if len(pcm) == 1 else np.concatenate(pcm, axis=1))
+        if events:
+            self._loop.call_soon_threadsafe(self._on_events, events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +243,8 @@ class Broadcast:
         td = self.info.target_duration
         start_tds = s.live_start_target_durations
         start_offset = -start_tds * td if start_tds else None
-        self._encoders: dict[str, RenditionEncoder] | None = {
-            r.name: RenditionEncoder(r, s.segment_units, plan.first_msn) for r in self.renditions}
+        self._encoder: LadderEncoder | None = LadderEncoder(self.renditions, s.segment_units,
+                                                            plan.first_msn)
         self._builders: dict[str, PlaylistBuilder] = {}
         for r in self.renditions:
             base = MediaPlaylist(td, PART_TARGET_SECONDS, self._uri(INIT),
@@ -176,9 +258,8 @@ class Broadcast:
         self.live = LiveRoom(room, self.epoch.id, self.renditions,
                              {n: b.playlist for n, b in self._builders.items()}, master)
         self.writer = packager.writer
-        self._queue: deque[np.ndarray] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
+        self._lane: EncoderLane | None = None  # made by `_start`, on the running loop
+        self._done: asyncio.Future[list[LadderEvent]] | None = None  # the encoder's last events
         self._closing = False
         self._ending = False
         self._announced = False
@@ -203,13 +284,17 @@ class Broadcast:
             raise BroadcastClosed(f"broadcast {self.broadcast_id} of {self.room} has ended")
         if pcm.ndim != 2 or pcm.shape[0] != 2:
             raise ValueError(f"expected planar stereo (2, n), got shape {pcm.shape}")
-        if self._queued + pcm.shape[1] > MAX_QUEUED_SECONDS * SAMPLE_RATE:
+        assert self._lane is not None
+        if self._lane.queued + pcm.shape[1] > MAX_QUEUED_SECONDS * SAMPLE_RATE:
             raise BroadcastClosed(f"{self.room}: the encoder is {MAX_QUEUED_SECONDS:g} s behind")
-        self._queue.append(pcm)
-        self._queued += pcm.shape[1]
         PCM_QUEUED.inc(pcm.shape[1] / SAMPLE_RATE)
+        self._lane.put(pcm)
         self.samples_fed += pcm.shape[1]
-        self._wake.set()
+
+    @property
+    def _queued(self) -> int:
+        """Samples fed and not yet taken by the encoder."""
+        return self._lane.queued if self._lane is not None else 0
 
     def anchor(self, captured_at: float) -> bool:
         """Set the wall-clock time at which the first sample fed was captured: every
@@ -241,21 +326,26 @@ class Broadcast:
         if not self._closing:
             self._closing = True
             self._ending = end
-            self._wake.set()
+            if self._lane is not None:
+                self._lane.finish()
         if self._task:
             await asyncio.shield(self._task)
 
     # --- internals ---------------------------------------------------------------------
     def _start(self) -> None:
-        assert self._encoders is not None
+        assert self._encoder is not None
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self._lane = EncoderLane(self._encoder, self.packager.encoder_pool, loop,
+                                 self._on_events, self._on_finished, self._on_error)
         for r in self.renditions:
-            enc = self._encoders[r.name]
+            enc = self._encoder.encoders[r.name]
             self.live.renditions[r.name].init = enc.init
             self.writer.put(self._key(r.name, INIT), enc.init, IMMUTABLE, live=True)
         self._write_room_info()
         self.writer.put(epochs_key(self.room, self.broadcast_id), self.info.dumps(), SHORT)
         BROADCASTS_LIVE.inc()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"broadcast-{self.room}")
+        self._task = loop.create_task(self._run(), name=f"broadcast-{self.room}")
 
     def _write_room_info(self, ended: bool = False) -> None:
         info = {"broadcast": self.broadcast_id, "epoch": self.epoch.id,
@@ -270,22 +360,9 @@ class Broadcast:
         self.writer.put(room_key(self.room, MASTER), self.live.master, SHORT, live=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        pool = self.packager.encoder_pool
+        assert self._done is not None
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self._queue:
-                    blocks = list(self._queue)
-                    self._queue.clear()
-                    PCM_QUEUED.dec(self._queued / SAMPLE_RATE)
-                    self._queued = 0
-                    pcm = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
-                    self._publish(await self._encode_all(pcm))
-                if self._closing and not self._queue:
-                    break
-            self._publish(await loop.run_in_executor(pool, self._finish))
+            self._publish(await self._done)  # the lane has encoded everything, then flushed
             if self._ending:
                 self._end()
                 # The final recording is read back from the store: let the index land first
@@ -298,27 +375,31 @@ class Broadcast:
             log.exception("broadcast %s/%s failed", self.room, self.epoch.id)
             raise
         finally:
-            self._encoders = None  # the codecs' memory goes with them
+            self._encoder = self._lane = None  # the codecs' memory goes with them
             self.closed = True
             BROADCASTS_LIVE.dec()
             self.packager.stopped(self)
 
-    async def _encode_all(self, pcm: np.ndarray) -> list[tuple[str, PartReady | SegmentReady]]:
-        """Every rendition encodes the block at once on the encoder pool (the codecs release
-        the GIL); events come back per rendition, in order."""
-        assert self._encoders is not None
-        loop = asyncio.get_running_loop()
-        pool = self.packager.encoder_pool
-        names = list(self._encoders)
-        results = await asyncio.gather(*(loop.run_in_executor(pool, self._encoders[n].push, pcm)
-                                         for n in names))
-        return [(n, ev) for n, events in zip(names, results, strict=True) for ev in events]
+    # The lane's callbacks, on the event loop.
+    def _on_events(self, events: list[LadderEvent]) -> None:
+        if self._done is None or self._done.done():
+            return  # failed already: nothing more is published
+        try:
+            self._publish(events)
+        except Exception as exc:  # noqa: BLE001 - ends the epoch through `_run`
+            self._on_error(exc)
 
-    def _finish(self) -> list[tuple[str, PartReady | SegmentReady]]:
-        assert self._encoders is not None
-        return [(n, ev) for n, enc in self._encoders.items() for ev in enc.finish()]
+    def _on_finished(self, events: list[LadderEvent]) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(events)
 
-    def _publish(self, events: list[tuple[str, PartReady | SegmentReady]]) -> None:
+    def _on_error(self, exc: BaseException) -> None:
+        """Encoding or publishing failed: the epoch ends (`_run` logs it), and refuses audio."""
+        self._closing = True
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
+
+    def _publish(self, events: list[LadderEvent]) -> None:
         if not events:
             return
         self._cut_any = True

@@ -1,0 +1,71 @@
+"""A broadcast encodes on the shared pool through its lane: the parts it stores are the very
+bytes the ladder's encoders cut when fed the same program directly, and a failing encoder
+ends the epoch instead of the process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hls.names import part_name, room_key
+from packager.cmaf import LadderEncoder, PartReady
+from packager.errors import BroadcastClosed, EncodeError
+from packager.ladder import SAMPLE_RATE
+from packager.pipeline import Packager
+from packager.settings import PackagerSettings
+
+BLOCK = 960  # the program clock's 20 ms
+
+
+def _program(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+    return np.vstack([tone, tone[::-1]]).astype(np.float32)
+
+
+async def test_stored_parts_are_the_bytes_the_encoders_cut_fed_directly(tmp_path: Path) -> None:
+    pcm = _program(4.0)
+    settings = PackagerSettings(data_dir=tmp_path / "data", publish_state=False)
+    packager = Packager(settings)
+    await packager.start()
+    b = packager.start_broadcast("lane")
+    for i in range(0, pcm.shape[1], BLOCK):
+        b.feed(pcm[:, i:i + BLOCK])
+        if i % (5 * BLOCK) == 0:
+            await asyncio.sleep(0)  # blocks arrive both one by one and several at once
+    await b.close()
+    await packager.close()
+
+    direct = LadderEncoder(settings.renditions(), settings.segment_units)
+    events = direct.push(pcm) + direct.finish()
+    parts = [(name, ev) for name, ev in events if isinstance(ev, PartReady)]
+    assert {name for name, _ in parts} == {r.name for r in settings.renditions()}
+    for name, ev in parts:
+        key = room_key("lane", name, b.epoch.id, part_name(ev.msn, ev.index))
+        assert (tmp_path / "data" / key).read_bytes() == ev.data, key
+
+
+async def test_a_failing_encoder_ends_the_epoch_and_refuses_audio(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    packager = Packager(PackagerSettings(data_dir=tmp_path / "data", publish_state=False))
+    await packager.start()
+    b = packager.start_broadcast("broken")
+
+    def fail(self: LadderEncoder, pcm: np.ndarray) -> list[object]:
+        raise EncodeError("the codec gave up")
+
+    monkeypatch.setattr(LadderEncoder, "push", fail)
+    b.feed(_program(0.02))
+    for _ in range(200):
+        if b.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert b.closed
+    with pytest.raises(BroadcastClosed):
+        b.feed(_program(0.02))
+    with pytest.raises(EncodeError):
+        await b.close()
+    await packager.close()
