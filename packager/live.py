@@ -30,6 +30,9 @@ class LiveRendition:
     init: bytes | None = None
     recent: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     _rendered: dict[tuple[int, bool], bytes] = field(default_factory=dict)
+    # Each segment of the window as state JSON, by media sequence number: only the
+    # window's segments are kept (see `dumps_state`).
+    _segment_json: dict[int, tuple[Segment, str]] = field(default_factory=dict)
     _changed: asyncio.Future[None] | None = None
 
     def remember(self, name: str, data: bytes) -> None:
@@ -79,6 +82,7 @@ class LiveRoom:
         for lr in self.renditions.values():
             lr.recent.clear()
             lr._rendered.clear()
+            lr._segment_json.clear()
             lr.init = None
 
     def reports_for(self, name: str) -> tuple[RenditionReport, ...]:
@@ -155,7 +159,46 @@ def playlist_from_dict(d: dict[str, Any]) -> MediaPlaylist:
 
 
 def dumps_state(room: LiveRoom) -> bytes:
-    return json.dumps(room.to_state(), separators=(",", ":")).encode()
+    """`room.to_state()` as compact JSON, byte for byte, built so that a segment is
+    serialised once, when it enters its window: the state is written at every part, and
+    serialising every window (some 400 parts) each time cost more than encoding them."""
+    playlists = ",".join(f"{_dumps(name)}:{_playlist_json(lr)}"
+                         for name, lr in room.renditions.items())
+    head = _dumps({"room": room.room, "epoch": room.epoch, "master": room.master.decode(),
+                   "version": room.version,
+                   "renditions": [asdict(lr.rendition) for lr in room.renditions.values()]})
+    return f"{head[:-1]},\"playlists\":{{{playlists}}}}}".encode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _playlist_json(lr: LiveRendition) -> str:
+    """`playlist_to_dict(lr.playlist)` as compact JSON, each segment's text memoised."""
+    pl, memo = lr.playlist, lr._segment_json
+    segments = []
+    window = {}
+    for seg in pl.segments:
+        hit = memo.get(seg.msn)
+        if hit is None or hit[0] is not seg:
+            hit = (seg, _dumps(_plain(seg)))
+        window[seg.msn] = hit
+        segments.append(hit[1])
+    lr._segment_json = window
+    items = []
+    for name in _field_names(MediaPlaylist):
+        if name == "segments":
+            text = f"[{','.join(segments)}]"
+        elif name == "rendition_reports":
+            text = "[]"
+        else:
+            value = getattr(pl, name)
+            if type(value) is tuple:
+                value = [_plain(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
+            text = _dumps(value)
+        items.append(f"{_dumps(name)}:{text}")
+    return f"{{{','.join(items)}}}"
 
 
 class Hub:

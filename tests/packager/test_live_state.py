@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from packager.ladder import DEFAULT_LADDER, parse_ladder
 from packager.live import LiveRoom, dumps_state, playlist_from_dict, playlist_to_dict
@@ -40,3 +40,17 @@ def test_live_state_reads_back_as_the_same_playlists() -> None:
     for r in renditions:
         assert playlist_from_dict(playlist_to_dict(pl)) == back.renditions[r.name].playlist
         assert back.renditions[r.name].playlist == pl.with_reports(())
+
+
+def test_state_is_the_same_bytes_as_the_room_dumped_whole_as_its_window_moves() -> None:
+    renditions = parse_ladder(DEFAULT_LADDER)
+    pl = _window()
+    room = LiveRoom("talk", "e2-x", renditions, {r.name: pl for r in renditions}, b"#EXTM3U\n")
+    for step in range(3):  # the window slides: a segment leaves, one enters, parts grow
+        whole = json.dumps(room.to_state(), separators=(",", ":")).encode()
+        assert dumps_state(room) == whole
+        pl = replace(pl, segments=(*pl.segments[1:], replace(pl.segments[-1], msn=16 + step)),
+                     partial=pl.partial * (step + 2))
+        for r in renditions:
+            room.renditions[r.name].playlist = pl
+        room.version += 1
