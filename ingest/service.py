@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -228,6 +229,11 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
             demo_task = await _open_demo(rooms, demo)
         if started is not None:
             started.set()
+        # What exists now (the libraries, the apps, the rooms) lives as long as the process:
+        # frozen out of the collector's sight, a collection of the oldest generation walks
+        # only what came since, not every object of every library imported.
+        gc.collect()
+        gc.freeze()
         await asyncio.shield(http)
     finally:
         await cancel_and_wait(demo_task)

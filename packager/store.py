@@ -123,15 +123,25 @@ class LocalStore:
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except (FileNotFoundError, NotADirectoryError):
+            # A new folder (a new epoch's, say), made only then: a `mkdir` per write cost
+            # two system calls and an exception. A file in its way fails here, as before.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             # mkstemp makes 0600 files; the folder may be served by another user (nginx).
             os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            written = os.write(fd, data)
+            while written < len(data):  # a short write: only ever for large objects
+                written += os.write(fd, memoryview(data)[written:])
+            os.close(fd)
+            fd = -1
             os.replace(tmp, path)
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             try:
                 os.unlink(tmp)
             except FileNotFoundError:

@@ -199,9 +199,11 @@ class RtmpSession:
     async def _read(self, loop: asyncio.AbstractEventLoop) -> bytes:
         """The next bytes, within whichever deadline applies now."""
         if self.state == "publishing":
+            # `asyncio.timeout`, not `wait_for`: a publisher's audio takes ~200 reads a
+            # second, and `wait_for` wraps each in a task of its own.
             try:
-                return await asyncio.wait_for(self._reader.read(65_536),
-                                              self._limits.idle_seconds)
+                async with asyncio.timeout(self._limits.idle_seconds):
+                    return await self._reader.read(65_536)
             except TimeoutError:
                 raise DeadlinePassed("idle_deadline", f"nothing received for "
                                      f"{self._limits.idle_seconds:g} s") from None
