@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.sources import TestSignal
 from packager.cmaf import RenditionEncoder
-from packager.ladder import DEFAULT_LADDER, parse_ladder
+from packager.ladder import DEFAULT_LADDER, GRID_SAMPLES, parse_ladder
 from tests.support.procs import free_port, running
 
 RESULTS = Path(__file__).parent / "results" / "encoder.json"
@@ -62,8 +62,12 @@ MAX_ROOMS = int(os.environ.get("BENCH_ENCODER_MAX_ROOMS", "30"))  # the check's 
 SETTLE = 2.0  # seconds on air before a window opens
 FFMPEG = "ffmpeg"
 LADDER = (("aac", "96k"), ("aac", "48k"), ("libopus", "64k"))  # DEFAULT_LADDER, as CLI flags
-# Parts a room cuts per second: two AAC renditions of 10 × 1024 samples, one Opus of 12 × 960.
-PARTS_PER_SECOND = 2 / (10 * 1024 / 48_000) + 1 / (12 * 960 / 48_000)
+SEGMENT_UNITS = 6  # the packager's default: 1.92 s segments
+# Parts a room cuts per second, from the ladder: each segment's whole parts and its short
+# last one, if any (an Opus segment is 96 frames: 9 parts of 10 and one of 6).
+PARTS_PER_SECOND = sum(
+    math.ceil(r.segment_frames(SEGMENT_UNITS) / r.part_frames)
+    for r in parse_ladder(DEFAULT_LADDER)) / (SEGMENT_UNITS * GRID_SAMPLES / 48_000)
 
 PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPU, LOAD_CPU = "1", "0"
@@ -263,7 +267,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 # --- 3: encode and cut only ---------------------------------------------------------------
 
 def townsquare_encode(pcm: np.ndarray) -> dict[str, float]:
-    encoders = [RenditionEncoder(r, 6) for r in parse_ladder(DEFAULT_LADDER)]
+    encoders = [RenditionEncoder(r, SEGMENT_UNITS) for r in parse_ladder(DEFAULT_LADDER)]
     cpu0 = time.process_time()
     parts = 0
     for i in range(0, pcm.shape[1], 960):
