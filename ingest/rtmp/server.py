@@ -11,7 +11,6 @@ the same handshake deadline, before the connection is counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -26,6 +25,7 @@ from ingest.settings import IngestSettings
 log = logging.getLogger("townsquare.ingest.rtmp")
 # A flood of refused connections logs one line a second, with how many were refused.
 _REFUSAL_LOG_SECONDS = 1.0
+_STOP_SECONDS = 3.0  # each: sessions ending, then the listeners closing
 
 
 class RtmpServer:
@@ -92,15 +92,27 @@ class RtmpServer:
                      self.tls_port)
 
     async def stop(self) -> None:
+        """Stop listening and end every session, within `_STOP_SECONDS` each way: a session
+        that ignores its cancellation must not hold a node's shutdown (and the hand-over of
+        its rooms) for ever."""
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        sessions = list(self._tasks)
+        for task in sessions:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if sessions:
+            done, stuck = await asyncio.wait(sessions, timeout=_STOP_SECONDS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: ended by its error, nothing left to do
+            if stuck:
+                log.warning("RTMP: %d sessions still running %.0f s after being stopped; "
+                            "left behind", len(stuck), _STOP_SECONDS)
         for server in self._servers:
-            await server.wait_closed()
+            try:
+                await asyncio.wait_for(server.wait_closed(), _STOP_SECONDS)
+            except TimeoutError:
+                log.warning("RTMP: the listener did not close within %.0f s", _STOP_SECONDS)
         self._servers = []
 
     @property
