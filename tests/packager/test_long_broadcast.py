@@ -1,4 +1,4 @@
-"""A three-hour room must not cost more memory at its end than at its start: thirty minutes of
+"""A three-hour room must not cost more memory at its end than at its start: twenty minutes of
 program fed faster than real time, then the memory the process holds is measured."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from packager.pipeline import Packager
 from packager.settings import PackagerSettings
 
 pytestmark = pytest.mark.slow
-MINUTES = 30
+MINUTES = 20
+# 12 MiB over 20 minutes (5 625 parts per rendition): a leak of 2.2 kB a part fails the test.
+BOUND_MIB = 12
 ROOT = Path(__file__).resolve().parents[2]
 RELEASED_WITHIN = 6.0  # seconds: an ended epoch leaves memory 5 s after it stops
 
@@ -68,7 +70,7 @@ async def _measure(data: Path) -> dict[str, object]:
     return {"start": start, "end": end, "released": released}
 
 
-def test_thirty_minutes_end_with_memory_back_where_it_started(tmp_path: Path) -> None:
+def test_twenty_minutes_end_with_memory_back_where_it_started(tmp_path: Path) -> None:
     # A fresh interpreter: in a test process that ran other tests first, the heap's own
     # fragmentation moved RSS by more than the bound (+18 MiB from 396 MiB, -8 MiB alone).
     script = ("import asyncio, json, sys; from pathlib import Path; "
@@ -84,4 +86,5 @@ def test_thirty_minutes_end_with_memory_back_where_it_started(tmp_path: Path) ->
     assert len(segments) >= MINUTES * 60 / 1.92 - 1
     print(f"{MINUTES} min broadcast: RSS {start / 1024:.1f} MiB before, {end / 1024:.1f} MiB "
           f"after ({(end - start) / 1024:+.1f} MiB)")
-    assert end - start < 16 * 1024, "memory came back to where it started (within 16 MiB)"
+    assert end - start < BOUND_MIB * 1024, \
+        f"memory came back to where it started (within {BOUND_MIB} MiB)"
