@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -58,6 +59,7 @@ from packager.status import StatusDesk, StatusUnavailable
 from registry import RegistryError
 
 log = logging.getLogger("townsquare.ingest.api")
+RELAY_RESUME_WAIT = 5.0  # seconds a relay waits for a room this node is putting on air
 MAX_BODY = 65_536
 
 
@@ -668,6 +670,13 @@ def build_app(
     async def relay_in(room: str, request: Request) -> Response:
         """Another node of the cluster relays a speaker's audio into a room published here."""
         r = await room_or_404(room)
+        # The relaying node found this node in the registry: a room it has just adopted may
+        # still be resuming. Refused now, the relay would only hear so once its speaker
+        # stopped (the 503 waits behind a request body as long as they speak).
+        deadline = time.monotonic() + RELAY_RESUME_WAIT
+        while rooms.node is not None and not r.on_air and r.state != "ended" \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         remote = f"relay from {request.client.host}" if request.client else "relay"
         try:
             shown = check_speaker_name(request.query_params.get("name", "")) or None
