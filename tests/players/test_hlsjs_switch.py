@@ -12,24 +12,21 @@ which keeps its player in the global `hls`), given the master playlist.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.edge.conftest import wait_live
+from tests.players.pages import serving_pages
 from tests.support.browser import chromium
 from tests.support.procs import free_port, running
 
 pytestmark = pytest.mark.browser
 
 ROOM = "switchroom"
-STATIC = Path(__file__).parent / "static"
-HLS_JS = Path(__file__).parents[2] / "edge" / "static" / "hls.min.js"
 # After a switch: the next segment boundary comes within 1.92 s plus the buffer hls.js holds
 # (~1 s); a stall there lasted 6-8 s, so 6 s of looks see it.
 WATCH_SECONDS = 6
@@ -38,33 +35,18 @@ WATCH_SECONDS = 6
 MIN_ADVANCE_PER_LOOK = 0.5
 
 
-class _Pages(SimpleHTTPRequestHandler):
-    def translate_path(self, path: str) -> str:
-        name = path.split("?", 1)[0].lstrip("/")
-        return str(HLS_JS if name == "hls.min.js" else STATIC / name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(page server URL, edge URL) for a fresh demo room behind a real edge."""
     origin_port, edge_port = free_port(), free_port()
     origin = f"http://127.0.0.1:{origin_port}"
-    pages = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    threading.Thread(target=pages.serve_forever, daemon=True).start()
-    try:
-        with running(["origin", "--demo", ROOM, "--port", str(origin_port), "--data",
-                      str(tmp_path / "data")], tmp_path / "origin.log", f"{origin}/healthz"):
-            wait_live(origin, ROOM)
-            with running(["edge", "--upstream", origin, "--port", str(edge_port)],
-                         tmp_path / "edge.log", f"http://127.0.0.1:{edge_port}/healthz"):
-                yield f"http://127.0.0.1:{pages.server_address[1]}", \
-                    f"http://127.0.0.1:{edge_port}"
-    finally:
-        pages.shutdown()
-        pages.server_close()
+    with serving_pages() as pages, \
+            running(["origin", "--demo", ROOM, "--port", str(origin_port), "--data",
+                     str(tmp_path / "data")], tmp_path / "origin.log", f"{origin}/healthz"):
+        wait_live(origin, ROOM)
+        with running(["edge", "--upstream", origin, "--port", str(edge_port)],
+                     tmp_path / "edge.log", f"http://127.0.0.1:{edge_port}/healthz"):
+            yield pages, f"http://127.0.0.1:{edge_port}"
 
 
 def _watch(page: Any, seconds: int) -> list[float]:

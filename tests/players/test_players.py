@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,13 @@ import httpx
 import pytest
 
 from tests.edge.conftest import media_path, wait_live
+from tests.players.pages import serving_pages
 from tests.support.browser import chromium
 from tests.support.procs import free_port, running
 
 pytestmark = pytest.mark.browser
 
 ROOM = "playersroom"
-STATIC = Path(__file__).parent / "static"
-HLS_JS = Path(__file__).parents[2] / "edge" / "static" / "hls.min.js"
 PLAY_SECONDS = 45
 # A look every second: at 1× the playhead moves ~1 s between looks. Looks drift by the time
 # two page evaluations take (measured ≤ 0.15 s on a loaded 2-core machine), and a player
@@ -43,27 +41,10 @@ MIN_ADVANCE_PER_LOOK = 0.5
 SEGMENT_SECONDS = 1.92
 
 
-class _Pages(SimpleHTTPRequestHandler):
-    """The player pages, and hls.js from the edge's static folder."""
-
-    def translate_path(self, path: str) -> str:
-        name = path.split("?", 1)[0].lstrip("/")
-        return str(HLS_JS if name == "hls.min.js" else STATIC / name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def pages() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_pages() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
