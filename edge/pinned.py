@@ -68,11 +68,6 @@ class PinnedPlaylist:
     def ended(self) -> bool:
         return self.reach is not None and self.reach.ended
 
-    def last_good(self, t: Target) -> Entry | None:
-        if t.skip is not None and self.delta is not None:
-            return self.delta
-        return self.full
-
     def current(self, t: Target) -> Entry | None:
         """The held copy answering a plain (or delta) request for `t` that reaches as far as
         anything seen, or None: a copy behind what players were already given would move

@@ -176,12 +176,14 @@ class Node:
             await asyncio.sleep(FENCE_EVERY)
             if time.monotonic() < self._safe_until:
                 continue
-            for room in self.owned():
+            lost = self.owned()
+            for room in lost:
                 log.error("room %s: lease not renewed (%s); stopped here", room.name,
                           self._fence_reason)
                 self.metrics.lease_losses.labels("fence").inc()
                 await self.rooms.lose(room)
-            self.metrics.leases_held.set(len(self.owned()))
+            if lost:
+                self.metrics.leases_held.set(len(self.owned()))
 
     def has_room(self, owning: int) -> bool:
         return not self.draining and owning < self.info.capacity

@@ -27,7 +27,7 @@ _PART_FRAMES = {"aac": 10, "opus": 10}
 _CODECS = {"aac": "mp4a.40.2", "opus": "opus"}
 _PYAV_CODEC = {"aac": "aac", "opus": "libopus"}
 PART_TARGET_SECONDS = math.ceil(
-    max(_PART_FRAMES[c] * _FRAME_SIZE[c] for c in _FRAME_SIZE) / 48_000 * 1e5) / 1e5
+    max(_PART_FRAMES[c] * _FRAME_SIZE[c] for c in _FRAME_SIZE) / SAMPLE_RATE * 1e5) / 1e5
 
 
 class LadderError(ValueError):
