@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,10 +16,53 @@ from pathlib import Path
 import httpx
 
 
-def free_port() -> int:
+# Ports handed to servers the tests start. They come from below the kernel's ephemeral range
+# (32768-60999 by default), never from it: a port the kernel picked for `bind(0)` was free
+# when it was picked, but the kernel may give it to any outgoing connection of any process
+# before the server binds it (a stack under test once failed with "address already in use"
+# that way). Each pytest-xdist worker draws from a slice of its own, and a process never
+# hands out the same port twice.
+def _ports() -> range:
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    return range(12_000, max(min(ephemeral, 32_000), 16_000))
+
+
+PORTS = _ports()
+_given: set[int] = set()
+
+
+def _slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...; "" outside xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return PORTS
+    width = len(PORTS) // count
+    start = PORTS.start + int(worker[2:]) % count * width
+    return range(start, start + width)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port nothing listens on, for a server a test is about to start."""
+    ports = _slice()
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.choice(ports[:-200])  # room above it for free_port_with's neighbours
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def free_port_with(offsets: tuple[int, ...]) -> int:
@@ -26,13 +70,9 @@ def free_port_with(offsets: tuple[int, ...]) -> int:
     other nodes' ports from the ones it is given (control + 10, origin + 101.., RTMP + 1)."""
     for _ in range(200):
         base = free_port()
-        try:
-            for off in offsets:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", base + off))
-        except OSError:
-            continue
-        return base
+        if all(base + off not in _given and _bindable(base + off) for off in offsets):
+            _given.update(base + off for off in offsets)
+            return base
     raise RuntimeError(f"no free port with free neighbours at {offsets}")
 
 
