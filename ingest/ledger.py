@@ -76,13 +76,13 @@ class Ledger:
     def pending(self) -> int:
         return len(self._entries)
 
-    async def flush(self, deadline: float) -> bool:
+    async def flush(self, deadline: float, when: str = "at shutdown") -> bool:
         """Wait until every entry is written or `deadline` seconds have passed."""
         try:
             await asyncio.wait_for(self._idle.wait(), deadline)
             return True
         except TimeoutError:
-            log.error("registry: %d writes not done at shutdown (%s)", len(self._entries),
+            log.error("registry: %d writes not done %s (%s)", len(self._entries), when,
                       self.last_error or "still trying")
             return False
 

@@ -65,6 +65,8 @@ log = logging.getLogger("townsquare.ingest.rooms")
 
 RoomState = Literal["waiting", "live", "ended"]
 SpeakerKind = Literal["rtmp", "whip", "local", "relay"]
+# How long a new room waits for the end of an old one of the same name to reach the registry.
+NAME_REUSE_WAIT = 5.0
 
 
 class BroadcastSink(Protocol):
@@ -518,6 +520,10 @@ class Rooms:
         room = Room(name=name, key_hash=hash_key(key), created_at=time.time(), private=private,
                     title=title, description=description)
         if self.registry is not None:
+            if old is not None and self.ledger.pending:
+                # The old room's end goes to the registry behind the request that ended it;
+                # until it is written there the name is still taken. Wait for it, briefly.
+                await self.ledger.flush(NAME_REUSE_WAIT, "for a room's name to be reused")
             try:
                 rec = await self.registry.create_room(name, room.key_hash, room.created_at,
                                                       private, title, description)

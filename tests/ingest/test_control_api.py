@@ -133,6 +133,35 @@ async def test_end_room_closes_the_broadcast_and_kills_the_key(stack: Stack) -> 
     await stack.create("ending")
 
 
+async def test_an_ended_room_s_name_is_free_once_the_database_lets_go(tmp_path: Path) -> None:
+    """The end of a room reaches the registry behind the request that ended it. Another
+    connection holds the database's write lock past the registry's busy timeout while the room
+    ends: the create of the same name waits for the end to be written, instead of a 409."""
+    import sqlite3
+
+    s = Stack(await Registry.open(default_url(tmp_path), command_timeout=0.3))
+    try:
+        await s.create("again")
+        holder = sqlite3.connect(tmp_path / "townsquare.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            res = await s.http.post("/rooms/again/end", headers=s.admin)
+            assert res.status_code == 200 and res.json()["state"] == "ended"
+            assert s.rooms.ledger.pending  # the end is not in the registry yet
+            create = asyncio.create_task(s.http.post("/rooms", json={"name": "again"},
+                                                     headers=s.admin))
+            await asyncio.sleep(1.0)
+            assert not create.done()  # waiting for the old room's end, not refused
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        r = await create
+        assert r.status_code == 201, r.text
+        assert s.rooms.get("again").state == "waiting"
+    finally:
+        await s.close()
+
+
 async def test_mute_and_remove_a_speaker(stack: Stack) -> None:
     await stack.create("panel")
     room = stack.rooms.get("panel")
