@@ -20,24 +20,44 @@ from tests.support.procs import free_port
 # or they load the machine.
 SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/test_outage.py",
           "tests/players/",
-          # Load generators: their processes would take the CPU a browser test beside them
+          # A load generator: its processes would take the CPU a browser test beside them
           # needs (hls.js stalled at its first segment boundary on a busy machine).
-          "tests/edge/test_loadtest.py", "tests/edge/test_bench_smoke.py",
-          # A minute of encoding on every core (the encoder pool). Its figure no longer
-          # depends on its neighbours (it measures a fresh interpreter), but beside the
-          # others it lengthened the side-by-side phase by as much as it saved here.
+          "tests/edge/test_loadtest.py",
+          # The latency benchmark's smoke test hears markers through a browser. The other
+          # benchmarks' smoke tests check the shape of their results, not their figures, and
+          # run side by side, handed out first (below) so that they are done before the
+          # browser tests of that phase begin.
+          "tests/edge/test_bench_smoke.py::test_latency_benchmark",
+          # A minute of encoding on a core; beside the others it lengthened the side-by-side
+          # phase by as much as it saved here (96 s there, 64 s here).
           "tests/packager/test_long_broadcast.py")
 # Fault drills that time no listener and load nothing (one in-process service or one
 # `townsquare up`, checked for answers, not for gaps): they run side by side with the rest.
 NOT_SERIAL = ("tests/faults/test_status_outage.py", "tests/faults/test_database_outage.py",
               "tests/faults/test_disk_full.py")
+# The longest files of the side-by-side phase, handed out first (pytest-xdist gives out whole
+# files in collection order): started last, one of them would run on alone at the end. The
+# benchmarks' smoke tests load the machine and lead; the browser tests come after the others.
+LONGEST_FIRST = ("tests/edge/test_bench_smoke.py", "tests/packager/test_s3_store.py",
+                 "tests/edge/test_memory.py", "tests/test_types.py",
+                 "tests/packager/test_origin_live.py", "tests/ingest/test_rtmp_publish.py",
+                 "tests/edge/test_pages.py", "tests/edge/test_browser.py",
+                 "tests/ingest/test_whip_browser.py", "tests/test_up.py",
+                 "tests/packager/test_tier.py", "tests/packager/test_repair_cli.py",
+                 "tests/packager/test_origin_states.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = str(config.rootpath) + os.sep
-    for item in items:
+
+    def rank(item: pytest.Item) -> int:
         path = str(item.path).removeprefix(root)
-        if path.startswith(SERIAL) and not path.startswith(NOT_SERIAL):
+        return next((i for i, p in enumerate(LONGEST_FIRST) if path == p), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: a file's tests stay together and in order
+    for item in items:
+        where = item.nodeid  # the path from the repository, then ::test
+        if where.startswith(SERIAL) and not where.startswith(NOT_SERIAL):
             item.add_marker(pytest.mark.serial)
 
 

@@ -13,12 +13,12 @@ import httpx
 from tests.edge.conftest import ROOM, Node, gauge, media_folder, media_path
 from tests.edge.rawhttp import Connection
 
-BOUND = 256 * 1024
+BOUND = 128 * 1024
 OBJECTS = 10_000
-# Whole segments the origin must have cut before the test starts: 16 of the aac96 rendition
+# Whole segments the origin must have cut before the test starts: 8 of the aac96 rendition
 # (about 23 kB each) hold more than the bound, so good entries must be evicted whatever the
 # room's age (the origin is shared by the session and may have just started).
-SEGMENTS = 16
+SEGMENTS = 8
 
 
 def _newest_segment(base: str, playlist: str, timeout: float = 60.0) -> int:

@@ -31,7 +31,7 @@ from tests.support.procs import free_port, running
 pytestmark = pytest.mark.browser
 
 ROOM = "playersroom"
-PLAY_SECONDS = 45
+PLAY_SECONDS = 30
 # A look every second: at 1× the playhead moves ~1 s between looks. Looks drift by the time
 # two page evaluations take (measured ≤ 0.15 s on a loaded 2-core machine), and a player
 # may wait a part (0.21–0.24 s) for the next one at the live edge; half a second of
