@@ -389,9 +389,9 @@ class Origin:
             # A hinted part: hold the request until the part exists, then send it whole.
             next_msn, next_part = pl.next_msn, len(pl.partial)
             ahead = (next_msn, next_part) <= (msn, part) <= (next_msn + 1, next_part + 1)
-            if ahead and not pl.ended:
-                if not await self._wait(live, name, msn, part, 3 * pl.target_duration):
-                    return _error(503, "part", "part did not appear in time", SHORT, method)
+            if ahead and not pl.ended and \
+                    not await self._wait(live, name, msn, part, 3 * pl.target_duration):
+                return _error(503, "part", "part did not appear in time", SHORT, method)
             data = lr.recent.get(part_name(msn, part))
             if data is not None:
                 return _resp(data, 200, "part", IMMUTABLE, content_type_for_key(key), method)

@@ -99,7 +99,7 @@ def parse_chunk(raw: bytes) -> list[Entry]:
 
     out = []
     for m in _ENTRY.finditer(raw.decode()):
-        start = datetime.fromisoformat(m[1].replace("Z", "+00:00")).timestamp()
+        start = datetime.fromisoformat(m[1]).timestamp()
         out.append(Entry(int(m[4]), float(m[2]), start))
     return out
 

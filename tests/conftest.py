@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ class S3Server:
     port: int
     server: object
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")

@@ -5,6 +5,7 @@ balancer would send it, and the listener page plays on without a reload."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import m3u8
@@ -52,7 +54,7 @@ class Node:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.control}"
 
-    def room(self) -> dict[str, object]:
+    def room(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json())
 
 
@@ -174,10 +176,10 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room(
                 time.sleep(0.2)
             guest.start()
             deadline = time.monotonic() + 30
-            while len(one.room()["speakers"]) < 2:  # type: ignore[arg-type]
+            while len(one.room()["speakers"]) < 2:
                 assert time.monotonic() < deadline, "the guest was not relayed to the owner"
                 time.sleep(0.2)
-            kinds = sorted(s["kind"] for s in one.room()["speakers"])  # type: ignore[union-attr]
+            kinds = sorted(s["kind"] for s in one.room()["speakers"])
             assert kinds == ["relay", "rtmp"], kinds
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{one.origin}", ROOM)
@@ -185,8 +187,7 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room(
             # Any node's API lists the room and acts on its speakers through its owner.
             listed = httpx.get(f"{two.api}/rooms", headers=AUTH, timeout=10).json()["rooms"]
             assert ROOM in [r["name"] for r in listed]
-            relayed = next(sp["id"] for sp in one.room()["speakers"]  # type: ignore[union-attr]
-                           if sp["kind"] == "relay")
+            relayed = next(sp["id"] for sp in one.room()["speakers"] if sp["kind"] == "relay")
             muted = httpx.post(f"{two.api}/rooms/{ROOM}/speakers/{relayed}/mute",
                                json={"muted": True}, headers=AUTH, timeout=10)
             assert muted.status_code == 200 and muted.json()["muted"], muted.text
@@ -228,10 +229,10 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
             def watch(seconds: float) -> None:
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
-                    for room in worst:
+                    for room, longest in worst.items():
                         pos, now = _newest_part(tier, room), time.monotonic()
                         if pos > last[room][0]:
-                            worst[room] = max(worst[room], now - last[room][1])
+                            worst[room] = max(longest, now - last[room][1])
                             last[room] = (pos, now)
                     time.sleep(0.2)
 
@@ -265,7 +266,7 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 assert pl.segments and all(seg.duration > 0 for seg in pl.segments)
                 msns = [int(re.search(r"s(\d+)\.m4s", seg.uri)[1]) for seg in pl.segments]  # type: ignore[index]
                 assert msns == sorted(set(msns)), "every segment once, in order"
-                holes = [b - a for a, b in zip(msns, msns[1:], strict=False) if b - a > 2]
+                holes = [b - a for a, b in itertools.pairwise(msns) if b - a > 2]
                 assert not holes, f"{room}: segments missing from the recording: {holes}"
             print("rolling restart: longest wait for a new part", {k: round(v, 2)
                                                                     for k, v in worst.items()})
