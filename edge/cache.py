@@ -108,6 +108,10 @@ class CoalescingCache:
             return self._lookup_blocking(t, now)
         entry = self.lru.get(t.key)
         if entry is not None and now < entry.expires:
+            if t.kind == "playlist":
+                entry = self._newest_plain(t, entry)
+                if entry is None:
+                    return None  # newer parts came through, none in a copy we may serve
             self.metrics.hits[t.kind] += 1
             return entry
         entry = self.negative.get(t.key)
@@ -117,6 +121,25 @@ class CoalescingCache:
         if t.live_path is not None:
             return self._refuse_media(t, now)
         return None
+
+    def _newest_plain(self, t: Target, cached: Entry) -> Entry | None:
+        """A plain live playlist answered from the newest copy held, or None (ask upstream).
+
+        A joining player takes its start position from the newest part it is shown, counting
+        the playlist's age from when it arrived; `Age` is whole seconds, so a cached copy a
+        fraction of a second old starts it that much further from live, for good. Once
+        blocking answers have brought a newer part, the plain answer is that newer copy (its
+        own age, the plain lifetime); with none at hand, upstream answers."""
+        pinned = self.pins.get(t.path)
+        if pinned is None or pinned.ended:
+            return cached
+        newest = pinned.current(t)
+        if newest is None:
+            return None
+        if newest is cached:
+            return cached
+        self.metrics.plain_refreshed += 1
+        return newest.relabelled(round(cached.expires - cached.born))
 
     def _lookup_blocking(self, t: Target, now: float) -> Entry | None:
         assert t.msn is not None

@@ -11,6 +11,7 @@ import re
 
 from edge.targets import PLAYLIST_TARGETS
 from hls.http import CORS_HEADERS, content_type_for_kind
+from hls.http import max_age as cache_max_age
 
 REASONS = {
     200: b"OK",
@@ -135,7 +136,7 @@ class Entry:
             if max_age is None:
                 fields += b"Cache-Control: no-cache\r\n"
             else:
-                fields += b"Cache-Control: max-age=%d\r\n" % max_age
+                fields += b"Cache-Control: %s\r\n" % cache_max_age(max_age).encode()
             variant = Entry(self.status, self.kind, self.body, fields, self.born, max_age or 0,
                             gz=self.gz)
             self._variants[max_age] = variant

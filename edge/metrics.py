@@ -19,6 +19,9 @@ class EdgeMetrics:
         self.misses: defaultdict[str, int] = defaultdict(int)
         self.coalesced: defaultdict[str, int] = defaultdict(int)
         self.local_answers = 0
+        # Plain live playlist requests answered with the newest copy held (brought by a blocking
+        # answer) instead of the one cached under their own URL.
+        self.plain_refreshed = 0
         self.stale: defaultdict[str, int] = defaultdict(int)
         self.negative_hits: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -97,6 +100,10 @@ class _Collector:
         yield CounterMetricFamily(
             "townsquare_edge_local_answers",
             "Blocking playlist requests answered from a cached playlist", value=m.local_answers)
+        yield CounterMetricFamily(
+            "townsquare_edge_plain_refreshed",
+            "Plain live playlist requests answered with the newest copy a blocking answer "
+            "brought, not the one cached under their URL", value=m.plain_refreshed)
         yield CounterMetricFamily(
             "townsquare_edge_bytes_out", "Response bytes written to clients", value=m.bytes_out)
         yield CounterMetricFamily(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -91,6 +92,33 @@ def test_blocking_request_for_a_cached_part_is_answered_locally(origin: Node, ed
             assert r.status_code == 200 and "max-age=" in r.headers["cache-control"]
     assert counters(edge.url, "townsquare_edge_local_answers_total")[()] >= local_before + 2
     assert sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values()) == upstream_before
+
+
+def test_a_plain_playlist_is_as_new_as_the_newest_part_the_edge_has_seen(
+        origin: Node, edge: Node) -> None:
+    """A player joins from the newest part it is shown: once a blocking answer brought a newer
+    part, a plain request within the plain copy's lifetime gets the newer playlist, made
+    locally, with the plain lifetime."""
+    playlist = media_path(origin.url, ROOM)
+    with httpx.Client(base_url=edge.url, timeout=15) as c:
+        for _ in range(5):
+            primed = time.monotonic()
+            plain = c.get(playlist)  # cached under the plain URL for its max-age=1
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="([^"]+)"', plain.text)
+            assert hint is not None, plain.text
+            uri = hint[1]
+            msn, part = map(int, re.findall(r"p(\d+)\.(\d+)\.m4s", uri)[0])
+            assert c.get(f"{playlist}?_HLS_msn={msn}&_HLS_part={part}").status_code == 200
+            upstream = sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values())
+            again = c.get(playlist)
+            if time.monotonic() - primed < 0.8:  # the plain copy was still fresh
+                break
+        listed = re.compile(rf'^#EXT-X-PART:.*URI="{re.escape(uri)}"', re.MULTILINE)
+        assert listed.search(again.text) and not listed.search(plain.text)
+        assert again.headers["cache-control"] == plain.headers["cache-control"]
+        assert sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values()) \
+            == upstream, "answered by the edge"
+        assert counters(edge.url, "townsquare_edge_plain_refreshed_total")[()] >= 1
 
 
 def test_unknown_room_is_404_and_options_answers_cors(edge: Node) -> None:
