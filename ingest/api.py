@@ -665,18 +665,35 @@ def build_app(
                         headers={**_CORS, "Allow": "DELETE, OPTIONS"})
 
     # --- page, health, metrics -------------------------------------------------------
-    @app.post(RELAY_PATH + "{room}", include_in_schema=False, dependencies=[Depends(admin)],
-              status_code=204)
-    async def relay_in(room: str, request: Request) -> Response:
-        """Another node of the cluster relays a speaker's audio into a room published here."""
+    async def relay_target(room: str) -> Room:
+        """The room a relay is for, once this node publishes it. The relaying node found this
+        node in the registry: a room it has just adopted may still be resuming, so it is
+        waited for, briefly."""
         r = await room_or_404(room)
-        # The relaying node found this node in the registry: a room it has just adopted may
-        # still be resuming. Refused now, the relay would only hear so once its speaker
-        # stopped (the 503 waits behind a request body as long as they speak).
         deadline = time.monotonic() + RELAY_RESUME_WAIT
         while rooms.node is not None and not r.on_air and r.state != "ended" \
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        return r
+
+    @app.get(RELAY_PATH + "{room}", include_in_schema=False, dependencies=[Depends(admin)],
+             status_code=204)
+    async def relay_ready(room: str) -> Response:
+        """Whether a relay into `room` would be taken now. The relaying node asks first: a
+        refusal of the relay itself would wait behind its request body, which ends only when
+        the speaker stops."""
+        r = await relay_target(room)
+        if r.state == "ended":
+            raise HTTPException(410, f"room {room!r} has ended")
+        if rooms.node is not None and not r.on_air:
+            raise HTTPException(503, f"room {room!r} is not on air on this node")
+        return Response(status_code=204)
+
+    @app.post(RELAY_PATH + "{room}", include_in_schema=False, dependencies=[Depends(admin)],
+              status_code=204)
+    async def relay_in(room: str, request: Request) -> Response:
+        """Another node of the cluster relays a speaker's audio into a room published here."""
+        r = await relay_target(room)
         remote = f"relay from {request.client.host}" if request.client else "relay"
         try:
             shown = check_speaker_name(request.query_params.get("name", "")) or None

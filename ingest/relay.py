@@ -31,6 +31,9 @@ RELAY_BLOCKS = Counter("townsquare_ingest_relay_blocks_total",
 RELAY_PATH = "/internal/relay/"  # on the owner's control API, followed by the room
 MAX_QUEUED = 100  # blocks (each what the decoder produced, ~20-40 ms): about 2-4 s
 FRAME_BYTES = 4  # one stereo sample in s16le
+# The owner's answer to "would you take a relay now?" (it waits up to 5 s for a room it is
+# putting on air).
+READY_TIMEOUT = 10.0
 
 
 def to_wire(pcm: np.ndarray) -> bytes:
@@ -72,10 +75,19 @@ class RelayLink:
             yield data
 
     async def _run(self) -> None:
+        auth = {"Authorization": f"Bearer {self._token}"}
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
+                # Ask first: the owner's answer to the relay itself comes only once the body
+                # ends, which for a speaker still talking is never.
+                ready = await client.get(self.url, headers=auth, timeout=READY_TIMEOUT)
+                if ready.status_code >= 300:
+                    log.warning("relay to %s refused: %s %s", self.url, ready.status_code,
+                                ready.text[:200])
+                    RELAY_BLOCKS.labels("refused").inc(self._queue.qsize())
+                    return
                 r = await client.post(self.url, content=self._body(),
-                                      headers={"Authorization": f"Bearer {self._token}",
+                                      headers={**auth,
                                                "Content-Type": "audio/L16;rate=48000;channels=2"})
                 if r.status_code >= 300:
                     log.warning("relay to %s refused: %s %s", self.url, r.status_code,
