@@ -87,7 +87,7 @@ def test_window_holds_at_least_three_target_durations_and_delta_skips(origin: st
     assert delta.count("#EXTINF") == full.count("#EXTINF") - int(m[1])
     # The segments left after the skip are the newest ones of the full playlist.
     seg = r"^\S*s\d+\.m4s$"
-    assert re.findall(seg, delta, re.M) == re.findall(seg, full, re.M)[int(m[1]):]
+    assert re.findall(seg, delta, re.MULTILINE) == re.findall(seg, full, re.MULTILINE)[int(m[1]):]
 
 
 def test_blocking_request_returns_once_the_next_part_exists_and_contains_it(origin: str) -> None:
