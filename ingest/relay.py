@@ -3,7 +3,8 @@
 The node the speaker reached decodes their audio as usual and streams it, one hop, to the
 node that holds the room's lease: an HTTP POST to the owner's control API whose body is the
 speaker's program-rate PCM (16-bit little-endian stereo, interleaved), authenticated with the
-admin token the nodes share. The owner feeds it to a speaker of its mixer, whose jitter buffer
+admin token the nodes share. A GET on the same path first asks whether the owner takes it:
+the answer to the POST itself comes only once its body ends. The owner feeds it to a speaker of its mixer, whose jitter buffer
 absorbs the link's jitter. Both ends are bounded: the sender keeps at most `MAX_QUEUED`
 blocks and drops the oldest when the link is slower than real time; the receiver's jitter
 buffer has its own bound.
@@ -81,7 +82,8 @@ class RelayLink:
                 # Ask first: the owner's answer to the relay itself comes only once the body
                 # ends, which for a speaker still talking is never.
                 ready = await client.get(self.url, headers=auth, timeout=READY_TIMEOUT)
-                if ready.status_code >= 300:
+                # 405: an owner from before the check (a rolling deploy): it takes the relay.
+                if ready.status_code >= 300 and ready.status_code != 405:
                     log.warning("relay to %s refused: %s %s", self.url, ready.status_code,
                                 ready.text[:200])
                     RELAY_BLOCKS.labels("refused").inc(self._queue.qsize())
