@@ -30,7 +30,7 @@ SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/t
           # browser tests of that phase begin.
           "tests/edge/test_bench_smoke.py::test_latency_benchmark",
           # A minute of encoding on a core; beside the others it lengthened the side-by-side
-          # phase by as much as it saved here (96 s there, 64 s here).
+          # phase by as much as it saved here (at 20 minutes: 96 s there, 64 s here).
           "tests/packager/test_long_broadcast.py")
 # Fault drills that time no listener and load nothing (one in-process service or one
 # `townsquare up`, checked for answers, not for gaps): they run side by side with the rest.
