@@ -145,6 +145,11 @@ class CoalescingCache:
         assert t.msn is not None
         pinned = self.pins.get(t.path)
         if pinned is not None:
+            # A part index no segment can hold is refused first, as the origin does, even
+            # for a segment already complete (whose copy would otherwise answer it).
+            impossible = self._impossible_part(t, pinned)
+            if impossible is not None:
+                return impossible
             held = pinned.answer(t)
             if held is not None:
                 if pinned.ended:
@@ -176,7 +181,12 @@ class CoalescingCache:
         if pos.too_far(t.msn, self._slack(pinned, now)):
             self.metrics.refused["msn_ahead"] += 1
             return edge_error(400, f"_HLS_msn={t.msn} is too far ahead of the live edge")
-        if t.part is not None and pinned.part_target > 0 and pos.target_duration > 0 \
+        return None
+
+    def _impossible_part(self, t: Target, pinned: PinnedPlaylist) -> Entry | None:
+        pos = pinned.reach
+        if t.part is not None and pos is not None and pinned.part_target > 0 \
+                and pos.target_duration > 0 \
                 and part_too_far(t.part, pos.target_duration, pinned.part_target):
             self.metrics.refused["part_index"] += 1
             return edge_error(400, f"_HLS_part={t.part} is beyond what a segment holds")
