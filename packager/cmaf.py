@@ -108,6 +108,20 @@ class RenditionEncoder:
             raise EncodeError(f"{self.rendition.name}: encoding failed: {exc}") from exc
         return events
 
+    def samples_to_cut(self) -> int:
+        """How many more input samples complete the part being cut (at least 1).
+
+        A packet comes out `lag` frames after its frame went in: the codec's look-ahead,
+        read off the encoder itself as frames fully fed less packets out (one for FFmpeg's
+        AAC, none for libopus). Before the codec has shown its lag this is too small, never
+        too large, so whoever waits for it is never late for a part."""
+        cut, size = self._cut, self.frame_size
+        emitted = self._samples_out // size + len(cut.packets)
+        lag = self._samples_in // size - emitted
+        to_go = min(self.rendition.part_frames - len(cut.packets),
+                    self.segment_frames - cut.frames_in_segment)
+        return max(1, (emitted + to_go + lag) * size - self._samples_in)
+
     def finish(self) -> list[Event]:
         """Flush the encoder at the end of a broadcast: pad the last frame with silence,
         drain the codec, and close the partial part and segment."""
@@ -170,6 +184,10 @@ class LadderEncoder:
     def push(self, pcm: np.ndarray) -> list[LadderEvent]:
         """Encode a block in every rendition; events per rendition, in ladder order."""
         return [(name, ev) for name, enc in self.encoders.items() for ev in enc.push(pcm)]
+
+    def samples_to_cut(self) -> int:
+        """How many more input samples complete a part in some rendition."""
+        return min(enc.samples_to_cut() for enc in self.encoders.values())
 
     def finish(self) -> list[LadderEvent]:
         return [(name, ev) for name, enc in self.encoders.items() for ev in enc.finish()]

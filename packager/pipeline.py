@@ -9,6 +9,11 @@ A broadcast hands its blocks to the pool through `EncoderLane`, written here rat
 a `run_in_executor` per block: that cost the event loop a future, a wake-up and a task
 switch per block and rendition (150 a second a room, more than the rest of publishing);
 the lane costs a list append per block, and the loop hears back only when something is cut.
+The lane also holds blocks back until they complete a part in some rendition, and hands them
+over together: an encoder woken for every 20 ms block cost 4.4–5.0 CPU s per broadcast-minute
+against 3.1–3.3 when woken every 100 ms (the codecs' caches and the thread's wake-up), and
+a part held so is cut at the very block it was cut at before, since nothing can be cut
+between two part boundaries anyway.
 
 A room's URLs outlive its epochs. `resume_point` reads what the store says about a room (its
 last live window, epoch and broadcast), and `start_broadcast` continues from it: media
@@ -91,6 +96,9 @@ SEGMENTS_CUT = Counter("townsquare_packager_segments_total", "Segments cut", ["r
 BROADCASTS_LIVE = Gauge("townsquare_packager_broadcasts_live", "Broadcasts on air")
 PCM_QUEUED = Gauge("townsquare_packager_pcm_queued_seconds",
                    "Program audio waiting for the encoder, all rooms")
+PCM_HELD = Gauge("townsquare_packager_pcm_held_seconds",
+                 "Program audio held until it completes a part, all rooms (at most one part "
+                 "and the codec's look-ahead a room)")
 # Program audio a broadcast holds before it refuses more: the encoder is ~50× real time, so
 # this is only reached when the encoder pool is starved; refusing keeps memory bounded.
 MAX_QUEUED_SECONDS = 30.0
@@ -104,9 +112,11 @@ class EncoderLane:
     while it has work), and what they cut is handed back to the loop with
     `call_soon_threadsafe`, in the order it was cut.
 
-    `finish()` queues the end: the encoder is flushed after every block put before it and
-    `on_finished` gets the last events. An error stops the lane: `on_error` gets it, once,
-    and later blocks are dropped."""
+    Blocks that cannot complete a part are held on the loop's side until one can: after each
+    encode the encoder says how many more samples its next part needs (`due`), and the pool
+    is only woken once that many have been put. `finish()` queues the end: the encoder is
+    flushed after every block put before it and `on_finished` gets the last events. An
+    error stops the lane: `on_error` gets it, once, and later blocks are dropped."""
 
     def __init__(self, encoder: LadderEncoder, pool: Executor, loop: asyncio.AbstractEventLoop,
                  on_events: Callable[[list[LadderEvent]], None],
@@ -120,20 +130,40 @@ class EncoderLane:
         self._blocks: list[np.ndarray | None] = []  # None: finish here
         self._busy = False  # a job of this lane is in the pool
         self._failed = False
-        self.queued = 0  # samples put and not yet taken by the encoder thread
+        self.queued = 0  # samples handed over and not yet taken by the encoder thread
+        self._held: list[np.ndarray] = []  # blocks that complete no part yet (loop side)
+        self.held = 0  # samples in `_held`
+        self._put = 0  # samples put, held ones included
+        self._pushed = 0  # samples the encoder has been fed (encoder thread)
+        self.due = 0  # `_put` at which the encoder's next part is complete: 0 until known
 
     def put(self, pcm: np.ndarray) -> None:
-        with self._lock:
-            self._blocks.append(pcm)
-            self.queued += pcm.shape[1]
-            if self._busy:
-                return
-            self._busy = True
-        self._pool.submit(self._drain)
+        n = pcm.shape[1]
+        self._put += n
+        if self._put < self.due:
+            self._held.append(pcm)
+            self.held += n
+            PCM_HELD.inc(n / SAMPLE_RATE)
+            return
+        self._hand_over([pcm])
 
     def finish(self) -> None:
+        self._hand_over([None])
+
+    def discard_held(self) -> None:
+        """Forget the blocks held back (an epoch that failed encodes nothing more)."""
+        PCM_HELD.dec(self.held / SAMPLE_RATE)
+        self._held, self.held = [], 0
+
+    def _hand_over(self, blocks: list[np.ndarray | None]) -> None:
+        if self._held:
+            blocks = [*self._held, *blocks]
+            self.discard_held()
+        samples = sum(b.shape[1] for b in blocks if b is not None)
+        PCM_QUEUED.inc(samples / SAMPLE_RATE)
         with self._lock:
-            self._blocks.append(None)
+            self._blocks.extend(blocks)
+            self.queued += samples
             if self._busy:
                 return
             self._busy = True
@@ -170,7 +200,12 @@ class EncoderLane:
     def _push(self, pcm: list[np.ndarray]) -> None:
         if not pcm:
             return
-        events = self._encoder.push(pcm[0] if len(pcm) == 1 else np.concatenate(pcm, axis=1))
+        block = pcm[0] if len(pcm) == 1 else np.concatenate(pcm, axis=1)
+        events = self._encoder.push(block)
+        self._pushed += block.shape[1]
+        # An int written here and read on the loop: at worst the loop reads the last one,
+        # which is earlier, and wakes the pool once more than it needed to.
+        self.due = self._pushed + self._encoder.samples_to_cut()
         if events:
             self._loop.call_soon_threadsafe(self._on_events, events)
 
@@ -284,16 +319,16 @@ class Broadcast:
             raise BroadcastClosed(f"broadcast {self.broadcast_id} of {self.room} has ended")
         if pcm.ndim != 2 or pcm.shape[0] != 2:
             raise ValueError(f"expected planar stereo (2, n), got shape {pcm.shape}")
-        assert self._lane is not None
-        if self._lane.queued + pcm.shape[1] > MAX_QUEUED_SECONDS * SAMPLE_RATE:
+        lane = self._lane
+        assert lane is not None
+        if lane.queued + lane.held + pcm.shape[1] > MAX_QUEUED_SECONDS * SAMPLE_RATE:
             raise BroadcastClosed(f"{self.room}: the encoder is {MAX_QUEUED_SECONDS:g} s behind")
-        PCM_QUEUED.inc(pcm.shape[1] / SAMPLE_RATE)
-        self._lane.put(pcm)
+        lane.put(pcm)
         self.samples_fed += pcm.shape[1]
 
     @property
     def _queued(self) -> int:
-        """Samples fed and not yet taken by the encoder."""
+        """Samples handed to the encoder and not yet taken (held ones wait for more audio)."""
         return self._lane.queued if self._lane is not None else 0
 
     def anchor(self, captured_at: float) -> bool:
@@ -375,6 +410,8 @@ class Broadcast:
             log.exception("broadcast %s/%s failed", self.room, self.epoch.id)
             raise
         finally:
+            if self._lane is not None:
+                self._lane.discard_held()  # only an epoch that failed still holds any
             self._encoder = self._lane = None  # the codecs' memory goes with them
             self.closed = True
             BROADCASTS_LIVE.dec()

@@ -1,20 +1,23 @@
 """A broadcast encodes on the shared pool through its lane: the parts it stores are the very
-bytes the ladder's encoders cut when fed the same program directly, and a failing encoder
-ends the epoch instead of the process."""
+bytes the ladder's encoders cut when fed the same program directly, each is cut at the same
+block although the lane wakes the pool once a part rather than once a block, and a failing
+encoder ends the epoch instead of the process."""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from hls.names import part_name, room_key
-from packager.cmaf import LadderEncoder, PartReady
+from packager.cmaf import LadderEncoder, LadderEvent, PartReady
 from packager.errors import BroadcastClosed, EncodeError
 from packager.ladder import SAMPLE_RATE
-from packager.pipeline import Packager
+from packager.pipeline import EncoderLane, Packager
 from packager.settings import PackagerSettings
 
 BLOCK = 960  # the program clock's 20 ms
@@ -69,3 +72,56 @@ async def test_a_failing_encoder_ends_the_epoch_and_refuses_audio(
     with pytest.raises(EncodeError):
         await b.close()
     await packager.close()
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A real pool that counts the jobs it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def _cut(events: list[LadderEvent], block: int) -> list[tuple[int, str, str, int, bytes]]:
+    return [(block, name, type(ev).__name__, ev.msn, ev.data) for name, ev in events]
+
+
+async def test_the_lane_wakes_the_pool_once_a_part_and_cuts_each_at_the_block_it_is_due() -> None:
+    settings = PackagerSettings()
+    pcm = _program(6.0)
+    blocks = [pcm[:, i:i + BLOCK] for i in range(0, pcm.shape[1], BLOCK)]
+    direct = LadderEncoder(settings.renditions(), settings.segment_units)
+    expected = [cut for k, b in enumerate(blocks) for cut in _cut(direct.push(b), k)]
+
+    loop = asyncio.get_running_loop()
+    got: list[tuple[int, str, str, int, bytes]] = []
+    current = [0]
+    pool = _CountingPool()
+    lane = EncoderLane(LadderEncoder(settings.renditions(), settings.segment_units), pool, loop,
+                       lambda events: got.extend(_cut(events, current[0])),
+                       lambda events: None, lambda exc: None)
+    try:
+        for k, block in enumerate(blocks):
+            current[0] = k
+            lane.put(block)
+            for _ in range(500):  # let the encoder finish what it was handed (no timing)
+                if not lane._busy:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # its events are delivered on the loop
+    finally:
+        pool.shutdown()
+
+    assert got == expected
+    parts = sum(1 for _, _, kind, _, _ in expected if kind == "PartReady")
+    # One wake-up per part boundary of the ladder (the renditions' boundaries differ), far
+    # fewer than one per block.
+    assert pool.jobs <= parts
+    assert pool.jobs < len(blocks) / 3
+    # What is held back is at most one part and the codec's look-ahead.
+    assert lane.held <= max(r.part_frames * r.frame_size + r.frame_size
+                            for r in settings.renditions())
