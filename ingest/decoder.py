@@ -27,6 +27,12 @@ class ProgramResampler:
         self._mono = False
 
     def convert(self, frame: AudioFrame) -> np.ndarray:
+        if (self._resampler is None and frame.format.name == "fltp"
+                and frame.sample_rate == SAMPLE_RATE and frame.layout.nb_channels == 2):
+            # Already program audio (what AAC at 48 kHz stereo decodes to): no filter graph
+            # a frame. A stream that ever needed resampling stays on its resampler, which
+            # may hold samples back.
+            return frame.to_ndarray()
         frame.pts = None  # timing is the mixer's business; swr must not pad or trim by pts
         mono = frame.layout.nb_channels == 1
         if self._resampler is None or mono != self._mono:

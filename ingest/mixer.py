@@ -150,10 +150,19 @@ class Mixer:
         return np.clip(out, -1.0, 1.0)
 
 
+# uvloop keeps timers in whole milliseconds on a clock read once per loop turn, so a sleep
+# until a block is due may end up to a millisecond or so early; the clock then counts the
+# block as due rather than sleeping again for the rest (it did so four times a block, every
+# block). A block goes out at most this much before its time; the timeline, counted in
+# samples, is unchanged.
+WAKE_MARGIN = 0.002
+
+
 @dataclass(slots=True)
 class ClockStats:
     samples: int = 0
     late_blocks: int = 0  # blocks rendered to catch up after a late wake-up
+    wakeups: int = 0  # times the clock looked (`_run`'s ticks)
     started_monotonic: float = field(default=0.0)
 
 
@@ -193,7 +202,7 @@ class ProgramClock:
 
     def due_blocks(self) -> int:
         """Blocks the wall clock says should have been rendered and have not been."""
-        elapsed = self._clock() - self.stats.started_monotonic
+        elapsed = self._clock() + WAKE_MARGIN - self.stats.started_monotonic
         return max(0, int(elapsed * SAMPLE_RATE) - self.stats.samples) // BLOCK
 
     def tick(self) -> int:
@@ -220,6 +229,7 @@ class ProgramClock:
 
     async def _run(self) -> None:
         while True:
+            self.stats.wakeups += 1
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - the broadcast refused audio: stop

@@ -170,12 +170,20 @@ def dumps_state(room: LiveRoom) -> bytes:
     return f"{head[:-1]},\"playlists\":{{{playlists}}}}}".encode()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# Stands in for the segments while the rest of a playlist is encoded, then replaced by their
+# memoised text: a NUL cannot occur in a playlist's values.
+_SEGMENTS = "\x00segments\x00"
+_SEGMENTS_JSON = _ENCODER.encode(_SEGMENTS)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _playlist_json(lr: LiveRendition) -> str:
-    """`playlist_to_dict(lr.playlist)` as compact JSON, each segment's text memoised."""
+    """`playlist_to_dict(lr.playlist)` as compact JSON, each segment's text memoised, the rest
+    encoded in one call."""
     pl, memo = lr.playlist, lr._segment_json
     segments = []
     window = {}
@@ -186,19 +194,18 @@ def _playlist_json(lr: LiveRendition) -> str:
         window[seg.msn] = hit
         segments.append(hit[1])
     lr._segment_json = window
-    items = []
+    rest: dict[str, Any] = {}
     for name in _field_names(MediaPlaylist):
         if name == "segments":
-            text = f"[{','.join(segments)}]"
+            rest[name] = _SEGMENTS
         elif name == "rendition_reports":
-            text = "[]"
+            rest[name] = []
         else:
             value = getattr(pl, name)
             if type(value) is tuple:
                 value = [_plain(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
-            text = _dumps(value)
-        items.append(f"{_dumps(name)}:{text}")
-    return f"{{{','.join(items)}}}"
+            rest[name] = value
+    return _dumps(rest).replace(_SEGMENTS_JSON, f"[{','.join(segments)}]", 1)
 
 
 class Hub:
