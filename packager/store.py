@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +51,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What a probe writes to find out whether a full disk has room again: an empty file would
 # fit on a full filesystem, a part-sized one tells.
 _PROBE_BYTES = 64 * 1024
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 _LIVE_ONLY = frozenset({"part", "playlist", "state"})
@@ -110,6 +113,7 @@ class LocalStore:
         except OSError:
             pass
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="townsquare-folder")
+        self._names = itertools.count()  # temporary files' names (`next` is atomic in CPython)
 
     def describe(self) -> str:
         return f"folder {self.root}"
@@ -121,15 +125,28 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
+    def _temporary(self, folder: Path) -> tuple[int, str]:
+        """A new file of our own in `folder`, open for writing. Named from the process, the
+        thread and a counter rather than by `tempfile.mkstemp`, whose random names cost
+        more Python than the rest of a write; `O_EXCL` still refuses any name already
+        taken (a file left by a crashed process of the same pid), and the next is tried."""
+        prefix = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-"
+        while True:
+            tmp = f"{prefix}{next(self._names)}"
+            try:
+                return os.open(tmp, _CREATE, 0o600), tmp
+            except FileExistsError:
+                continue
+
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = self._temporary(path.parent)
         except (FileNotFoundError, NotADirectoryError):
             # A new folder (a new epoch's, say), made only then: a `mkdir` per write cost
             # two system calls and an exception. A file in its way fails here, as before.
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = self._temporary(path.parent)
         try:
             # mkstemp makes 0600 files; the folder may be served by another user (nginx).
             os.fchmod(fd, 0o644)
