@@ -166,7 +166,8 @@ def dumps_state(room: LiveRoom) -> bytes:
                          for name, lr in room.renditions.items())
     head = _dumps({"room": room.room, "epoch": room.epoch, "master": room.master.decode(),
                    "version": room.version,
-                   "renditions": [_rendition_dict(lr.rendition) for lr in room.renditions.values()]})
+                   "renditions": [_rendition_dict(lr.rendition)
+                                  for lr in room.renditions.values()]})
     return f"{head[:-1]},\"playlists\":{{{playlists}}}}}".encode()
 
 

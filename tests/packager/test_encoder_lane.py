@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from hls.names import part_name, room_key
 from packager.cmaf import LadderEncoder, LadderEvent, PartReady
@@ -29,8 +30,13 @@ def _program(seconds: float) -> np.ndarray:
     return np.vstack([tone, tone[::-1]]).astype(np.float32)
 
 
+def _held_seconds() -> float:
+    return REGISTRY.get_sample_value("townsquare_packager_pcm_held_seconds") or 0.0
+
+
 async def test_stored_parts_are_the_bytes_the_encoders_cut_fed_directly(tmp_path: Path) -> None:
     pcm = _program(4.0)
+    held_before = _held_seconds()
     settings = PackagerSettings(data_dir=tmp_path / "data", publish_state=False)
     packager = Packager(settings)
     await packager.start()
@@ -41,6 +47,7 @@ async def test_stored_parts_are_the_bytes_the_encoders_cut_fed_directly(tmp_path
             await asyncio.sleep(0)  # blocks arrive both one by one and several at once
     await b.close()
     await packager.close()
+    assert _held_seconds() == pytest.approx(held_before, abs=1e-9)  # the end took what was held
 
     direct = LadderEncoder(settings.renditions(), settings.segment_units)
     events = direct.push(pcm) + direct.finish()
