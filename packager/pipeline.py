@@ -152,13 +152,17 @@ class EncoderLane:
 
     def discard_held(self) -> None:
         """Forget the blocks held back (an epoch that failed encodes nothing more)."""
+        self._take_held()
+
+    def _take_held(self) -> list[np.ndarray]:
+        held, self._held = self._held, []
         PCM_HELD.dec(self.held / SAMPLE_RATE)
-        self._held, self.held = [], 0
+        self.held = 0
+        return held
 
     def _hand_over(self, blocks: list[np.ndarray | None]) -> None:
         if self._held:
-            blocks = [*self._held, *blocks]
-            self.discard_held()
+            blocks = [*self._take_held(), *blocks]
         samples = sum(b.shape[1] for b in blocks if b is not None)
         PCM_QUEUED.inc(samples / SAMPLE_RATE)
         with self._lock:
