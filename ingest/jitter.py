@@ -10,16 +10,33 @@ oldest audio is dropped outright (a burst after a stall). An empty buffer goes b
 filling, and the program hears silence meanwhile; that silence is owed: audio arriving
 late after it (the event loop or the network stalled, then everything comes at once) is
 skipped by the same amount above the target, so a stall costs a gap, never lasting latency.
+
+Audio can also `arrive` stamped with the moment it came in, compressed if need be (a
+callable that decodes it), and wait there until the program clock `admit`s everything
+that came in up to the time of the block it renders. The clock renders the blocks of a
+part together when the encoder needs them, not one by one as each falls due, and a block
+rendered late this way hears exactly what it would have heard on time: the audio that had
+arrived by then, in the same order with the same pulls between. Decoding then happens in
+the same wake-up as rendering, ten frames at a time, which costs a fraction of a frame
+decoded by itself in a wake-up of its own (measured in `docs/performance.md`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from packager.ladder import SAMPLE_RATE
+
+# Audio as it came in: samples, or a call that decodes them (None when they do not decode).
+Arrival = np.ndarray | Callable[[], np.ndarray | None]
+# Arrivals waiting for the clock: it admits them at least every half second, so this bound
+# (about 1.3 s of AAC frames) is reached only when it stops; the oldest are then admitted
+# at once, and the buffer's own `max_level` bounds what they become.
+MAX_ARRIVALS = 64
 
 
 @dataclass(slots=True)
@@ -42,11 +59,36 @@ class JitterBuffer:
         self._smoothed = 0.0
         self._debt = 0  # silence played in place of audio that may still arrive
         self._played = False  # has ever played: before that, silence is not a debt
+        self._arrivals: deque[tuple[float, Arrival]] = deque()
         self.playing = False
 
     @property
     def level(self) -> int:
         return self._level
+
+    @property
+    def waiting(self) -> int:
+        """Arrivals not admitted yet."""
+        return len(self._arrivals)
+
+    def arrive(self, audio: Arrival, at: float) -> None:
+        """Audio that came in at `at` (the program clock's time), pushed when the clock
+        admits it. Arrivals must come in time order."""
+        self._arrivals.append((at, audio))
+        if len(self._arrivals) > MAX_ARRIVALS:
+            self._admit_one()
+
+    def admit(self, until: float) -> None:
+        """Push every arrival that came in by `until`, decoding it if need be."""
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] <= until:
+            self._admit_one()
+
+    def _admit_one(self) -> None:
+        _, audio = self._arrivals.popleft()
+        pcm = audio() if callable(audio) else audio
+        if pcm is not None:
+            self.push(pcm)
 
     def push(self, pcm: np.ndarray) -> None:
         if pcm.ndim != 2 or pcm.shape[0] != 2 or pcm.shape[1] == 0:

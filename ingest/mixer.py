@@ -17,6 +17,16 @@ renders it (the look-ahead block is rendered one block late and so cancels out):
 first block the clock tells its `anchor` the wall time its sample 0 was captured, the
 broadcast's start less `Mixer.capture_delay()`, so that PROGRAM-DATE-TIME names the moment a
 speaker was heard, not the moment the mix went out.
+
+Blocks are due every 20 ms, but the encoder does nothing with them until they complete a
+part (about 0.21 s), so the clock sleeps until the block its sink says it needs next
+(`wanted`) and renders every block due by then in one wake-up: a tenth of the wake-ups,
+each of which costs more than the work in it (cold caches, `docs/performance.md`). What a
+block holds does not change. Speakers' audio `arrive`s in their jitter buffers stamped with
+its time and each block admits only what came in by its own due time; anything else that
+changes the mix (a speaker joining, leaving or muted) first has the clock render every
+block already due (`Mixer.on_change`, `ProgramClock.sync`), so those blocks are made as
+they would have been on time.
 """
 
 from __future__ import annotations
@@ -30,9 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.jitter import JitterBuffer
+from ingest.jitter import Arrival, JitterBuffer
 from packager.ladder import SAMPLE_RATE
-from serving.tasks import cancel_and_wait
 
 BLOCK = 960  # 20 ms at 48 kHz
 # An input at least this loud is someone speaking: room tone, hiss and a muted microphone's
@@ -43,6 +52,10 @@ VOICE_HOLD_BLOCKS = 25
 log = logging.getLogger("townsquare.ingest.mixer")
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(slots=True)
 class MixerInput:
     buffer: JitterBuffer
@@ -50,6 +63,16 @@ class MixerInput:
     gain: float = 1.0
     level_dbfs: float = -120.0  # smoothed RMS of what this speaker sent, muted or not
     voiced_block: int = -VOICE_HOLD_BLOCKS - 1  # the last block its level reached VOICE_DBFS
+    # Renders the blocks already due before this input changes (the mixer's `on_change`).
+    sync: Callable[[], None] = _nothing
+
+    def arrive(self, audio: Arrival, at: float) -> None:
+        self.buffer.arrive(audio, at)
+
+    def mute(self, muted: bool) -> None:
+        """Mute or unmute from now on: blocks already due are rendered as they were."""
+        self.sync()
+        self.muted = muted
 
 
 @dataclass(slots=True)
@@ -79,6 +102,8 @@ class Mixer:
         self._hold = hold if hold is not None and hold.ndim == 2 and hold.shape[1] else None
         self._hold_pos = 0
         self._hold_gain = 0.0
+        # Called before the inputs change; the program clock sets it to render what is due.
+        self.on_change: Callable[[], None] = _nothing
 
     def capture_delay(self) -> float:
         """Seconds between a speaker being heard and the mix taking that audio: the jitter
@@ -87,21 +112,30 @@ class Mixer:
         return max((inp.buffer.target for inp in self.inputs.values()), default=0) / SAMPLE_RATE
 
     def add(self, speaker_id: str, buffer: JitterBuffer) -> MixerInput:
-        inp = MixerInput(buffer)
+        self.on_change()
+        inp = MixerInput(buffer, sync=self._sync)
         self.inputs[speaker_id] = inp
         return inp
 
     def remove(self, speaker_id: str) -> None:
+        self.on_change()
         self.inputs.pop(speaker_id, None)
 
-    def render(self, n: int = BLOCK) -> np.ndarray:
-        """The next n program samples: float32 (2, n) in [-ceiling, ceiling].
+    def _sync(self) -> None:
+        self.on_change()
+
+    def render(self, n: int = BLOCK, until: float = math.inf) -> np.ndarray:
+        """The next n program samples: float32 (2, n) in [-ceiling, ceiling], from what
+        each speaker's audio had arrived by `until` (the block's due time).
 
         Written for 50 calls a second a room: ndarray methods and ufuncs rather than numpy's
         Python-level wrappers (`np.mean`, `np.clip`), and no array made that is not used."""
         mix: np.ndarray | None = None
         for inp in self.inputs.values():
-            block = inp.buffer.pull(n)
+            buffer = inp.buffer
+            if buffer.waiting:
+                buffer.admit(until)
+            block = buffer.pull(n)
             if block is None:
                 inp.level_dbfs = max(-120.0, inp.level_dbfs - 3.0)
                 continue
@@ -181,26 +215,41 @@ def _peak(block: np.ndarray) -> float:
     return max(float(block.max()), -float(block.min()))
 
 
+# The longest the clock sleeps, in blocks, whatever its sink wants: per-block work
+# (`on_block`: metrics, the idle check) runs at least this often, and arrivals wait at most
+# this long in a jitter buffer (`ingest.jitter.MAX_ARRIVALS`).
+MAX_SLEEP_BLOCKS = 25
+BLOCK_SECONDS = BLOCK / SAMPLE_RATE
+
+
 @dataclass(slots=True)
 class ClockStats:
     samples: int = 0
-    late_blocks: int = 0  # blocks rendered to catch up after a late wake-up
-    wakeups: int = 0  # times the clock looked (`_run`'s ticks)
+    # Blocks rendered after the next block was due too, among those the sink needed on time
+    # (a stalled loop; blocks the sink did not want yet are rendered late on purpose).
+    late_blocks: int = 0
+    wakeups: int = 0  # times the clock's own timer fired
     started_monotonic: float = field(default=0.0)
 
 
 class ProgramClock:
-    """Feeds `render(BLOCK)` into `sink` at real time on its own sample count."""
+    """Feeds `render(BLOCK, due_time)` into `sink` at real time on its own sample count.
+
+    `wanted`, when given, says how many more samples the sink needs before it does anything
+    with them (0: it does not know); the clock then sleeps until the block that completes
+    them. `sync()` renders every block already due, at once: call it before anything the
+    blocks depend on changes."""
 
     def __init__(
         self,
-        render: Callable[[int], np.ndarray],
+        render: Callable[[int, float], np.ndarray],
         sink: Callable[[np.ndarray], None],
         on_block: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         anchor: Callable[[float], object] | None = None,
         capture_delay: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
+        wanted: Callable[[], int] | None = None,
     ) -> None:
         self._render = render
         self._sink = sink
@@ -211,17 +260,52 @@ class ProgramClock:
         self._capture_delay = capture_delay
         self._wall = wall
         self._wall_start = 0.0
+        self._wanted = wanted
+        # Due time of the first block the sink needed when the clock went to sleep: blocks
+        # from there on count as late when rendered after their successor was due.
+        self._needed_at = -math.inf
+        self._running = False
         self.stats = ClockStats()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
 
-    def start(self) -> None:
+    def begin(self) -> None:
+        """Start the timeline now, without the clock's own timer: the caller ticks."""
         self.stats.started_monotonic = self._clock()
         self._wall_start = self._wall()
-        self._task = asyncio.create_task(self._run(), name="program-clock")
+        self._running = True
+
+    def start(self) -> None:
+        self.begin()
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_soon(self._wake)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        """Stop, rendering first every block due by now (they may hold a part's audio)."""
+        self.sync()
+        self._halt()
+
+    def replan(self) -> None:
+        """The sink wants a different number of samples now: sleep until then instead."""
+        if self._timer is not None:
+            self._plan()
+
+    def _halt(self) -> None:
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def sync(self) -> None:
+        """Render every block due by now, while the clock runs. A sink that refuses audio
+        stops the clock, as it does when its own task renders."""
+        if not self._running:
+            return
+        try:
+            self.tick()
+        except Exception as exc:  # noqa: BLE001 - the broadcast refused audio: stop
+            log.warning("program clock stopped: the broadcast refused audio: %s", exc)
+            self._halt()
 
     def due_blocks(self) -> int:
         """Blocks the wall clock says should have been rendered and have not been."""
@@ -231,32 +315,47 @@ class ProgramClock:
     def tick(self) -> int:
         """Render every due block; returns how many."""
         n = self.due_blocks()
-        if n and self._anchor is not None:
+        if not n:
+            return 0
+        if self._anchor is not None:
             # At the first block speakers have joined; their buffers say how late they are.
             anchor, self._anchor = self._anchor, None
             delay = self._capture_delay() if self._capture_delay is not None else 0.0
             anchor(self._wall_start - delay)
-        if n > 1:
-            self.stats.late_blocks += n - 1
+        stats = self.stats
+        # A block is late when it is rendered after the next one fell due as well.
+        late_before = self._clock() + WAKE_MARGIN - BLOCK_SECONDS
         for _ in range(n):
+            due_at = stats.started_monotonic + (stats.samples + BLOCK) / SAMPLE_RATE
+            if self._needed_at <= due_at <= late_before:
+                stats.late_blocks += 1
             try:
-                block = self._render(BLOCK)
+                block = self._render(BLOCK, due_at)
             except Exception:
                 log.exception("program clock: rendering a block failed; feeding silence")
                 block = np.zeros((2, BLOCK), np.float32)
             self._sink(block)
-            self.stats.samples += BLOCK
+            stats.samples += BLOCK
             if self._on_block is not None:
                 self._on_block()
         return n
 
-    async def _run(self) -> None:
-        while True:
-            self.stats.wakeups += 1
-            try:
-                self.tick()
-            except Exception as exc:  # noqa: BLE001 - the broadcast refused audio: stop
-                log.warning("program clock stopped: the broadcast refused audio: %s", exc)
-                return
-            next_at = self.stats.started_monotonic + (self.stats.samples + BLOCK) / SAMPLE_RATE
-            await asyncio.sleep(max(0.0, next_at - self._clock()))
+    def _wake(self) -> None:
+        """The clock's timer: render what is due, then sleep until the sink wants more."""
+        self._timer = None
+        self.stats.wakeups += 1
+        self.sync()
+        if self._running:
+            self._plan()
+
+    def _plan(self) -> None:
+        ahead = 1
+        if self._wanted is not None:
+            ahead = min(MAX_SLEEP_BLOCKS, max(1, -(-self._wanted() // BLOCK)))
+        next_at = self.stats.started_monotonic + (
+            self.stats.samples + ahead * BLOCK) / SAMPLE_RATE
+        self._needed_at = next_at
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(max(0.0, next_at - self._clock()), self._wake)

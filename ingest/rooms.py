@@ -39,7 +39,7 @@ from ingest.errors import (
     RoomNotFound,
     Unavailable,
 )
-from ingest.jitter import JitterBuffer
+from ingest.jitter import Arrival, JitterBuffer
 from ingest.ledger import Ledger
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
@@ -71,10 +71,13 @@ NAME_REUSE_WAIT = 5.0
 
 class BroadcastSink(Protocol):
     broadcast_id: str
+    wanted_changed: Callable[[], None] | None
 
     def feed(self, pcm: np.ndarray) -> None: ...
 
     def anchor(self, captured_at: float) -> bool: ...
+
+    def samples_wanted(self) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -109,13 +112,18 @@ class Speaker:
     key_generation: int | None = None
     name: str = ""  # what listeners read (`ingest.display`)
 
-    def push(self, pcm: np.ndarray) -> None:
+    def push(self, audio: Arrival) -> None:
+        """This speaker's next audio: samples, or a call that decodes them (run when the
+        program reaches the moment it arrived, or at once when it goes to another node)."""
         if self.relay is not None:
-            self.relay.push(pcm)
+            pcm = audio() if callable(audio) else audio
+            if pcm is not None:
+                self.relay.push(pcm)
         else:
-            self.input.buffer.push(pcm)
+            self.input.arrive(audio, time.monotonic())
 
     def describe(self) -> dict[str, Any]:
+        self.input.sync()  # the buffer as of now, not as of the last block rendered
         buf = self.input.buffer
         return {
             "id": self.id,
@@ -716,7 +724,7 @@ class Rooms:
         speaker = room.speakers.get(speaker_id)
         if speaker is None:
             raise RoomNotFound(f"room {room.name!r} has no speaker {speaker_id!r}")
-        speaker.input.muted = muted
+        speaker.input.mute(muted)
         return speaker
 
     def rename(self, room: Room, speaker_id: str, name: str) -> Speaker:
@@ -861,7 +869,10 @@ class Rooms:
         room._clock = ProgramClock(
             room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room),
             anchor=broadcast.anchor, capture_delay=room._mixer.capture_delay,
+            wanted=broadcast.samples_wanted,
         )
+        room._mixer.on_change = room._clock.sync
+        broadcast.wanted_changed = room._clock.replan
         room.state = "live"
         if room.started_at is None or not resumed:
             room.started_at = time.time()

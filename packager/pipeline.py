@@ -133,14 +133,14 @@ class EncoderLane:
         self.queued = 0  # samples handed over and not yet taken by the encoder thread
         self._held: list[np.ndarray] = []  # blocks that complete no part yet (loop side)
         self.held = 0  # samples in `_held`
-        self._put = 0  # samples put, held ones included
+        self.put_samples = 0  # samples put, held ones included
         self._pushed = 0  # samples the encoder has been fed (encoder thread)
-        self.due = 0  # `_put` at which the encoder's next part is complete: 0 until known
+        self.due = 0  # `put_samples` at which the encoder's next part is complete: 0 until known
 
     def put(self, pcm: np.ndarray) -> None:
         n = pcm.shape[1]
-        self._put += n
-        if self._put < self.due:
+        self.put_samples += n
+        if self.put_samples < self.due:
             self._held.append(pcm)
             self.held += n
             PCM_HELD.inc(n / SAMPLE_RATE)
@@ -279,6 +279,8 @@ class Broadcast:
                                   [*plan.prior, self.epoch])
         self.samples_fed = 0
         self._on_segment = on_segment
+        # Told when `samples_wanted()` has changed (a part was cut): the program clock.
+        self.wanted_changed: Callable[[], None] | None = None
         td = self.info.target_duration
         start_tds = s.live_start_target_durations
         start_offset = -start_tds * td if start_tds else None
@@ -329,6 +331,12 @@ class Broadcast:
             raise BroadcastClosed(f"{self.room}: the encoder is {MAX_QUEUED_SECONDS:g} s behind")
         lane.put(pcm)
         self.samples_fed += pcm.shape[1]
+
+    def samples_wanted(self) -> int:
+        """How many more samples complete the next part (0 when not known yet): until then
+        the encoder only holds what it is fed."""
+        lane = self._lane
+        return max(0, lane.due - lane.put_samples) if lane is not None else 0
 
     @property
     def _queued(self) -> int:
@@ -429,6 +437,9 @@ class Broadcast:
             self._publish(events)
         except Exception as exc:  # noqa: BLE001 - ends the epoch through `_run`
             self._on_error(exc)
+            return
+        if self.wanted_changed is not None:
+            self.wanted_changed()
 
     def _on_finished(self, events: list[LadderEvent]) -> None:
         if self._done is not None and not self._done.done():

@@ -21,6 +21,8 @@ import logging
 import time
 from typing import Literal
 
+import numpy as np
+
 from ingest.decoder import AacDecoder
 from ingest.display import name_in_query
 from ingest.errors import (
@@ -110,7 +112,8 @@ class RtmpSession:
         self.speaker: Speaker | None = None
         self._stream_id = 0
         self._aac: AacDecoder | None = None
-        self._decode_errors = 0
+        self._decode_errors = 0  # frames in a row that did not decode
+        self._decode_error: Exception | None = None  # the last one's reason
         self._bytes_in = 0
         self._acked = 0
         self._peer_window = WINDOW
@@ -349,9 +352,14 @@ class RtmpSession:
                 return
             if self._aac is None:
                 raise DecodeError("AAC frame before the AAC sequence header")
-            pcm = self._aac.decode(tag.data)
-            self._decode_errors = 0
-            self.speaker.push(pcm)
+            if self._decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                self._send(on_status(self._stream_id or 1, status(
+                    "NetStream.Publish.Failed", f"audio does not decode: {self._decode_error}",
+                    "error")))
+                raise SessionClosed("undecodable audio")
+            aac, data = self._aac, tag.data
+            # Decoded when the program reaches the moment it arrived (`ingest.jitter`).
+            self.speaker.push(lambda: self._decode(aac, data))
         except UnsupportedCodec as exc:
             self._send(on_status(self._stream_id or 1, status(
                 "NetStream.Publish.Failed", str(exc), "error")))
@@ -359,13 +367,24 @@ class RtmpSession:
             log.warning("rtmp %s: %s", self.remote, exc)
             raise SessionClosed("unsupported codec") from None
         except (DecodeError, ProtocolError) as exc:
-            self._metrics.decode_errors.inc()
-            self._decode_errors += 1
-            log.debug("rtmp %s: %s", self.remote, exc)
-            if self._decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                self._send(on_status(self._stream_id or 1, status(
-                    "NetStream.Publish.Failed", f"audio does not decode: {exc}", "error")))
-                raise SessionClosed("undecodable audio") from None
+            self._decode_failed(exc)
+
+    def _decode(self, aac: AacDecoder, data: bytes) -> np.ndarray | None:
+        try:
+            pcm = aac.decode(data)
+        except DecodeError as exc:
+            self._decode_failed(exc)
+            return None
+        self._decode_errors = 0
+        return pcm
+
+    def _decode_failed(self, exc: Exception) -> None:
+        """Count a frame that did not decode; once too many in a row, the next audio
+        message ends the session."""
+        self._metrics.decode_errors.inc()
+        self._decode_errors += 1
+        self._decode_error = exc
+        log.debug("rtmp %s: %s", self.remote, exc)
 
     # --- plumbing -------------------------------------------------------------------
     _out_chunk = 128

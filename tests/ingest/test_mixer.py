@@ -142,8 +142,8 @@ def test_nobody_speaking_renders_silence() -> None:
 def test_clock_renders_exactly_what_wall_time_says_and_catches_up() -> None:
     clock = FakeClock()
     fed: list[np.ndarray] = []
-    pc = ProgramClock(lambda n: np.zeros((2, n), np.float32), fed.append, clock=clock)
-    pc.stats.started_monotonic = clock.now
+    pc = ProgramClock(lambda n, at: np.zeros((2, n), np.float32), fed.append, clock=clock)
+    pc.begin()
     clock.now += 0.020 - WAKE_MARGIN - 0.001
     assert pc.tick() == 0
     clock.now += 0.0015  # within the margin a timer may fire early by: due
@@ -163,7 +163,7 @@ def test_clock_wakes_once_a_block_under_uvloop() -> None:
     """uvloop's millisecond timers end a sleep until a block is due a little early; the
     clock must not then spin through several wake-ups for one block."""
     async def run() -> ProgramClock:
-        pc = ProgramClock(lambda n: np.zeros((2, n), np.float32), lambda b: None)
+        pc = ProgramClock(lambda n, at: np.zeros((2, n), np.float32), lambda b: None)
         pc.start()
         await asyncio.sleep(1.0)
         await pc.stop()
@@ -179,11 +179,11 @@ def test_clock_feeds_silence_when_rendering_fails() -> None:
     clock = FakeClock()
     fed: list[np.ndarray] = []
 
-    def broken(n: int) -> np.ndarray:
+    def broken(n: int, at: float) -> np.ndarray:
         raise RuntimeError("boom")
 
     pc = ProgramClock(broken, fed.append, clock=clock)
-    pc.stats.started_monotonic = clock.now
+    pc.begin()
     clock.now += 0.1
     assert pc.tick() == 5
     assert len(fed) == 5 and not any(b.any() for b in fed)
@@ -213,3 +213,104 @@ def test_hold_audio_loops_while_nobody_is_connected_and_fades_for_a_speaker() ->
     spec = np.abs(np.fft.rfft(with_host[0]))
     freqs = np.fft.rfftfreq(with_host.shape[1], 1 / RATE)
     assert spec[np.abs(freqs - 300) < 20].max() < spec.max() * 1e-3  # faded out
+
+
+def _arrivals(period: float, start: float, end: float, seed: int,
+              boundary_free: float = 0.003) -> list[float]:
+    """Arrival times every `period` s with up to 8 ms of jitter, kept clear of the last
+    `boundary_free` s before a block falls due (where a clock ticking on time and one
+    admitting by due time could disagree about which came first)."""
+    rng = np.random.default_rng(seed)
+    times: list[float] = []
+    t = start
+    while t < end:
+        at = t + float(rng.uniform(0, 0.008))
+        gap = (-at) % (BLOCK / RATE)  # time until the next block boundary
+        if gap < boundary_free:
+            at += gap + 0.0005
+        times.append(max(at, times[-1] if times else at))
+        t += period
+    return times
+
+
+def test_a_batched_clock_renders_exactly_what_an_on_time_clock_renders() -> None:
+    """Blocks rendered a part at a time, when the encoder wants them, hold what they held
+    rendered one by one as each fell due: each speaker's audio admitted by the moment it
+    arrived, and a speaker joining, muted, unmuted and leaving in between."""
+    seconds = 3.0
+    a_times = _arrivals(1024 / RATE, 0.0, seconds, 1)
+    b_times = _arrivals(0.02, 0.7, 2.3, 2)
+
+    def run(batched: bool) -> np.ndarray:
+        clock = FakeClock()
+        t0 = clock.now
+        mixer = Mixer()
+        fed: list[np.ndarray] = []
+        pc = ProgramClock(mixer.render, fed.append, clock=clock)
+        if batched:
+            mixer.on_change = pc.sync
+        pc.begin()
+        speakers: dict[str, object] = {}
+        events: list[tuple[float, str, str, int]] = [
+            *((t, "audio", "a", i) for i, t in enumerate(a_times)),
+            *((t, "audio", "b", i) for i, t in enumerate(b_times)),
+            (0.0001, "join", "a", 0), (0.6913, "join", "b", 0), (1.3071, "mute", "a", 1),
+            (1.9127, "mute", "a", 0), (2.4113, "leave", "b", 0)]
+        events.sort(key=lambda e: (e[0], e[1] != "join"))
+        step, now, i = 0.0005, 0.0, 0
+        while now < seconds + 0.1:
+            if not batched or int(now / step) % 427 == 0:  # a part is 0.2133 s
+                pc.tick()
+            while i < len(events) and events[i][0] <= now:
+                _, what, who, n = events[i]
+                i += 1
+                if what == "join":
+                    speakers[who] = mixer.add(who, JitterBuffer(target_ms=60))
+                elif what == "leave":
+                    mixer.remove(who)
+                    del speakers[who]
+                elif what == "mute":
+                    inp = mixer.inputs[who]
+                    if batched:
+                        inp.mute(bool(n))
+                    else:
+                        inp.muted = bool(n)
+                elif who in speakers:
+                    pcm = tone(300 if who == "a" else 700, 1024 if who == "a" else 960,
+                               0.3, start=n * 1024)
+                    if batched:
+                        mixer.inputs[who].arrive(pcm, clock.now)
+                    else:
+                        mixer.inputs[who].buffer.push(pcm)
+            now += step
+            clock.now = t0 + now
+        pc.tick()
+        return np.concatenate(fed, axis=1)
+
+    on_time, batched = run(False), run(True)
+    assert on_time.shape == batched.shape and on_time.shape[1] >= seconds * RATE
+    assert np.array_equal(on_time, batched)
+    # The scenario is not trivially silent: both speakers and the mute are in it.
+    assert np.abs(on_time[:, int(1.0 * RATE):int(1.2 * RATE)]).max() > 0.3
+    assert np.abs(on_time[:, int(1.5 * RATE):int(1.7 * RATE)]).max() < np.abs(
+        on_time[:, int(1.0 * RATE):int(1.2 * RATE)]).max()
+
+
+def test_a_decoded_arrival_is_decoded_when_admitted_and_one_that_fails_is_skipped() -> None:
+    buf = JitterBuffer(target_ms=20)
+    calls: list[int] = []
+
+    def frame(n: int, ok: bool = True):  # type: ignore[no-untyped-def]
+        def decode() -> np.ndarray | None:
+            calls.append(n)
+            return tone(440, 1024) if ok else None
+        return decode
+
+    buf.arrive(frame(0), 1.0)
+    buf.arrive(frame(1, ok=False), 1.01)
+    buf.arrive(frame(2), 1.02)
+    assert buf.waiting == 3 and not calls
+    buf.admit(1.015)
+    assert calls == [0, 1] and buf.level == 1024 and buf.waiting == 1
+    buf.admit(2.0)
+    assert calls == [0, 1, 2] and buf.level == 2048

@@ -16,6 +16,9 @@ from packager.pipeline import EpochPlan, ResumePoint
 from packager.recording import EpochInfo
 
 
+PART_SAMPLES = 10 * 1024
+
+
 @dataclass
 class RecordedBroadcast:
     room: str
@@ -24,12 +27,18 @@ class RecordedBroadcast:
     closed: bool = False
     ended: bool = False
     captured_at: float | None = None  # the timeline's anchor, as the packager would take it
+    wanted_changed: Callable[[], None] | None = None
 
     def feed(self, pcm: np.ndarray) -> None:
         assert not self.closed, "fed after close"
         assert pcm.dtype == np.float32 and pcm.ndim == 2 and pcm.shape[0] == 2
         assert np.abs(pcm).max(initial=0) <= 1.0
         self.blocks.append(pcm)
+
+    def samples_wanted(self) -> int:
+        """Like the packager's encoder, which wants a part of ten AAC frames at a time: so
+        the program clock renders in batches here too."""
+        return -self.samples % PART_SAMPLES
 
     def anchor(self, captured_at: float) -> bool:
         if self.blocks:
