@@ -4,6 +4,7 @@ once on uvloop's real one)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import uvloop
@@ -173,6 +174,31 @@ def test_clock_wakes_once_a_block_under_uvloop() -> None:
     blocks = pc.stats.samples // BLOCK
     assert blocks >= 20
     assert pc.stats.wakeups <= blocks * 1.2 + 2
+
+
+def test_a_clock_told_what_its_sink_wants_wakes_once_a_part_and_counts_only_a_stall_late() -> None:
+    """Blocks the sink does not want yet are rendered late on purpose, a part at a time;
+    only a loop held up past the block it wanted makes blocks late."""
+    part = 10 * BLOCK
+    fed: list[np.ndarray] = []
+
+    async def run() -> tuple[ProgramClock, int, int, int]:
+        pc = ProgramClock(lambda n, at: np.zeros((2, n), np.float32), fed.append,
+                          wanted=lambda: part - pc.stats.samples % part)
+        pc.start()
+        await asyncio.sleep(1.0)
+        blocks, wakeups, late = pc.stats.samples // BLOCK, pc.stats.wakeups, pc.stats.late_blocks
+        time.sleep(0.5)  # noqa: ASYNC251 - the loop held up past the next part's last block
+        await asyncio.sleep(0.1)
+        await pc.stop()
+        return pc, blocks, wakeups, late
+
+    pc, blocks, wakeups, late = uvloop.run(run())
+    assert blocks >= 40
+    assert wakeups <= blocks / 10 + 3
+    assert late == 0
+    assert pc.stats.late_blocks >= 5
+    assert sum(b.shape[1] for b in fed) == pc.stats.samples
 
 
 def test_clock_feeds_silence_when_rendering_fails() -> None:

@@ -15,7 +15,6 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from packager.pipeline import EpochPlan, ResumePoint
 from packager.recording import EpochInfo
 
-
 PART_SAMPLES = 10 * 1024
 
 
