@@ -342,6 +342,7 @@ class RtmpSession:
     def _audio(self, msg: Message) -> None:
         if self.speaker is None or not msg.payload:
             return
+        self._give_up_if_undecodable()
         try:
             tag = AudioTag.parse(msg.payload)
             if tag.is_sequence_header:
@@ -352,11 +353,6 @@ class RtmpSession:
                 return
             if self._aac is None:
                 raise DecodeError("AAC frame before the AAC sequence header")
-            if self._decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                self._send(on_status(self._stream_id or 1, status(
-                    "NetStream.Publish.Failed", f"audio does not decode: {self._decode_error}",
-                    "error")))
-                raise SessionClosed("undecodable audio")
             aac, data = self._aac, tag.data
             # Decoded when the program reaches the moment it arrived (`ingest.jitter`).
             self.speaker.push(lambda: self._decode(aac, data))
@@ -368,6 +364,17 @@ class RtmpSession:
             raise SessionClosed("unsupported codec") from None
         except (DecodeError, ProtocolError) as exc:
             self._decode_failed(exc)
+            self._give_up_if_undecodable()
+
+    def _give_up_if_undecodable(self) -> None:
+        """Refuse the publisher once its audio has failed to decode too many times in a row
+        (frames decoded by the program clock are counted when it reaches them, so this runs
+        on the next audio message)."""
+        if self._decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+            self._send(on_status(self._stream_id or 1, status(
+                "NetStream.Publish.Failed", f"audio does not decode: {self._decode_error}",
+                "error")))
+            raise SessionClosed("undecodable audio")
 
     def _decode(self, aac: AacDecoder, data: bytes) -> np.ndarray | None:
         """Run by the program clock, in the room's mix: whatever goes wrong here costs this

@@ -1,9 +1,13 @@
-"""A publisher whose AAC frames keep failing to decode is told so and let go, though the
-frames are decoded only when the program clock reaches them (`ingest.jitter`)."""
+"""A publisher whose audio keeps failing to decode is told so and let go: AAC frames the
+decoder rejects (decoded only when the program clock reaches them, `ingest.jitter`) and
+audio messages that do not even parse."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
+import pytest
 
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
@@ -35,7 +39,12 @@ def _session_up_to_the_sequence_header() -> tuple[bytes, Message]:
     raise AssertionError("the captured session has no AAC frame")
 
 
-async def test_a_publisher_whose_audio_never_decodes_is_refused_and_let_go() -> None:
+@pytest.mark.parametrize("payload", [
+    pytest.param(lambda tag: tag[:2] + bytes(300), id="aac-frames-the-decoder-rejects"),
+    pytest.param(lambda tag: tag[:1], id="audio-tags-cut-short"),
+])
+async def test_a_publisher_whose_audio_never_decodes_is_refused_and_let_go(
+        payload: Callable[[bytes], bytes]) -> None:
     metrics = IngestMetrics()
     rooms = Rooms(RecordingPackager(), None, metrics, RoomPolicy())
     room, _ = await rooms.create("garbled")
@@ -62,7 +71,7 @@ async def test_a_publisher_whose_audio_never_decodes_is_refused_and_let_go() -> 
             if failed_after is None and b"NetStream.Publish.Failed" in replies:
                 failed_after = sent
             garbage = Message(AUDIO, frame.stream_id, frame.timestamp + sent * 21,
-                              frame.payload[:2] + bytes(300), frame.csid)
+                              payload(frame.payload), frame.csid)
             try:
                 writer.write(encode_message(garbage, 128))
                 await writer.drain()
