@@ -44,6 +44,7 @@ class JitterStats:
     underruns: int = 0
     dropped_samples: int = 0
     corrected_blocks: int = 0
+    admitted_early: int = 0  # arrivals pushed before their time: too many were waiting
 
 
 class JitterBuffer:
@@ -77,6 +78,7 @@ class JitterBuffer:
         self._arrivals.append((at, audio))
         if len(self._arrivals) > MAX_ARRIVALS:
             self._admit_one()
+            self.stats.admitted_early += 1
 
     def admit(self, until: float) -> None:
         """Push every arrival that came in by `until`, decoding it if need be."""

@@ -39,6 +39,10 @@ class IngestMetrics:
         self.jitter_dropped = Counter(
             "townsquare_ingest_jitter_dropped_samples",
             "Samples speaker buffers dropped (late audio, or over their bound)", registry=r)
+        self.jitter_admitted_early = Counter(
+            "townsquare_ingest_jitter_admitted_early",
+            "Speaker audio admitted before the program reached it: more arrivals waited than "
+            "the bound (the program clock was held up)", registry=r)
         self.jitter_corrected = Counter(
             "townsquare_ingest_jitter_corrected_blocks",
             "Blocks stretched or squeezed to follow a speaker's clock drift", registry=r)

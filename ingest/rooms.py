@@ -655,6 +655,7 @@ class Rooms:
         self.metrics.jitter_underruns.inc(stats.underruns)
         self.metrics.jitter_dropped.inc(stats.dropped_samples)
         self.metrics.jitter_corrected.inc(stats.corrected_blocks)
+        self.metrics.jitter_admitted_early.inc(stats.admitted_early)
         room._last_voice = time.monotonic()
         self.metrics.speakers.dec()
         log.info("room %s: speaker %s left", room.name, speaker.id)

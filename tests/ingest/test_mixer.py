@@ -9,7 +9,7 @@ import time
 import numpy as np
 import uvloop
 
-from ingest.jitter import JitterBuffer
+from ingest.jitter import MAX_ARRIVALS, JitterBuffer
 from ingest.mixer import BLOCK, WAKE_MARGIN, Mixer, ProgramClock
 
 RATE = 48_000
@@ -340,3 +340,13 @@ def test_a_decoded_arrival_is_decoded_when_admitted_and_one_that_fails_is_skippe
     assert calls == [0, 1] and buf.level == 1024 and buf.waiting == 1
     buf.admit(2.0)
     assert calls == [0, 1, 2] and buf.level == 2048
+
+
+def test_arrivals_waiting_for_a_stalled_clock_are_bounded_and_counted() -> None:
+    buf = JitterBuffer(target_ms=20)
+    for i in range(MAX_ARRIVALS + 6):
+        buf.arrive(tone(440, 256), 1.0 + i * 0.005)
+    assert buf.waiting == MAX_ARRIVALS
+    assert buf.stats.admitted_early == 6 and buf.level == 6 * 256  # the oldest, in order
+    buf.admit(100.0)
+    assert buf.waiting == 0 and buf.level == (MAX_ARRIVALS + 6) * 256
