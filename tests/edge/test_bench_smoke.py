@@ -83,7 +83,9 @@ def test_ingest_cost_benchmark_measures_townsquare_and_ffmpeg_at_a_tiny_size() -
     assert set(live["median_cpu_s_per_broadcast_minute"]) == {"townsquare", "ffmpeg_cli"}
     assert all(v > 0 for v in live["median_cpu_s_per_broadcast_minute"].values()), live
     check = result["rooms_per_core"]["checks"][0]
-    assert check["rooms"] >= 1 and check["program_fed_over_wall"] > 0.9, check
+    # The program clock renders a part's blocks at once (up to about 0.2 s of program), so
+    # over a window of one second what it fed moves by up to a fifth either way.
+    assert check["rooms"] >= 1 and check["program_fed_over_wall"] > 0.7, check
     assert result["encode_only"]["runs"]["townsquare"][0]["events"] > 0
 
 
