@@ -39,6 +39,11 @@ Arrival = np.ndarray | Callable[[], np.ndarray | None]
 MAX_ARRIVALS = 64
 
 
+def realise(audio: Arrival) -> np.ndarray | None:
+    """The samples of an arrival, decoding it if need be (None: it did not decode)."""
+    return audio() if callable(audio) else audio
+
+
 @dataclass(slots=True)
 class JitterStats:
     underruns: int = 0
@@ -88,7 +93,7 @@ class JitterBuffer:
 
     def _admit_one(self) -> None:
         _, audio = self._arrivals.popleft()
-        pcm = audio() if callable(audio) else audio
+        pcm = realise(audio)
         if pcm is not None:
             self.push(pcm)
 

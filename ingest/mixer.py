@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.jitter import Arrival, JitterBuffer
+from ingest.jitter import JitterBuffer
 from packager.ladder import SAMPLE_RATE
 
 BLOCK = 960  # 20 ms at 48 kHz
@@ -65,9 +65,6 @@ class MixerInput:
     voiced_block: int = -VOICE_HOLD_BLOCKS - 1  # the last block its level reached VOICE_DBFS
     # Renders the blocks already due before this input changes (the mixer's `on_change`).
     sync: Callable[[], None] = _nothing
-
-    def arrive(self, audio: Arrival, at: float) -> None:
-        self.buffer.arrive(audio, at)
 
     def mute(self, muted: bool) -> None:
         """Mute or unmute from now on: blocks already due are rendered as they were."""

@@ -5,9 +5,9 @@ node that holds the room's lease: an HTTP POST to the owner's control API whose 
 speaker's program-rate PCM (16-bit little-endian stereo, interleaved), authenticated with the
 admin token the nodes share. A GET on the same path first asks whether the owner takes it:
 the answer to the POST itself comes only once its body ends. The owner feeds it to a speaker
-of its mixer, whose jitter buffer absorbs the link's jitter. Both ends are bounded: the sender keeps at most `MAX_QUEUED`
-blocks and drops the oldest when the link is slower than real time; the receiver's jitter
-buffer has its own bound.
+of its mixer, whose jitter buffer absorbs the link's jitter. Both ends are bounded: the
+sender keeps at most `MAX_QUEUED` blocks and drops the oldest when the link is slower than
+real time; the receiver's jitter buffer has its own bound.
 
 Raw PCM over HTTP was chosen over re-sending the speaker's own codec: the owner then needs
 no decoder per protocol, and at 192 kB/s per speaker inside a VPC the cost is nothing.

@@ -39,7 +39,7 @@ from ingest.errors import (
     RoomNotFound,
     Unavailable,
 )
-from ingest.jitter import Arrival, JitterBuffer
+from ingest.jitter import Arrival, JitterBuffer, realise
 from ingest.ledger import Ledger
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
@@ -116,11 +116,11 @@ class Speaker:
         """This speaker's next audio: samples, or a call that decodes them (run when the
         program reaches the moment it arrived, or at once when it goes to another node)."""
         if self.relay is not None:
-            pcm = audio() if callable(audio) else audio
+            pcm = realise(audio)
             if pcm is not None:
                 self.relay.push(pcm)
         else:
-            self.input.arrive(audio, time.monotonic())
+            self.input.buffer.arrive(audio, time.monotonic())
 
     def describe(self) -> dict[str, Any]:
         self.input.sync()  # the buffer as of now, not as of the last block rendered

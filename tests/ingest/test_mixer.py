@@ -307,7 +307,7 @@ def test_a_batched_clock_renders_exactly_what_an_on_time_clock_renders() -> None
                     pcm = tone(300 if who == "a" else 700, 1024 if who == "a" else 960,
                                0.3, start=n * 1024)
                     if batched:
-                        mixer.inputs[who].arrive(pcm, clock.now)
+                        mixer.inputs[who].buffer.arrive(pcm, clock.now)
                     else:
                         mixer.inputs[who].buffer.push(pcm)
             now += step
