@@ -71,9 +71,9 @@ class RenditionEncoder:
             raise EncodeError(f"cannot open {rendition.encoder_name} for {rendition.name}: {exc}") from exc
         if ctx.frame_size != self.frame_size:
             raise EncodeError(f"{rendition.encoder_name} frame size {ctx.frame_size} != {self.frame_size}")
+        # The context converts to its sample format and cuts its frame size itself (PyAV
+        # puts a resampler in front of every audio encoder), so blocks go to it as they come.
         self._ctx = ctx
-        self._resampler = av.AudioResampler(format=ctx.format, layout=layout, rate=SAMPLE_RATE,
-                                            frame_size=self.frame_size)
         extradata = bytes(ctx.extradata or b"")
         try:
             priming = priming_samples(rendition.codec, extradata)
@@ -101,9 +101,8 @@ class RenditionEncoder:
         self._samples_in += pcm.shape[1]
         events: list[Event] = []
         try:
-            for f in self._resampler.resample(frame):
-                for packet in self._ctx.encode(f):
-                    events.extend(self._on_packet(bytes(packet)))
+            for packet in self._ctx.encode(frame):
+                events.extend(self._on_packet(bytes(packet)))
         except av.FFmpegError as exc:
             raise EncodeError(f"{self.rendition.name}: encoding failed: {exc}") from exc
         return events
