@@ -46,11 +46,13 @@ def test_state_is_the_same_bytes_as_the_room_dumped_whole_as_its_window_moves() 
     renditions = parse_ladder(DEFAULT_LADDER)
     pl = _window()
     room = LiveRoom("talk", "e2-x", renditions, {r.name: pl for r in renditions}, b"#EXTM3U\n")
-    for step in range(3):  # the window slides: a segment leaves, one enters, parts grow
+    for step in range(6):  # the window slides: a segment leaves, one enters, parts grow
         whole = json.dumps(room.to_state(), separators=(",", ":")).encode()
         assert dumps_state(room) == whole
         pl = replace(pl, segments=(*pl.segments[1:], replace(pl.segments[-1], msn=16 + step)),
                      partial=pl.partial * (step + 2))
-        for r in renditions:
+        # Every rendition moves, then one at a time, as parts of different lengths are cut.
+        moved = renditions if step == 0 else [renditions[step % len(renditions)]]
+        for r in moved:
             room.renditions[r.name].playlist = pl
         room.version += 1
