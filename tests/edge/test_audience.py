@@ -97,9 +97,16 @@ def test_two_edges_under_a_shield_add_up_to_the_rooms_audience(
 
         # An edge listeners reach takes no reports: a client claiming to be an edge with a
         # huge audience is one more listener there, and the room's figure moves by one.
-        _listen(client, b, "claimant", 1, **{"Townsquare-Edge": "fake",
-                                              "Townsquare-Audience": "9999999"})
-        assert _figures(b)["listeners"] == on_b["listeners"] + 1
+        # The count is an estimate: a new client whose hash lands on a bit already set adds
+        # nothing (about one in 800 here), so another claimant is tried then.
+        for attempt in range(5):
+            _listen(client, b, f"claimant{attempt}", 1, **{"Townsquare-Edge": "fake",
+                                                           "Townsquare-Audience": "9999999"})
+            on_b_now = _figures(b)["listeners"]
+            assert on_b_now in (on_b["listeners"], on_b["listeners"] + 1)
+            if on_b_now == on_b["listeners"] + 1:
+                break
+        assert on_b_now == on_b["listeners"] + 1
         deadline = time.monotonic() + 20
         while _status_audience(b) != own + 1:
             assert time.monotonic() < deadline, (_board(hall), _figures(shield))
