@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,11 +62,14 @@ from packager.recording import RecordingComposer
 from packager.roomlist import RoomList, RoomListUnavailable
 from packager.status import StatusDesk, StatusUnavailable
 from packager.store import Store
+from serving.threads import ThreadCpuCollector
 
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter("townsquare_origin_requests_total", "Origin requests", ["kind", "status"])
 WAITING = Gauge("townsquare_origin_blocking_waiters", "Requests held for a part or segment")
+# Every process that serves an origin (ingest, `up`, the origin tier) says where its CPU goes.
+REGISTRY.register(ThreadCpuCollector())
 
 CORS = dict(CORS_HEADERS)
 TEXT = "text/plain; charset=utf-8"

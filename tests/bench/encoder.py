@@ -60,6 +60,8 @@ WINDOW = float(os.environ.get("BENCH_ENCODER_WINDOW", "20"))  # seconds measured
 SECONDS = int(os.environ.get("BENCH_ENCODER_SECONDS", "60"))  # audio of the in-process runs
 MAX_ROOMS = int(os.environ.get("BENCH_ENCODER_MAX_ROOMS", "30"))  # the check's ceiling
 SETTLE = 2.0  # seconds on air before a window opens
+THREAD_CPU = "townsquare_thread_cpu_seconds_total"
+THREAD_KINDS = ("loop", "encode", "store", "spill", "other")
 FFMPEG = "ffmpeg"
 LADDER = (("aac", "96k"), ("aac", "48k"), ("libopus", "64k"))  # DEFAULT_LADDER, as CLI flags
 SEGMENT_UNITS = 6  # the packager's default: 1.92 s segments
@@ -93,11 +95,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _samples(url: str) -> dict[str, float]:
-    """Every sample of a Prometheus page, summed over labels, by sample name."""
+    """Every sample of a Prometheus page, summed over labels, by sample name; the CPU by
+    kind of thread also as `NAME:KIND`."""
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
         for s in family.samples:
             out[s.name] = out.get(s.name, 0.0) + s.value
+            if s.name == THREAD_CPU:
+                out[f"{THREAD_CPU}:{s.labels['thread']}"] = s.value
     return out
 
 
@@ -212,6 +217,11 @@ def townsquare_live(m4a: Path, rooms: int, window: float, work: Path,
         "rooms": rooms, "window_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "cpu_share": round(cpu / wall, 3),
         "cpu_s_per_broadcast_minute": round(cpu / wall * 60 / rooms, 3),
+        # Where it went: the event loop (RTMP, decode, mix, playlists, the store's calls),
+        # the encoders' thread, the store's writers.
+        "by_thread_s_per_broadcast_minute": {
+            kind: round(delta(f"{THREAD_CPU}:{kind}") / wall * 60 / rooms, 3)
+            for kind in THREAD_KINDS},
         # Real time: each room's program clock fed its broadcast at the wall clock's pace,
         # its parts were cut as due, and nothing waits for the encoder.
         "program_fed_over_wall": round(fed / wall, 3),
@@ -363,6 +373,10 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
             "runs": live,
             "median_cpu_s_per_broadcast_minute": {k: round(_median(v), 3)
                                                   for k, v in live.items()},
+            "townsquare_median_by_thread_s_per_broadcast_minute": {
+                kind: round(statistics.median(
+                    r["by_thread_s_per_broadcast_minute"][kind] for r in live["townsquare"]), 3)
+                for kind in THREAD_KINDS},
             "ratio_townsquare_over_ffmpeg": round(ratio, 3),
             "target_ratio": 1.0,
         },

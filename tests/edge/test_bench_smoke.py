@@ -82,6 +82,9 @@ def test_ingest_cost_benchmark_measures_townsquare_and_ffmpeg_at_a_tiny_size() -
     live = result["live_ingest"]
     assert set(live["median_cpu_s_per_broadcast_minute"]) == {"townsquare", "ffmpeg_cli"}
     assert all(v > 0 for v in live["median_cpu_s_per_broadcast_minute"].values()), live
+    # Where townsquare's CPU went: the loop and the encoders each spent some.
+    by_thread = live["townsquare_median_by_thread_s_per_broadcast_minute"]
+    assert by_thread["loop"] > 0 and by_thread["encode"] > 0, by_thread
     check = result["rooms_per_core"]["checks"][0]
     # The program clock renders a part's blocks at once (up to about 0.2 s of program), so
     # over a window of one second what it fed moves by up to a fifth either way.
