@@ -250,6 +250,18 @@ def ingest_cost(encoder: dict[str, Any], path: Path) -> Path:
             ax.plot([i] * len(values[n]), values[n], "k.", ms=5)
             ax.annotate(f"{medians[i]:.2f}", (i, medians[i]), ha="center",
                         textcoords="offset points", xytext=(0, 4), fontsize=8)
+        by_thread = encoder[key].get("townsquare_median_by_thread_s_per_broadcast_minute")
+        if by_thread and "townsquare" in names:
+            # Where townsquare's CPU went, stacked inside its bar (medians of each kind).
+            bottom, x = 0.0, names.index("townsquare")
+            for kind, colour in (("encode", "tab:orange"), ("loop", "tab:green"),
+                                 ("store", "tab:purple"), ("other", "tab:brown")):
+                value = float(by_thread.get(kind, 0.0))
+                if value > 0:
+                    ax.bar(x, value, width=0.35, bottom=bottom, color=colour,
+                           label=f"{kind} thread{'s' if kind in ('store', 'other') else ''}")
+                    bottom += value
+            ax.legend(fontsize=7, loc="upper right")
         ratio = encoder[key].get("ratio_townsquare_over_ffmpeg")
         ax.set_title(title + (f": {ratio}× ffmpeg" if ratio else ""), fontsize=9)
         ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
