@@ -6,6 +6,10 @@ Either way the page, never reloaded, must say "reconnecting" while nothing new p
 the room again on its own once the stack is back: new audio, made by the restarted origin, not
 a replay of what was heard before the outage. Audio is told apart by its PROGRAM-DATE-TIME
 (hls.js's `playingDate`): the room's clock, which never goes back, unlike a player's playhead.
+
+C: the origin is stopped (SIGSTOP) until the page restarts its player one rendition lower,
+then let go: once the page has played smoothly for a while it is back on the best rendition,
+switched in place, playing on.
 """
 
 from __future__ import annotations
@@ -264,3 +268,65 @@ def test_listener_rides_out_an_origin_restart(tmp_path: Path) -> None:
 
 def test_listener_comes_back_after_the_whole_stack_restarts(tmp_path: Path) -> None:
     _drill(tmp_path, kill_edge=True)
+
+
+LEVEL = """() => ({
+    t: document.querySelector('audio').currentTime,
+    state: window.townsquare.state,
+    recoveries: window.townsquare.recoveries,
+    stepDown: window.townsquare.stepDown,
+    stepUps: window.townsquare.stepUps,
+    level: window.townsquare.level,
+    playing: window.townsquare.hls ? window.townsquare.hls.currentLevel : null,
+    loading: window.townsquare.hls ? window.townsquare.hls.loadLevel : null,
+})"""
+STEP_UP_AFTER_MS = 3000  # 30 s on the page by default
+
+
+def test_listener_steps_down_on_a_stall_and_back_up_once_it_plays_smoothly(
+        tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    try:
+        stack.wait_up()
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(f"{stack.edge_url}/listen/{ROOM}")
+            page.wait_for_function(
+                "() => document.querySelector('audio').currentTime > 1", timeout=30_000)
+            best = page.evaluate(
+                f"() => {{ window.townsquare.stepUpAfterMs = {STEP_UP_AFTER_MS}; "
+                "return window.townsquare.level; }")
+            assert page.evaluate(LEVEL)["playing"] == best
+
+            # The origin stops answering; the edge holds or fails the page's requests until
+            # the page gives up on its player and starts another, one rendition lower.
+            stack.origin.signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 20
+                while (low := page.evaluate(LEVEL))["stepDown"] < 1:
+                    assert time.monotonic() < deadline, low
+                    time.sleep(0.25)
+            finally:
+                stack.origin.signal(signal.SIGCONT)
+            page.wait_for_function(
+                f"() => window.townsquare.hls && window.townsquare.hls.currentLevel !== {best}"
+                " && window.townsquare.state === 'playing'", timeout=30_000)
+            low = page.evaluate(LEVEL)
+            assert low["level"] != best and low["stepDown"] >= 1, low
+
+            # Played smoothly for STEP_UP_AFTER_MS, it steps up in place (no new player) and
+            # the best rendition is what plays.
+            deadline = time.monotonic() + 30
+            while not ((up := page.evaluate(LEVEL))["playing"] == best and up["stepDown"] == 0):
+                assert time.monotonic() < deadline, (low, up)
+                time.sleep(0.25)
+            assert up["stepUps"] >= 1 and up["recoveries"] == low["recoveries"], (low, up)
+            time.sleep(3)
+            after = page.evaluate(LEVEL)
+    finally:
+        stack.close()
+    print({"low": low, "up": up, "after": after})
+    # Still there and still playing: no stall after the switch, nor a step back down.
+    assert after["playing"] == best and after["stepDown"] == 0, (up, after)
+    assert after["recoveries"] == up["recoveries"] and after["state"] == "playing", (up, after)
+    assert after["t"] - up["t"] >= 2.0, (up, after)
