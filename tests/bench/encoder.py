@@ -14,7 +14,8 @@ job on the same input, in the same run. Three measurements:
      segments written to files. It cuts no parts, so it packages less than townsquare.
    Only the server's CPU is counted (/proc/PID/stat, every thread), over a window that opens
    once it is on air. Rounds alternate between the two; the figure is CPU seconds per
-   broadcast-minute, and the ratio is of the medians.
+   broadcast-minute, and the ratio is of the medians. townsquare's figure is also split by
+   kind of thread (event loop, encoders, store), from its `townsquare_thread_cpu_seconds`.
 2. **Rooms per core**: a core's 60 CPU seconds a minute over the one-room figure above, then
    checked: that many rooms at once in one `townsquare ingest` on one CPU, each keeping real
    time (program audio fed at the wall clock's pace, parts cut as due, the encoder queue
