@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +178,9 @@ class Stack:
             svc.stop()
 
 
-def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
+@contextmanager
+def listening(tmp_path: Path) -> Iterator[tuple[Stack, Any]]:
+    """An origin with a demo room, an edge, and a /listen page on the edge playing it."""
     stack = Stack(tmp_path)
     try:
         stack.wait_up()
@@ -185,36 +189,41 @@ def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
             page.goto(f"{stack.edge_url}/listen/{ROOM}")
             page.wait_for_function(
                 "() => document.querySelector('audio').currentTime > 1", timeout=30_000)
-            rec = Recorder(page)
-            rec.run(2.0)
-            assert rec.samples[-1].state == "playing", rec.samples[-1]
-
-            killed_at = time.monotonic()
-            stack.kill(stack.origin)
-            if kill_edge:
-                stack.kill(stack.edge)
-            rec.run(OUTAGE)
-
-            restarted_at, restarted_wall = time.monotonic(), time.time()
-            stack.start_origin()
-            if kill_edge:
-                stack.start_edge()
-            live_at = first_advance = sustained_from = None
-            while time.monotonic() < restarted_at + RECOVERY:
-                s = rec.poll()
-                if live_at is None and stack.live():
-                    live_at = s.at
-                if first_advance is None and s.new > 0:
-                    first_advance = s.at
-                if rec.streak > PLAYED and s.state == "playing":
-                    sustained_from = rec.streak_from
-                    break
-                time.sleep(0.25)
-            rec.run(1.0)
-            final = page.evaluate(
-                "() => ({...window.townsquare, hls: undefined, errors: window.townsquare.errors})")
+            yield stack, page
     finally:
         stack.close()
+
+
+def _drill(tmp_path: Path, kill_edge: bool) -> dict[str, Any]:
+    with listening(tmp_path) as (stack, page):
+        rec = Recorder(page)
+        rec.run(2.0)
+        assert rec.samples[-1].state == "playing", rec.samples[-1]
+
+        killed_at = time.monotonic()
+        stack.kill(stack.origin)
+        if kill_edge:
+            stack.kill(stack.edge)
+        rec.run(OUTAGE)
+
+        restarted_at, restarted_wall = time.monotonic(), time.time()
+        stack.start_origin()
+        if kill_edge:
+            stack.start_edge()
+        live_at = first_advance = sustained_from = None
+        while time.monotonic() < restarted_at + RECOVERY:
+            s = rec.poll()
+            if live_at is None and stack.live():
+                live_at = s.at
+            if first_advance is None and s.new > 0:
+                first_advance = s.at
+            if rec.streak > PLAYED and s.state == "playing":
+                sustained_from = rec.streak_from
+                break
+            time.sleep(0.25)
+        rec.run(1.0)
+        final = page.evaluate(
+            "() => ({...window.townsquare, hls: undefined, errors: window.townsquare.errors})")
 
     result = {
         "kill_edge": kill_edge,
@@ -285,46 +294,37 @@ STEP_UP_AFTER_MS = 3000  # 30 s on the page by default
 
 def test_listener_steps_down_on_a_stall_and_back_up_once_it_plays_smoothly(
         tmp_path: Path) -> None:
-    stack = Stack(tmp_path)
-    try:
-        stack.wait_up()
-        with chromium() as browser:
-            page = browser.new_page()
-            page.goto(f"{stack.edge_url}/listen/{ROOM}")
-            page.wait_for_function(
-                "() => document.querySelector('audio').currentTime > 1", timeout=30_000)
-            best = page.evaluate(
-                f"() => {{ window.townsquare.stepUpAfterMs = {STEP_UP_AFTER_MS}; "
-                "return window.townsquare.level; }")
-            assert page.evaluate(LEVEL)["playing"] == best
+    with listening(tmp_path) as (stack, page):
+        best = page.evaluate(
+            f"() => {{ window.townsquare.stepUpAfterMs = {STEP_UP_AFTER_MS}; "
+            "return window.townsquare.level; }")
+        assert page.evaluate(LEVEL)["playing"] == best
 
-            # The origin stops answering; the edge holds or fails the page's requests until
-            # the page gives up on its player and starts another, one rendition lower.
-            stack.origin.signal(signal.SIGSTOP)
-            try:
-                deadline = time.monotonic() + 20
-                while (low := page.evaluate(LEVEL))["stepDown"] < 1:
-                    assert time.monotonic() < deadline, low
-                    time.sleep(0.25)
-            finally:
-                stack.origin.signal(signal.SIGCONT)
-            page.wait_for_function(
-                f"() => window.townsquare.hls && window.townsquare.hls.currentLevel !== {best}"
-                " && window.townsquare.state === 'playing'", timeout=30_000)
-            low = page.evaluate(LEVEL)
-            assert low["level"] != best and low["stepDown"] >= 1, low
-
-            # Played smoothly for STEP_UP_AFTER_MS, it steps up in place (no new player) and
-            # the best rendition is what plays.
-            deadline = time.monotonic() + 30
-            while not ((up := page.evaluate(LEVEL))["playing"] == best and up["stepDown"] == 0):
-                assert time.monotonic() < deadline, (low, up)
+        # The origin stops answering; the edge holds or fails the page's requests until
+        # the page gives up on its player and starts another, one rendition lower.
+        stack.origin.signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 20
+            while (low := page.evaluate(LEVEL))["stepDown"] < 1:
+                assert time.monotonic() < deadline, low
                 time.sleep(0.25)
-            assert up["stepUps"] >= 1 and up["recoveries"] == low["recoveries"], (low, up)
-            time.sleep(3)
-            after = page.evaluate(LEVEL)
-    finally:
-        stack.close()
+        finally:
+            stack.origin.signal(signal.SIGCONT)
+        page.wait_for_function(
+            f"() => window.townsquare.hls && window.townsquare.hls.currentLevel !== {best}"
+            " && window.townsquare.state === 'playing'", timeout=30_000)
+        low = page.evaluate(LEVEL)
+        assert low["level"] != best and low["stepDown"] >= 1, low
+
+        # Played smoothly for STEP_UP_AFTER_MS, it steps up in place (no new player) and
+        # the best rendition is what plays.
+        deadline = time.monotonic() + 30
+        while not ((up := page.evaluate(LEVEL))["playing"] == best and up["stepDown"] == 0):
+            assert time.monotonic() < deadline, (low, up)
+            time.sleep(0.25)
+        assert up["stepUps"] >= 1 and up["recoveries"] == low["recoveries"], (low, up)
+        time.sleep(3)
+        after = page.evaluate(LEVEL)
     print({"low": low, "up": up, "after": after})
     # Still there and still playing: no stall after the switch, nor a step back down.
     assert after["playing"] == best and after["stepDown"] == 0, (up, after)
