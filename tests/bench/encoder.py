@@ -18,9 +18,11 @@ job on the same input, in the same run. Three measurements:
    kind of thread (event loop, encoders, store), from its `townsquare_thread_cpu_seconds`.
 2. **Rooms per core**: a core's 60 CPU seconds a minute over the one-room figure above, then
    checked: that many rooms at once in one `townsquare ingest` on one CPU, each keeping real
-   time (program audio fed at the wall clock's pace, parts cut as due, the encoder queue
-   empty). Rooms in one process share its wake-ups, so a room costs less among others; as
-   many rooms as that check's per-room figure fits in 90 % of the core are checked next.
+   time (program audio fed at the wall clock's pace, parts cut as due, under a second of
+   audio waiting for the encoder). Rooms in one process share its wake-ups, so a room costs
+   less among others; as many rooms as that check's per-room figure fits in 90 % of the core
+   are checked next. The reference at that scale: as many `ffmpeg -listen` processes, one a
+   room, on the same CPU.
 3. **Encode and cut only** (a diagnostic, no I/O): the three `RenditionEncoder`s fed 20 ms
    blocks in-process against the ffmpeg CLI encoding the same ladder from a WAV file, both
    as fast as they go. Beside (1) it tells codec work from the rest.
@@ -233,37 +235,46 @@ def townsquare_live(m4a: Path, rooms: int, window: float, work: Path,
     }
 
 
-def ffmpeg_live(m4a: Path, window: float, work: Path, settle: float = SETTLE) -> dict[str, Any]:
-    """The ffmpeg CLI as the RTMP server of one room: decode, the ladder, fMP4 HLS."""
+def ffmpeg_live(m4a: Path, window: float, work: Path, settle: float = SETTLE,
+                rooms: int = 1) -> dict[str, Any]:
+    """The ffmpeg CLI as the RTMP server of `rooms` rooms, one process each (as the CLI
+    runs them), all on the server CPU: decode, the ladder, fMP4 HLS. CPU per room."""
     work.mkdir(parents=True)
-    port = free_port()
-    url = f"rtmp://127.0.0.1:{port}/live/bench"
-    cmd = [*_on(SERVER_CPU), FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-           "-listen", "1", "-i", url]
-    for i, (codec, rate) in enumerate(LADDER):
-        cmd += ["-map", "0:a", f"-c:a:{i}", codec, f"-b:a:{i}", rate]
-    cmd += ["-ar", "48000", "-ac", "2", "-f", "hls", "-hls_segment_type", "fmp4",
-            "-hls_time", "1.92", "-hls_list_size", "6", "-hls_flags", "delete_segments",
-            "-var_stream_map", "a:0 a:1 a:2", str(work / "v%v.m3u8")]
     with ExitStack() as stack:
         log = stack.enter_context(open(work / "ffmpeg.log", "ab"))
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        stack.callback(_stop, server)
+        servers, urls = [], []
+        for room in range(rooms):
+            port = free_port()
+            url = f"rtmp://127.0.0.1:{port}/live/bench"
+            out = work / f"room{room}"
+            out.mkdir()
+            cmd = [*_on(SERVER_CPU), FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
+                   "-listen", "1", "-i", url]
+            for i, (codec, rate) in enumerate(LADDER):
+                cmd += ["-map", "0:a", f"-c:a:{i}", codec, f"-b:a:{i}", rate]
+            cmd += ["-ar", "48000", "-ac", "2", "-f", "hls", "-hls_segment_type", "fmp4",
+                    "-hls_time", "1.92", "-hls_list_size", "6", "-hls_flags", "delete_segments",
+                    "-var_stream_map", "a:0 a:1 a:2", str(out / "v%v.m3u8")]
+            server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+            stack.callback(_stop, server)
+            servers.append(server)
+            urls.append(url)
         time.sleep(0.5)  # listening; a probe connection would take its one accept
-        pubs = stack.enter_context(publishers(m4a, [url], work / "pub.log"))
-        _wait(lambda: all((work / f"v{i}.m3u8").exists() for i in range(3)),
-              "ffmpeg's playlists", [server, *pubs])
+        pubs = stack.enter_context(publishers(m4a, urls, work / "pub.log"))
+        _wait(lambda: all((work / f"room{r}" / f"v{i}.m3u8").exists()
+                          for r in range(rooms) for i in range(3)),
+              "ffmpeg's playlists", [*servers, *pubs])
         time.sleep(settle)
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        cpu0, t0 = sum(cpu_seconds(s.pid) for s in servers), time.monotonic()
         time.sleep(window)
-        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
-        if any(p.poll() is not None for p in [server, *pubs]):
+        cpu1, t1 = sum(cpu_seconds(s.pid) for s in servers), time.monotonic()
+        if any(p.poll() is not None for p in [*servers, *pubs]):
             raise RuntimeError("a publisher or ffmpeg exited during the window")
     wall, cpu = t1 - t0, cpu1 - cpu0
-    return {"rooms": 1, "window_s": round(wall, 2), "cpu_s": round(cpu, 2),
+    return {"rooms": rooms, "window_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "cpu_share": round(cpu / wall, 3),
-            "cpu_s_per_broadcast_minute": round(cpu / wall * 60, 3)}
+            "cpu_s_per_broadcast_minute": round(cpu / wall * 60 / rooms, 3)}
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -350,6 +361,11 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
         if _kept(checks[0]) and more > checks[0]["rooms"]:
             checks.append(townsquare_live(m4a, more, window, work / "rooms-per-core-2",
                                           settle))
+        # The reference at the same scale: as many CLI processes, one a room, on that CPU.
+        largest = max((c for c in checks if _kept(c)), key=lambda c: c["rooms"],
+                      default=checks[-1])
+        cli_same = ffmpeg_live(m4a, window, work / "ffmpeg-rooms", settle,
+                               rooms=largest["rooms"])
     kept = [c["rooms"] for c in checks if _kept(c)]
     ratio = per_room / _median(live["ffmpeg_cli"])
     result = {
@@ -386,10 +402,16 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
             "how": "60 CPU seconds a minute over the one-room live figure, checked; then as "
                    "many as that check's own per-room figure fits in 90 % of the core, "
                    "checked. A check passes when every room fed its program at the wall "
-                   "clock's pace (>= 0.99), cut >= 97 % of the parts due and left nothing "
-                   "waiting for the encoder.",
+                   "clock's pace (>= 0.99), cut >= 97 % of the parts due and left under 1 s "
+                   "of audio waiting for the encoder. The reference: as many ffmpeg CLI "
+                   "servers as the largest check passed, one process a room (as the CLI "
+                   "runs them), on the same CPU, with a publisher each.",
             "checks": checks,
             "verified": max(kept, default=0),
+            "ffmpeg_cli_same_rooms": cli_same,
+            "ratio_per_room_at_that_scale": round(
+                largest["cpu_s_per_broadcast_minute"] / cli_same["cpu_s_per_broadcast_minute"],
+                3),
         },
         "encode_only": {
             "covers": "three RenditionEncoders fed 20 ms blocks in-process (encode and cut, "
