@@ -231,42 +231,61 @@ def failover_times(failover: dict[str, Any], path: Path) -> Path:
 
 # --- ingest cost --------------------------------------------------------------------------
 
+def _cost_panel(ax: Any, values: dict[str, list[float]], by_thread: dict[str, float] | None,
+                title: str) -> None:
+    """Bars of the medians, each run a dot, townsquare's split by thread stacked inside."""
+    names = list(values)
+    medians = [statistics.median(values[n]) for n in names]
+    ax.bar(range(len(names)), medians, alpha=0.8,
+           color=["tab:blue" if n == "townsquare" else "tab:gray" for n in names])
+    for i, n in enumerate(names):
+        ax.plot([i] * len(values[n]), values[n], "k.", ms=5)
+        ax.annotate(f"{medians[i]:.2f}", (i, medians[i]), ha="center",
+                    textcoords="offset points", xytext=(0, 4), fontsize=8)
+    if by_thread and "townsquare" in names:
+        bottom, x = 0.0, names.index("townsquare")
+        for kind, colour in (("encode", "tab:orange"), ("loop", "tab:green"),
+                             ("store", "tab:purple"), ("other", "tab:brown")):
+            value = float(by_thread.get(kind, 0.0))
+            if value > 0:
+                ax.bar(x, value, width=0.35, bottom=bottom, color=colour,
+                       label=f"{kind} thread{'s' if kind in ('store', 'other') else ''}")
+                bottom += value
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def ingest_cost(encoder: dict[str, Any], path: Path) -> Path:
-    panels = [(key, title) for key, title in (("live_ingest", "live ingest (RTMP in, HLS out)"),
-                                              ("encode_only", "encode and cut only"))
-              if isinstance(encoder.get(key), dict) and encoder[key].get("runs")]
+    panels: list[tuple[dict[str, list[float]], dict[str, float] | None, str]] = []
+    live = encoder.get("live_ingest")
+    if isinstance(live, dict) and live.get("runs"):
+        title = f"live ingest, one room: {live.get('ratio_townsquare_over_ffmpeg')}× ffmpeg"
+        panels.append(({n: [float(r["cpu_s_per_broadcast_minute"]) for r in rs]
+                        for n, rs in live["runs"].items()},
+                       live.get("townsquare_median_by_thread_s_per_broadcast_minute"), title))
+    per_core = encoder.get("rooms_per_core")
+    cli = per_core.get("ffmpeg_cli_same_rooms") if isinstance(per_core, dict) else None
+    if isinstance(per_core, dict) and isinstance(cli, dict):
+        check = next(c for c in per_core["checks"] if c["rooms"] == cli["rooms"])
+        title = (f"{cli['rooms']} rooms on one core, per room: "
+                 f"{per_core.get('ratio_per_room_at_that_scale')}× ffmpeg")
+        panels.append(({"townsquare": [float(check["cpu_s_per_broadcast_minute"])],
+                        "ffmpeg_cli": [float(cli["cpu_s_per_broadcast_minute"])]},
+                       check.get("by_thread_s_per_broadcast_minute"), title))
+    encode = encoder.get("encode_only")
+    if isinstance(encode, dict) and encode.get("runs"):
+        title = f"encode and cut only: {encode.get('ratio_townsquare_over_ffmpeg')}× ffmpeg"
+        panels.append(({n: [float(r["cpu_s_per_broadcast_minute"]) for r in rs]
+                        for n, rs in encode["runs"].items()}, None, title))
     if not panels:
         raise Skip("encoder.json predates the live ingest runs")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3 * len(panels), 4.5),
                              sharey=True, squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels, strict=True):
-        runs = encoder[key]["runs"]
-        names = list(runs)
-        values = {n: [float(r["cpu_s_per_broadcast_minute"]) for r in runs[n]] for n in names}
-        medians = [statistics.median(values[n]) for n in names]
-        ax.bar(range(len(names)), medians, alpha=0.8,
-               color=["tab:blue" if n == "townsquare" else "tab:gray" for n in names])
-        for i, n in enumerate(names):
-            ax.plot([i] * len(values[n]), values[n], "k.", ms=5)
-            ax.annotate(f"{medians[i]:.2f}", (i, medians[i]), ha="center",
-                        textcoords="offset points", xytext=(0, 4), fontsize=8)
-        by_thread = encoder[key].get("townsquare_median_by_thread_s_per_broadcast_minute")
-        if by_thread and "townsquare" in names:
-            # Where townsquare's CPU went, stacked inside its bar (medians of each kind).
-            bottom, x = 0.0, names.index("townsquare")
-            for kind, colour in (("encode", "tab:orange"), ("loop", "tab:green"),
-                                 ("store", "tab:purple"), ("other", "tab:brown")):
-                value = float(by_thread.get(kind, 0.0))
-                if value > 0:
-                    ax.bar(x, value, width=0.35, bottom=bottom, color=colour,
-                           label=f"{kind} thread{'s' if kind in ('store', 'other') else ''}")
-                    bottom += value
-            ax.legend(fontsize=7, loc="upper right")
-        ratio = encoder[key].get("ratio_townsquare_over_ffmpeg")
-        ax.set_title(title + (f": {ratio}× ffmpeg" if ratio else ""), fontsize=9)
-        ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8)
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("CPU seconds per broadcast-minute, one room")
+    for ax, (values, by_thread, title) in zip(axes[0], panels, strict=True):
+        _cost_panel(ax, values, by_thread, title)
+    axes[0][0].set_ylabel("CPU seconds per broadcast-minute, per room")
     fig.suptitle("Ingest cost of the default ladder against the ffmpeg CLI", fontsize=10)
     return _save(fig, path)
 
