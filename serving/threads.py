@@ -23,20 +23,19 @@ KINDS = (("MainThread", "loop"), ("encode", "encode"), ("townsquare-folder", "st
          ("townsquare-s3", "store"), ("townsquare-spill", "spill"))
 OTHER = "other"
 _TASKS = "/proc/self/task"
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def kind_of(name: str) -> str:
     return next((kind for prefix, kind in KINDS if name.startswith(prefix)), OTHER)
 
 
-def _cpu_seconds(tid: int, tick: int) -> float | None:
-    """User + system CPU of one thread of this process, or None once it has gone."""
-    try:
-        with open(f"{_TASKS}/{tid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+def stat_cpu_seconds(path: str) -> float:
+    """User + system CPU seconds in a `/proc` stat file: a process's (every thread) or one
+    thread's. OSError once it has gone."""
+    with open(path, "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
 class ThreadCpuCollector(Collector):
@@ -46,7 +45,6 @@ class ThreadCpuCollector(Collector):
         self._lock = threading.Lock()
         self._seen: dict[int, tuple[str, float]] = {}  # thread id: kind, last reading
         self._ended: dict[str, float] = {}  # kind: CPU of its threads that have ended
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def totals(self) -> dict[str, float]:
         """CPU seconds so far by kind, every kind present (0 for one with no thread)."""
@@ -58,9 +56,11 @@ class ThreadCpuCollector(Collector):
         with self._lock:
             now: dict[int, tuple[str, float]] = {}
             for tid in tids:
-                cpu = _cpu_seconds(tid, self._tick)
-                if cpu is not None:
-                    now[tid] = (kind_of(names.get(tid, "")), cpu)
+                try:
+                    cpu = stat_cpu_seconds(f"{_TASKS}/{tid}/stat")
+                except OSError:
+                    continue  # ended since the listing
+                now[tid] = (kind_of(names.get(tid, "")), cpu)
             for tid, (kind, cpu) in self._seen.items():
                 # Gone, or its id taken by a new thread (whose reading starts again at 0).
                 if tid not in now or now[tid][0] != kind or now[tid][1] < cpu:

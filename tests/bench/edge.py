@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from serving.threads import stat_cpu_seconds
 from tests.edge.conftest import media_path, next_part, wait_live
 from tests.support.procs import free_port, running, wait_http
 
@@ -90,7 +91,6 @@ SERVER_CPU, LOAD_CPU = "1", "0"
 ALL_CPUS = f"0-{(os.cpu_count() or 1) - 1}"
 MODES = ("pinned", "unpinned") if PINNED else ("unpinned",)
 RUNS = int(os.environ.get("BENCH_EDGE_RUNS", "3"))
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def pin(pid: int, cpu: str = SERVER_CPU) -> None:
@@ -111,14 +111,13 @@ def _family(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of `pid` and its descendants, all threads."""
-    ticks = 0
+    total = 0.0
     for p in _family(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += stat_cpu_seconds(f"/proc/{p}/stat")  # threads included
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (threads included)
-    return ticks / CLOCK_TICKS
+    return total
 
 
 def wrk(url: str, pinned: bool, server_pid: int, seconds: int = WRK_SECONDS) -> dict[str, float]:

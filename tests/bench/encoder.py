@@ -55,6 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.sources import TestSignal
 from packager.cmaf import RenditionEncoder
 from packager.ladder import DEFAULT_LADDER, GRID_SAMPLES, parse_ladder
+from serving.threads import stat_cpu_seconds
 from tests.support.procs import free_port, running
 
 RESULTS = Path(__file__).parent / "results" / "encoder.json"
@@ -78,7 +79,6 @@ PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPU, LOAD_CPU = "1", "0"
 CPUS = (f"servers (townsquare ingest, ffmpeg -listen, the in-process encoders) on CPU "
         f"{SERVER_CPU}, RTMP publishers on CPU {LOAD_CPU}" if PINNED else "unpinned")
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _on(cpu: str) -> list[str]:
@@ -93,8 +93,7 @@ def _pin(pid: int, cpu: str) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of every thread of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def _samples(url: str) -> dict[str, float]:

@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from serving.threads import stat_cpu_seconds
 from tests.bench import markers
 from tests.bench.markers import Marker
 from tests.ingest.support import FFMPEG, Ingest, ingest_service
@@ -375,14 +376,13 @@ def _tree(pid: int) -> list[int]:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    total = 0
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += stat_cpu_seconds(f"/proc/{pid}/stat")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _cpus(pid: int) -> str:

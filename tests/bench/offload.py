@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from capacity.model import DEFAULT_PARTS, upstream_rps
+from serving.threads import stat_cpu_seconds
 from tests.edge.conftest import origin_requests, wait_live
 from tests.support.procs import free_port, running
 
@@ -43,8 +44,7 @@ def _pin(pid: int) -> None:
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of every thread of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path,
