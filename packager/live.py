@@ -35,7 +35,7 @@ class LiveRendition:
     _segment_json: dict[int, tuple[Segment, str]] = field(default_factory=dict)
     # The whole playlist's state JSON and the playlist it was made from: a part of one
     # rendition leaves the others' playlists as they were.
-    _playlist_json: tuple[MediaPlaylist, str] | None = None
+    _playlist_text: tuple[MediaPlaylist, str] | None = None
     _changed: asyncio.Future[None] | None = None
 
     def remember(self, name: str, data: bytes) -> None:
@@ -86,7 +86,7 @@ class LiveRoom:
             lr.recent.clear()
             lr._rendered.clear()
             lr._segment_json.clear()
-            lr._playlist_json = None
+            lr._playlist_text = None
             lr.init = None
 
     def reports_for(self, name: str) -> tuple[RenditionReport, ...]:
@@ -196,8 +196,8 @@ def _playlist_json(lr: LiveRendition) -> str:
     """`playlist_to_dict(lr.playlist)` as compact JSON, each segment's text memoised, the rest
     encoded in one call."""
     pl, memo = lr.playlist, lr._segment_json
-    if lr._playlist_json is not None and lr._playlist_json[0] is pl:
-        return lr._playlist_json[1]
+    if lr._playlist_text is not None and lr._playlist_text[0] is pl:
+        return lr._playlist_text[1]
     segments = []
     window = {}
     for seg in pl.segments:
@@ -219,7 +219,7 @@ def _playlist_json(lr: LiveRendition) -> str:
                 value = [_plain(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
             rest[name] = value
     text = _dumps(rest).replace(_SEGMENTS_JSON, f"[{','.join(segments)}]", 1)
-    lr._playlist_json = (pl, text)
+    lr._playlist_text = (pl, text)
     return text
 
 

@@ -55,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.sources import TestSignal
 from packager.cmaf import RenditionEncoder
 from packager.ladder import DEFAULT_LADDER, GRID_SAMPLES, parse_ladder
-from serving.threads import stat_cpu_seconds
+from serving.threads import KINDS, OTHER, stat_cpu_seconds
 from tests.support.procs import free_port, running
 
 RESULTS = Path(__file__).parent / "results" / "encoder.json"
@@ -65,7 +65,7 @@ SECONDS = int(os.environ.get("BENCH_ENCODER_SECONDS", "60"))  # audio of the in-
 MAX_ROOMS = int(os.environ.get("BENCH_ENCODER_MAX_ROOMS", "30"))  # the check's ceiling
 SETTLE = 2.0  # seconds on air before a window opens
 THREAD_CPU = "townsquare_thread_cpu_seconds_total"
-THREAD_KINDS = ("loop", "encode", "store", "spill", "other")
+THREAD_KINDS = (*dict.fromkeys(kind for _, kind in KINDS), OTHER)  # loop, encode, store, …
 FFMPEG = "ffmpeg"
 LADDER = (("aac", "96k"), ("aac", "48k"), ("libopus", "64k"))  # DEFAULT_LADDER, as CLI flags
 SEGMENT_UNITS = 6  # the packager's default: 1.92 s segments
