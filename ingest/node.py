@@ -73,7 +73,10 @@ class Node:
         # Until when (monotonic) publishing is safe: two thirds of a lease after the start of
         # the last renewal that succeeded (the lease itself runs a full ttl from then).
         self._safe_until = time.monotonic() + lease_seconds * 2 / 3
-        self._fence_reason = "no renewal yet"
+        # Why the fence would act now: the last renewal's failure, or None when none failed
+        # since the last success (the renewals are late, not refused).
+        self._fence_reason: str | None = None
+        self._renewed_at: float | None = None  # monotonic start of the last renewal that worked
         self._task: asyncio.Task[None] | None = None
         self._fence: asyncio.Task[None] | None = None
         # Adopting a room reads the store and the database and can take longer than a third
@@ -145,6 +148,7 @@ class Node:
                     self.registry.renew_leases(self.id, [r.name for r in owned], self.ttl),
                     max(0.1, self._safe_until - started + self.ttl / 3))
                 self._safe_until = started + self.ttl * 2 / 3
+                self._renewed_at, self._fence_reason = started, None
                 self.metrics.lease_renewal_seconds.set(time.monotonic() - started)
                 self.metrics.leases_held.set(len(renewed))
                 await asyncio.wait_for(
@@ -177,13 +181,21 @@ class Node:
             if time.monotonic() < self._safe_until:
                 continue
             lost = self.owned()
+            reason = self._why_fenced()
             for room in lost:
-                log.error("room %s: lease not renewed (%s); stopped here", room.name,
-                          self._fence_reason)
+                log.error("room %s: lease not renewed (%s); stopped here", room.name, reason)
                 self.metrics.lease_losses.labels("fence").inc()
                 await self.rooms.lose(room)
             if lost:
                 self.metrics.leases_held.set(len(self.owned()))
+
+    def _why_fenced(self) -> str:
+        if self._fence_reason is not None:
+            return self._fence_reason
+        if self._renewed_at is None:
+            return "no renewal has finished yet"
+        return (f"no renewal has finished since the one that started "
+                f"{time.monotonic() - self._renewed_at:.1f} s ago")
 
     def has_room(self, owning: int) -> bool:
         return not self.draining and owning < self.info.capacity

@@ -5,6 +5,8 @@ and orphans adopted by the least busy node."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ from ingest.errors import RoomElsewhere, RoomFull
 from ingest.metrics import IngestMetrics
 from ingest.node import Node
 from ingest.rooms import Rooms
-from registry import Registry, default_url
+from registry import DB_FILE, Registry, default_url
 from tests.ingest.twins import RecordingPackager
 
 # Short, so that an orphan is adopted within the test.
@@ -103,6 +105,32 @@ async def test_an_orphaned_room_goes_to_the_least_busy_node(tmp_path: Path) -> N
     finally:
         for rooms in (busy, idle, dying):
             await rooms.close()
+        await registry.close()
+
+
+async def test_a_node_whose_renewals_stall_stops_its_rooms_and_says_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    registry = await Registry.open(default_url(tmp_path))
+    rooms = await _node(registry, 1)
+    try:
+        room, _ = await rooms.create("stalled")
+        await rooms.admit(room)
+        await _until(lambda: _reported_rooms(registry, "node-1"), 1)  # a renewal has finished
+        # Another writer holds the database's write lock for longer than the lease is safe
+        # (two thirds of 1.5 s): renewals wait on it without failing, for sqlite3's 5 s.
+        other = sqlite3.connect(tmp_path / DB_FILE, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with caplog.at_level(logging.ERROR, "townsquare.ingest.node"):
+                await _until(lambda: _on_air(rooms, "stalled"), False, within=4.0)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        (stopped,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert "lease not renewed (no renewal has finished since the one that started" in stopped
+        assert rooms.get("stalled").state == "live"  # stopped here, not ended
+    finally:
+        await rooms.close()
         await registry.close()
 
 
