@@ -118,13 +118,15 @@ async def test_a_node_whose_renewals_stall_stops_its_rooms_and_says_why(
         await _until(lambda: _reported_rooms(registry, "node-1"), 1)  # a renewal has finished
         # Another writer holds the database's write lock for longer than the lease is safe
         # (two thirds of 1.5 s): renewals wait on it without failing, for sqlite3's 5 s.
-        other = sqlite3.connect(tmp_path / DB_FILE, isolation_level=None)
+        # Off the event loop: a renewal holding the lock needs the loop to finish and let go.
+        other = sqlite3.connect(tmp_path / DB_FILE, isolation_level=None,
+                                check_same_thread=False)
         try:
-            other.execute("BEGIN IMMEDIATE")
+            await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
             with caplog.at_level(logging.ERROR, "townsquare.ingest.node"):
                 await _until(lambda: _on_air(rooms, "stalled"), False, within=4.0)
         finally:
-            other.execute("ROLLBACK")
+            await asyncio.to_thread(other.execute, "ROLLBACK")
             other.close()
         (stopped,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert "lease not renewed (no renewal has finished since the one that started" in stopped
