@@ -110,8 +110,6 @@ class CoalescingCache:
         if entry is not None and now < entry.expires:
             if t.kind == "playlist":
                 entry = self._newest_plain(t, entry)
-                if entry is None:
-                    return None  # newer parts came through, none in a copy we may serve
             self.metrics.hits[t.kind] += 1
             return entry
         entry = self.negative.get(t.key)
@@ -122,21 +120,24 @@ class CoalescingCache:
             return self._refuse_media(t, now)
         return None
 
-    def _newest_plain(self, t: Target, cached: Entry) -> Entry | None:
-        """A plain live playlist answered from the newest copy held, or None (ask upstream).
+    def _newest_plain(self, t: Target, cached: Entry) -> Entry:
+        """A fresh plain live playlist answered from the newest full copy held.
 
         A joining player takes its start position from the newest part it is shown, counting
         the playlist's age from when it arrived; `Age` is whole seconds, so a cached copy a
-        fraction of a second old starts it that much further from live, for good. Once
-        blocking answers have brought a newer part, the plain answer is that newer copy (its
-        own age, the plain lifetime); with none at hand, upstream answers."""
+        fraction of a second old starts it that much further from live, for good. So once
+        blocking answers have brought a newer full playlist, the plain answer is that copy
+        (its own age, the plain lifetime).
+
+        Never upstream while the cached copy is fresh, even when only delta answers (players
+        that skip, as hls.js does) went further: asking again there cost the origin one
+        request a part and rendition for as long as players kept joining, and a join storm
+        or a crowd falling behind made the origin's load grow with the audience."""
         pinned = self.pins.get(t.path)
         if pinned is None or pinned.ended:
             return cached
-        newest = pinned.current(t)
-        if newest is None:
-            return None
-        if newest is cached:
+        newest = pinned.full
+        if newest is None or newest is cached or newest.born < cached.born:
             return cached
         self.metrics.plain_refreshed += 1
         return newest.relabelled(round(cached.expires - cached.born))

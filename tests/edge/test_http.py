@@ -121,6 +121,34 @@ def test_a_plain_playlist_is_as_new_as_the_newest_part_the_edge_has_seen(
         assert counters(edge.url, "townsquare_edge_plain_refreshed_total")[()] >= 1
 
 
+def test_a_fresh_plain_playlist_is_never_asked_again_when_only_delta_answers_moved_on(
+        origin: Node, edge: Node) -> None:
+    """Players that skip (hls.js does) bring only delta playlists: a plain request within the
+    plain copy's lifetime is still answered by the edge, from the newest full copy it holds,
+    and costs the origin nothing however many players join."""
+    playlist = media_path(origin.url, ROOM)
+    skip = re.compile(r"^#EXT-X-SKIP:SKIPPED-SEGMENTS=[1-9]", re.MULTILINE)
+    deadline = time.monotonic() + 30  # until the room is long enough to skip something
+    with httpx.Client(base_url=edge.url, timeout=15) as c:
+        while True:
+            primed = time.monotonic()
+            plain = c.get(playlist)  # cached under the plain URL for its max-age=1
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="[^"]*p(\d+)\.(\d+)\.m4s"', plain.text)
+            assert hint is not None, plain.text
+            msn, part = int(hint[1]), int(hint[2])
+            delta = c.get(f"{playlist}?_HLS_msn={msn}&_HLS_part={part}&_HLS_skip=YES")
+            upstream = sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values())
+            again = c.get(playlist)
+            if skip.search(delta.text) and time.monotonic() - primed < 0.8:
+                break
+            assert time.monotonic() < deadline, "no delta update skipped a segment"
+            time.sleep(0.3)
+        assert sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values()) \
+            == upstream, "answered by the edge"
+        assert again.status_code == 200 and not skip.search(again.text)
+        assert again.headers["cache-control"] == plain.headers["cache-control"]
+
+
 def test_unknown_room_is_404_and_options_answers_cors(edge: Node) -> None:
     assert httpx.get(f"{edge.url}/live/no-such-room/master.m3u8").status_code == 404
     r = httpx.options(f"{edge.url}/live/{ROOM}/master.m3u8")
