@@ -70,6 +70,11 @@ def _step(edge: str, origin: str, listeners: int, seconds: float, work: Path,
     return {
         "listeners": listeners,
         "origin_requests_per_s": round(asked / elapsed, 2),
+        # Which objects the edge asked for (playlist, blocking playlist, part, ...): where a
+        # rise comes from when the audience grows.
+        "origin_requests_per_s_by_kind": {
+            kind: round((after[kind] - before.get(kind, 0)) / elapsed, 2)
+            for kind in sorted(after) if after[kind] > before.get(kind, 0)},
         "model_requests_per_s": round(model, 2),
         "measured_over_model": round(asked / elapsed / model, 3),
         "listener_requests_per_s": summary["requests_per_s_steady_median"],
