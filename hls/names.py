@@ -78,7 +78,7 @@ _OBJECT_RE = re.compile(
     r"p(?P<pmsn>\d{1,15})\.(?P<part>\d{1,4})\.m4s|s(?P<smsn>\d{1,15})\.m4s|"
     r"i(?P<chunk>\d{1,6})\.m3u8))))$"
 )
-_EPOCH_RE = re.compile(rf"^e(?P<n>\d{{1,9}})-[0-9a-f]{{6}}$")
+_EPOCH_RE = re.compile(r"^e(?P<n>\d{1,9})-[0-9a-f]{6}$")
 
 
 class InvalidRoomName(ValueError):
