@@ -1,0 +1,87 @@
+"""A full playlist rebuilt from a delta update and an older full copy is the one the origin
+renders for that state: every pair of states of a live history with epoch changes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hls.delta import expand_delta
+from packager.playlist import (
+    MediaPlaylist,
+    Part,
+    PlaylistBuilder,
+    parse_media,
+    render_media,
+    resume_window,
+)
+
+T0 = 1_795_700_000.0
+PART = 0.21333  # 10 AAC frames
+PARTS = 9  # a 1.92 s segment: TARGETDURATION 2, CAN-SKIP-UNTIL 12 s
+
+
+def _history(segments: int, epochs_at: frozenset[int], window: int) -> list[MediaPlaylist]:
+    """Every state of a live rendition, part by part, over `segments` segments, with a new
+    epoch (a discontinuity and another init section) starting at each msn in `epochs_at`."""
+    epoch = 1
+    b = PlaylistBuilder(MediaPlaylist(2, PART, "e1/init.mp4", preload_hint="e1/p1.0.m4s"),
+                        window=window)
+    states = []
+    t = T0
+    for msn in range(1, segments + 1):
+        if msn in epochs_at:
+            epoch += 1
+            base = MediaPlaylist(2, PART, f"e{epoch}/init.mp4")
+            b.playlist = resume_window(b.playlist, msn, f"e{epoch}/init.mp4", base)
+            t += 3.0  # the gap of a restart
+        for i in range(PARTS):
+            hint = f"e{epoch}/p{msn}.{i + 1}.m4s" if i + 1 < PARTS else f"e{epoch}/p{msn + 1}.0.m4s"
+            states.append(b.add_part(Part(PART, f"e{epoch}/p{msn}.{i}.m4s"), t, hint))
+            t += PART
+        states.append(b.close_segment(f"e{epoch}/s{msn}.m4s", f"e{epoch}/p{msn + 1}.0.m4s"))
+    return states
+
+
+@settings(max_examples=60, deadline=None)
+@given(segments=st.integers(10, 30), window=st.sampled_from([7, 15]),
+       epochs_at=st.frozensets(st.integers(2, 30), max_size=3),
+       data=st.data())
+def test_a_delta_update_and_an_older_full_copy_make_the_origin_s_full_playlist(
+        segments: int, window: int, epochs_at: frozenset[int], data: st.DataObject) -> None:
+    states = _history(segments, epochs_at, window)
+    newer = data.draw(st.integers(1, len(states) - 1))
+    older = data.draw(st.integers(max(0, newer - 3 * PARTS), newer - 1))
+    delta = render_media(states[newer], skip=True)
+    full_then, full_now = render_media(states[older]), render_media(states[newer])
+    rebuilt = expand_delta(full_then, delta)
+    if "#EXT-X-SKIP" not in delta:
+        assert rebuilt is None
+        return
+    first = states[newer].segments[0].msn
+    skipped = int(delta.split("#EXT-X-SKIP:SKIPPED-SEGMENTS=")[1].split("\n")[0])
+    held = {s.msn for s in states[older].segments}
+    if not all(msn in held for msn in range(first, first + skipped)):
+        assert rebuilt is None, "a skipped segment the older copy does not hold"
+        return
+    assert rebuilt == full_now
+
+
+def test_a_full_copy_that_slid_past_the_skipped_segments_gives_nothing() -> None:
+    states = _history(40, frozenset(), 15)
+    newest = states[-1]
+    delta = render_media(newest, skip=True)
+    assert "#EXT-X-SKIP" in delta
+    assert expand_delta(render_media(states[10]), delta) is None  # too old: slid past
+    assert expand_delta(delta, delta) is None  # a delta is no full copy
+    assert expand_delta(render_media(newest), render_media(newest)) is None  # nothing skipped
+
+
+def test_a_discontinuity_that_slid_to_the_window_s_start_is_counted_not_tagged() -> None:
+    states = _history(14, frozenset({5}), 7)
+    older, newer = states[104], states[116]  # segment 5 opens the newer window
+    assert newer.segments[0].msn == 5 and newer.discontinuity_sequence == 1
+    assert any(s.msn == 5 and s.discontinuity for s in older.segments)
+    rebuilt = expand_delta(render_media(older), render_media(newer, skip=True))
+    assert rebuilt == render_media(newer)
+    assert [s.uri for s in parse_media(rebuilt).segments] == [s.uri for s in newer.segments]
