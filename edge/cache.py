@@ -14,6 +14,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 
 from edge.breaker import BreakerTable
 from edge.entry import Entry, build_fields, max_age
@@ -24,8 +25,15 @@ from edge.pinned import PinnedPlaylist, PinnedPlaylists
 from edge.settings import EdgeSettings
 from edge.targets import Target
 from edge.upstream import Upstream, UpstreamResponse
+from hls.delta import expand_delta
 from hls.http import REFUSED, asked_again, default_lifetime, playlist_lifetime
-from hls.reach import parse_position, part_object_too_far, part_too_far, segments_since
+from hls.reach import (
+    PlaylistPosition,
+    parse_position,
+    part_object_too_far,
+    part_too_far,
+    segments_since,
+)
 
 Deliver = Callable[[Entry], None]
 # Headers to add to a room's upstream playlist requests: the edge's audience report.
@@ -127,12 +135,13 @@ class CoalescingCache:
         the playlist's age from when it arrived; `Age` is whole seconds, so a cached copy a
         fraction of a second old starts it that much further from live, for good. So once
         blocking answers have brought a newer full playlist, the plain answer is that copy
-        (its own age, the plain lifetime).
+        (its own age, the plain lifetime). Delta updates count too: `_fill_in` rebuilds the
+        full playlist each one stands for.
 
-        Never upstream while the cached copy is fresh, even when only delta answers (players
-        that skip, as hls.js does) went further: asking again there cost the origin one
-        request a part and rendition for as long as players kept joining, and a join storm
-        or a crowd falling behind made the origin's load grow with the audience."""
+        Never upstream while the cached copy is fresh: asking again whenever delta answers
+        had gone further cost the origin one request a part and rendition for as long as
+        players kept joining, so a join storm or a crowd falling behind made the origin's
+        load grow with the audience."""
         pinned = self.pins.get(t.path)
         if pinned is None or pinned.ended:
             return cached
@@ -353,6 +362,8 @@ class CoalescingCache:
         pinned = self.pins.update(t.path, entry, pos, entry.born)
         if pinned is None or pos is None:
             return
+        if pos.delta:
+            self._fill_in(t, pinned, entry, pos)
         if pos.target_duration > 0:
             self.td = pos.target_duration
         if pinned.part_target > 0:
@@ -362,6 +373,24 @@ class CoalescingCache:
         group = self._blocking.get(t.path)
         if group:
             self._release(pinned, group)
+
+    def _fill_in(self, t: Target, pinned: PinnedPlaylist, delta: Entry,
+                 pos: PlaylistPosition) -> None:
+        """Pin the full playlist a delta update stands for, its skipped segments taken from
+        the full copy held (`hls.delta`): a plain request is then answered as far as the
+        newest part without asking upstream (players that skip bring only delta updates)."""
+        full = pinned.full
+        if full is None or (pinned.full_pos is not None and not pos.newer_than(pinned.full_pos)):
+            return
+        text = expand_delta(full.body.decode(), delta.body.decode())
+        if text is None:
+            return
+        fields = b"".join(line + b"\r\n" for line in delta.fields.split(b"\r\n")
+                          if line and not line.lower().startswith(b"vary:"))
+        rebuilt = Entry(delta.status, delta.kind, text.encode(), fields, delta.born,
+                        delta.expires - delta.born)
+        if self.pins.update(t.path, rebuilt, replace(pos, delta=False), delta.born) is not None:
+            self.metrics.playlists_rebuilt += 1
 
     def _release(self, pinned: PinnedPlaylist, group: set[Flight]) -> None:
         """Answer blocking requests that a newer playlist satisfies before their own answer comes."""

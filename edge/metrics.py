@@ -22,6 +22,8 @@ class EdgeMetrics:
         # Plain live playlist requests answered with the newest copy held (brought by a blocking
         # answer) instead of the one cached under their own URL.
         self.plain_refreshed = 0
+        # Full playlists rebuilt from a delta update and the full copy held (`hls.delta`).
+        self.playlists_rebuilt = 0
         self.stale: defaultdict[str, int] = defaultdict(int)
         self.negative_hits: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -104,6 +106,10 @@ class _Collector:
             "townsquare_edge_plain_refreshed",
             "Plain live playlist requests answered with the newest copy a blocking answer "
             "brought, not the one cached under their URL", value=m.plain_refreshed)
+        yield CounterMetricFamily(
+            "townsquare_edge_playlists_rebuilt",
+            "Full live playlists rebuilt from a delta update and the full copy held",
+            value=m.playlists_rebuilt)
         yield CounterMetricFamily(
             "townsquare_edge_bytes_out", "Response bytes written to clients", value=m.bytes_out)
         yield CounterMetricFamily(

@@ -121,11 +121,12 @@ def test_a_plain_playlist_is_as_new_as_the_newest_part_the_edge_has_seen(
         assert counters(edge.url, "townsquare_edge_plain_refreshed_total")[()] >= 1
 
 
-def test_a_fresh_plain_playlist_is_never_asked_again_when_only_delta_answers_moved_on(
+def test_a_plain_playlist_is_rebuilt_from_a_delta_update_without_asking_upstream(
         origin: Node, edge: Node) -> None:
-    """Players that skip (hls.js does) bring only delta playlists: a plain request within the
-    plain copy's lifetime is still answered by the edge, from the newest full copy it holds,
-    and costs the origin nothing however many players join."""
+    """Players that skip (hls.js does) bring only delta updates: the edge fills in the
+    segments a delta skipped from the full copy it holds, so a plain request within the plain
+    copy's lifetime gets a full playlist as new as the delta, and costs the origin nothing
+    however many players join."""
     playlist = media_path(origin.url, ROOM)
     skip = re.compile(r"^#EXT-X-SKIP:SKIPPED-SEGMENTS=[1-9]", re.MULTILINE)
     deadline = time.monotonic() + 30  # until the room is long enough to skip something
@@ -133,10 +134,10 @@ def test_a_fresh_plain_playlist_is_never_asked_again_when_only_delta_answers_mov
         while True:
             primed = time.monotonic()
             plain = c.get(playlist)  # cached under the plain URL for its max-age=1
-            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="[^"]*p(\d+)\.(\d+)\.m4s"', plain.text)
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="([^"]*p(\d+)\.(\d+)\.m4s)"',
+                             plain.text)
             assert hint is not None, plain.text
-            msn, part = int(hint[1]), int(hint[2])
-            delta = c.get(f"{playlist}?_HLS_msn={msn}&_HLS_part={part}&_HLS_skip=YES")
+            delta = c.get(f"{playlist}?_HLS_msn={hint[2]}&_HLS_part={hint[3]}&_HLS_skip=YES")
             upstream = sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values())
             again = c.get(playlist)
             if skip.search(delta.text) and time.monotonic() - primed < 0.8:
@@ -145,8 +146,23 @@ def test_a_fresh_plain_playlist_is_never_asked_again_when_only_delta_answers_mov
             time.sleep(0.3)
         assert sum(counters(edge.url, "townsquare_edge_upstream_requests_total").values()) \
             == upstream, "answered by the edge"
+        listed = re.compile(rf'^#EXT-X-PART:.*URI="{re.escape(hint[1])}"', re.MULTILINE)
         assert again.status_code == 200 and not skip.search(again.text)
+        assert listed.search(again.text) and not listed.search(plain.text)
+        # The segments the plain copy listed, from the rebuilt one's first on, then newer ones.
+        older, newer = _segments(plain.text), _segments(again.text)
+        shift = newer[0] - older[0]
+        assert shift >= 0 and newer[1][:len(older[1]) - shift] == older[1][shift:]
+        assert len(newer[1]) >= 7
         assert again.headers["cache-control"] == plain.headers["cache-control"]
+        assert counters(edge.url, "townsquare_edge_playlists_rebuilt_total")[()] >= 1
+
+
+def _segments(text: str) -> tuple[int, list[str]]:
+    """(media sequence, segment URIs) of a full media playlist."""
+    first = re.search(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)$", text, re.MULTILINE)
+    assert first is not None, text
+    return int(first[1]), re.findall(r"^[^#\n].*$", text, re.MULTILINE)
 
 
 def test_unknown_room_is_404_and_options_answers_cors(edge: Node) -> None:
