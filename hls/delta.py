@@ -10,10 +10,14 @@ The result is what the origin renders for that state (`packager.playlist.render_
 header and everything after the skip come from the delta update; each skipped segment comes
 from the full copy, whole (`EXTINF` and URI, with its discontinuity and program date time),
 without part lines, which a full playlist lists only near its end, and `EXT-X-MAP` where the
-initialization section changes. None when the full copy does not hold every skipped segment.
+initialization section changes. None when the full copy does not hold every skipped segment,
+or when it holds them on another timeline: the segment after the skip must start, by program
+date time, where the last skipped one ends.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 _SKIP = "#EXT-X-SKIP:SKIPPED-SEGMENTS="
 _SEQUENCE = "#EXT-X-MEDIA-SEQUENCE:"
@@ -21,6 +25,11 @@ _MAP = "#EXT-X-MAP:"
 _PART = "#EXT-X-PART:"
 _DISCONTINUITY = "#EXT-X-DISCONTINUITY"
 _DISCONTINUITIES = "#EXT-X-DISCONTINUITY-SEQUENCE:"
+_PDT = "#EXT-X-PROGRAM-DATE-TIME:"
+_EXTINF = "#EXTINF:"
+# How far apart (seconds) one segment's end and the next one's start may be by their program
+# date times, which are written to the millisecond, and EXTINF, to five decimals.
+CONTINUITY_SLACK = 0.05
 
 
 def expand_delta(full: str, delta: str) -> str | None:
@@ -50,6 +59,8 @@ def expand_delta(full: str, delta: str) -> str | None:
     if head_lines and head_lines[0] == _DISCONTINUITY \
             and _number(delta, _DISCONTINUITIES) == before + 1:
         taken[0] = (head_map, head_lines[1:])
+    if not _continues(taken[-1][1], lines[skip_at + 1:]):
+        return None  # the full copy is of another timeline (a broadcast that began again)
     out = lines[:skip_at - 1]
     current = taken[0][0]
     out.append(current)
@@ -65,6 +76,23 @@ def expand_delta(full: str, delta: str) -> str | None:
         out.append(tail_map)
     out.extend(lines[skip_at + 1:])
     return "\n".join(out) + "\n"
+
+
+def _continues(last: list[str], tail: list[str]) -> bool:
+    """Whether the segment after the skip starts where the last skipped one ends, by their
+    program date times (a skip never spans a discontinuity, so the timeline is one)."""
+    start = next((line for line in last if line.startswith(_PDT)), None)
+    length = next((line for line in last if line.startswith(_EXTINF)), None)
+    after = next((line for line in tail if line.startswith(_PDT)), None)
+    if start is None or length is None or after is None:
+        return False
+    try:
+        ends = datetime.fromisoformat(start[len(_PDT):]) \
+            + timedelta(seconds=float(length[len(_EXTINF):].split(",")[0]))
+        begins = datetime.fromisoformat(after[len(_PDT):])
+    except ValueError:
+        return False
+    return abs((begins - ends).total_seconds()) <= CONTINUITY_SLACK
 
 
 def _segments(full: str) -> tuple[int, list[tuple[str, list[str]]]] | None:

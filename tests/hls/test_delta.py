@@ -21,14 +21,15 @@ PART = 0.21333  # 10 AAC frames
 PARTS = 9  # a 1.92 s segment: TARGETDURATION 2, CAN-SKIP-UNTIL 12 s
 
 
-def _history(segments: int, epochs_at: frozenset[int], window: int) -> list[MediaPlaylist]:
+def _history(segments: int, epochs_at: frozenset[int], window: int,
+             began: float = T0) -> list[MediaPlaylist]:
     """Every state of a live rendition, part by part, over `segments` segments, with a new
     epoch (a discontinuity and another init section) starting at each msn in `epochs_at`."""
     epoch = 1
     b = PlaylistBuilder(MediaPlaylist(2, PART, "e1/init.mp4", preload_hint="e1/p1.0.m4s"),
                         window=window)
     states = []
-    t = T0
+    t = began
     for msn in range(1, segments + 1):
         if msn in epochs_at:
             epoch += 1
@@ -85,3 +86,14 @@ def test_a_discontinuity_that_slid_to_the_window_s_start_is_counted_not_tagged()
     rebuilt = expand_delta(render_media(older), render_media(newer, skip=True))
     assert rebuilt == render_media(newer)
     assert [s.uri for s in parse_media(rebuilt).segments] == [s.uri for s in newer.segments]
+
+
+def test_a_full_copy_of_another_broadcast_under_the_same_numbers_gives_nothing() -> None:
+    """A room that began again from segment 1: the older copy holds segments of the same
+    numbers and names from the broadcast before, whose times do not run on into this one."""
+    before = _history(30, frozenset(), 15)
+    again = _history(30, frozenset(), 15, began=T0 + 3600)
+    delta = render_media(again[-1], skip=True)
+    assert "#EXT-X-SKIP" in delta
+    assert expand_delta(render_media(before[-3]), delta) is None
+    assert expand_delta(render_media(again[-3]), delta) == render_media(again[-1])
