@@ -382,7 +382,10 @@ class CoalescingCache:
         full = pinned.full
         if full is None or (pinned.full_pos is not None and not pos.newer_than(pinned.full_pos)):
             return
-        text = expand_delta(full.body.decode(), delta.body.decode())
+        try:
+            text = expand_delta(full.body.decode(), delta.body.decode())
+        except UnicodeDecodeError:
+            return  # not a playlist we can read: the copies held stand as they are
         if text is None:
             return
         fields = b"".join(line + b"\r\n" for line in delta.fields.split(b"\r\n")

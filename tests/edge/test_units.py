@@ -3,17 +3,25 @@ entries."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from edge.breaker import BreakerTable, CircuitBreaker
+from edge.cache import CoalescingCache
 from edge.entry import Entry, build_fields, max_age
 from edge.listeners import ListenerEstimate
 from edge.lru import ByteLRU
+from edge.metrics import EdgeMetrics
 from edge.pinned import PinnedPlaylists
+from edge.settings import EdgeSettings
 from edge.targets import parse_target
+from edge.upstream import Upstream, UpstreamResponse
 from hls.directives import BadDirective
 from hls.http import default_lifetime
 from hls.reach import parse_position
+from packager.playlist import render_media
+from tests.hls.test_delta import _history
 
 PL = "/live/r/aac96/live.m3u8"
 
@@ -265,3 +273,24 @@ def test_a_copy_behind_what_players_were_given_is_never_the_stale_answer() -> No
     pinned.update(delta, parse_position(newer), 130.0)
     assert pinned.current(skip) is delta
     assert pinned.current(plain) is None  # → 503, never the old copy
+
+
+async def test_a_delta_update_is_rebuilt_into_the_plain_answer_and_bad_bytes_are_left_alone(
+) -> None:
+    cache = CoalescingCache(EdgeSettings(), Upstream("http://127.0.0.1:9", 1.0, 1.0, 1),
+                            EdgeMetrics())
+    states = _history(25, frozenset(), 15)
+    headers = {"content-type": "application/vnd.apple.mpegurl", "cache-control": "max-age=1"}
+    plain = parse_target(PL)
+    cache._store(plain, UpstreamResponse(200, headers, render_media(states[-3]).encode()))
+    msn, part = states[-1].last_position()
+    asked = parse_target(f"{PL}?_HLS_msn={msn}&_HLS_part={part}&_HLS_skip=YES")
+    broken = render_media(states[-2], skip=True).encode().replace(b"#EXTM3U", b"#EXTM3U\xff")
+    cache._store(asked, UpstreamResponse(200, headers, broken))  # unreadable: no rebuild
+    assert cache.metrics.playlists_rebuilt == 0
+    cache._store(asked, UpstreamResponse(200, headers, render_media(states[-1], skip=True)
+                                         .encode()))
+    assert cache.metrics.playlists_rebuilt == 1
+    answer = cache.lookup(plain, time.monotonic())
+    assert answer is not None and answer.body == render_media(states[-1]).encode()
+    await cache.upstream.aclose()
