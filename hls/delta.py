@@ -40,10 +40,11 @@ def expand_delta(full: str, delta: str) -> str | None:
     if skip_at is None or skip_at == 0 or not lines[skip_at - 1].startswith(_MAP):
         return None
     skipped = _int_after(lines[skip_at], _SKIP)
-    first = _sequence(lines)
+    first = _header(lines, _SEQUENCE)
     if skipped is None or skipped <= 0 or first is None:
         return None
-    blocks = _segments(full)
+    full_lines = full.splitlines()
+    blocks = _segments(full_lines)
     if blocks is None:
         return None
     full_first, held = blocks
@@ -53,11 +54,11 @@ def expand_delta(full: str, delta: str) -> str | None:
     taken = held[start:start + skipped]
     # A discontinuity that became the window's first segment is counted in the header's
     # sequence rather than tagged (both copies say how many came before their own window).
-    before = _number(full, _DISCONTINUITIES) + sum(
-        lines_[0] == _DISCONTINUITY for _, lines_ in held[:start] if lines_)
+    before = (_header(full_lines, _DISCONTINUITIES) or 0) + sum(
+        block[:1] == [_DISCONTINUITY] for _, block in held[:start])
     head_map, head_lines = taken[0]
-    if head_lines and head_lines[0] == _DISCONTINUITY \
-            and _number(delta, _DISCONTINUITIES) == before + 1:
+    if head_lines[:1] == [_DISCONTINUITY] \
+            and (_header(lines, _DISCONTINUITIES) or 0) == before + 1:
         taken[0] = (head_map, head_lines[1:])
     if not _continues(taken[-1][1], lines[skip_at + 1:]):
         return None  # the full copy is of another timeline (a broadcast that began again)
@@ -95,11 +96,10 @@ def _continues(last: list[str], tail: list[str]) -> bool:
     return abs((begins - ends).total_seconds()) <= CONTINUITY_SLACK
 
 
-def _segments(full: str) -> tuple[int, list[tuple[str, list[str]]]] | None:
+def _segments(lines: list[str]) -> tuple[int, list[tuple[str, list[str]]]] | None:
     """(media sequence, [(map line, the segment's lines without map or part lines)]) of the
     whole segments of a full playlist; None when it is not one."""
-    lines = full.splitlines()
-    first = _sequence(lines)
+    first = _header(lines, _SEQUENCE)
     map_at = next((i for i, line in enumerate(lines) if line.startswith(_MAP)), None)
     if first is None or map_at is None or any(line.startswith(_SKIP) for line in lines):
         return None
@@ -121,20 +121,14 @@ def _segments(full: str) -> tuple[int, list[tuple[str, list[str]]]] | None:
     return first, held
 
 
-def _number(text: str, prefix: str) -> int:
-    """The value of a header tag such as EXT-X-DISCONTINUITY-SEQUENCE; 0 when absent."""
-    for line in text.splitlines():
+def _header(lines: list[str], prefix: str) -> int | None:
+    """The number a header tag (one before the first EXT-X-MAP) carries; None when the tag is
+    absent or its value is not a number."""
+    for line in lines:
         if line.startswith(prefix):
-            return _int_after(line, prefix) or 0
+            return _int_after(line, prefix)
         if line.startswith(_MAP):
             break
-    return 0
-
-
-def _sequence(lines: list[str]) -> int | None:
-    for line in lines:
-        if line.startswith(_SEQUENCE):
-            return _int_after(line, _SEQUENCE)
     return None
 
 
