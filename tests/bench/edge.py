@@ -33,9 +33,8 @@ from pathlib import Path
 
 import httpx
 
-from serving.threads import stat_cpu_seconds
 from tests.edge.conftest import media_path, next_part, wait_live
-from tests.support.procs import free_port, running, wait_http
+from tests.support.procs import cpu_seconds, free_port, process_tree, running, wait_http
 
 ROOM = "bench"
 RESULTS = Path(__file__).parent / "results" / "edge.json"
@@ -100,31 +99,11 @@ def pin(pid: int, cpu: str = SERVER_CPU) -> None:
                        capture_output=True)
 
 
-def _family(pid: int) -> list[int]:
-    """`pid` and all its descendants (nginx's master and its worker)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [pid, *(p for c in children for p in _family(int(c)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of `pid` and its descendants, all threads."""
-    total = 0.0
-    for p in _family(pid):
-        try:
-            total += stat_cpu_seconds(f"/proc/{p}/stat")  # threads included
-        except OSError:
-            continue
-    return total
-
-
 def wrk(url: str, pinned: bool, server_pid: int, seconds: int = WRK_SECONDS) -> dict[str, float]:
     """One wrk run; with the server's CPU time per request and wrk's own share of a CPU (near 1
     means the load generator, not the server, set the pace)."""
     prefix = ["taskset", "-c", LOAD_CPU] if pinned else []
-    server_before, started = cpu_seconds(server_pid), time.monotonic()
+    server_before, started = cpu_seconds(process_tree(server_pid)), time.monotonic()
     proc = subprocess.Popen(
         [*prefix, "wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", url],
         stdout=subprocess.PIPE, text=True)
@@ -133,7 +112,7 @@ def wrk(url: str, pinned: bool, server_pid: int, seconds: int = WRK_SECONDS) -> 
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
-    server_cpu = cpu_seconds(server_pid) - server_before
+    server_cpu = cpu_seconds(process_tree(server_pid)) - server_before
     assert proc.returncode == 0, out
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -230,7 +209,7 @@ def throughput(origin_url: str, edge: subprocess.Popen[bytes], edge_port: int, p
         for mode in MODES:
             pinned = mode == "pinned"
             for pid, _ in servers.values():
-                for p in _family(pid):
+                for p in process_tree(pid):
                     subprocess.run(["taskset", "-a", "-p", "-c",
                                     SERVER_CPU if pinned else ALL_CPUS, str(p)],
                                    check=True, capture_output=True)

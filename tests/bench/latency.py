@@ -49,12 +49,18 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving.threads import stat_cpu_seconds
 from tests.bench import markers
 from tests.bench.markers import Marker
 from tests.ingest.support import FFMPEG, Ingest, ingest_service
 from tests.support.browser import chromium
-from tests.support.procs import Service, free_port, running, wait_http
+from tests.support.procs import (
+    Service,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    running,
+    wait_http,
+)
 
 RESULTS = Path(__file__).parent / "results" / "latency.json"
 STATIC = Path(__file__).parent / "static"
@@ -353,38 +359,6 @@ def summarize(ear: Ear, every: list[Marker], start: float, end: float, grace: fl
 
 # --- processes and their CPUs -------------------------------------------------------------
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def _tree(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += tree.get(p, [])
-    return out
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            total += stat_cpu_seconds(f"/proc/{pid}/stat")
-        except OSError:
-            continue
-    return total
-
-
 def _cpus(pid: int) -> str:
     cpus = sorted(os.sched_getaffinity(pid))
     return ",".join(map(str, cpus))
@@ -393,7 +367,7 @@ def _cpus(pid: int) -> str:
 def chromium_pid() -> int:
     """Our Chromium's browser process: a descendant of this process (through Playwright's
     driver) named chromium."""
-    for pid in _tree(os.getpid()):
+    for pid in process_tree(os.getpid()):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip().startswith("chrom"):
                 return pid
@@ -411,7 +385,7 @@ class Processes:
         self.started = time.monotonic()
 
     def _now(self) -> dict[str, float]:
-        return {name: _cpu_seconds(_tree(pid)) for name, pid in self.pids.items()}
+        return {name: cpu_seconds(process_tree(pid)) for name, pid in self.pids.items()}
 
     def report(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started

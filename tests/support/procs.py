@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from serving.threads import stat_cpu_seconds
+
 
 # Ports handed to servers the tests start. They come from below the kernel's ephemeral range
 # (32768-60999 by default), never from it: a port the kernel picked for `bind(0)` was free
@@ -146,3 +148,33 @@ def running(
         yield svc
     finally:
         svc.stop()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (whichever of its threads forked them), read from
+    each process's parent in /proc."""
+    below: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone since the listing
+            below.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += below.get(p, [])
+    return out
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes, every thread; one that has gone adds 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += stat_cpu_seconds(f"/proc/{pid}/stat")
+        except OSError:
+            continue
+    return total
