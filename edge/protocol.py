@@ -203,17 +203,14 @@ class EdgeProtocol(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.gz = False
-        self.headers = 0
-        self.header_bytes = 0
-        self.body_bytes = 0
-        self.child = self.child_count = None
-        if self.began is None:
-            self.began = self.app.coarse_now
+    # No `on_message_begin` or `on_headers_complete`: httptools calls only the callbacks a
+    # protocol defines, and each is a Python call on every request's path. A message's state is
+    # reset when the one before it completes, its start is noted with its first URL bytes, and
+    # the body timeout runs from its first body bytes (until then the header timeout does).
 
     def on_url(self, url: bytes) -> None:
+        if self.began is None:
+            self.began = self.app.coarse_now
         self.url += url
         if len(self.url) > MAX_URL:
             raise httptools.HttpParserError("url too long")
@@ -235,10 +232,9 @@ class EdgeProtocol(asyncio.Protocol):
         elif n == 19 and name.lower() == b"townsquare-audience":
             self.child_count = value
 
-    def on_headers_complete(self) -> None:
-        self.headers_done = self.app.coarse_now
-
     def on_body(self, body: bytes) -> None:
+        if self.headers_done is None:
+            self.headers_done = self.app.coarse_now
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY:
             raise httptools.HttpParserError("body too large")
@@ -249,7 +245,13 @@ class EdgeProtocol(asyncio.Protocol):
         app = self.app
         self.last_active = app.coarse_now
         parser = self.parser
-        app.handle(self, self.url, parser.get_method(), not parser.should_keep_alive())
+        url, self.url = self.url, b""
+        try:
+            app.handle(self, url, parser.get_method(), not parser.should_keep_alive())
+        finally:  # the next message starts from nothing
+            self.gz = False
+            self.headers = self.header_bytes = self.body_bytes = 0
+            self.child = self.child_count = None
         if self.queue and len(self.queue) > MAX_QUEUED and self.transport is not None \
                 and not self.paused:
             self.paused = True

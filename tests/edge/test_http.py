@@ -206,6 +206,27 @@ def test_slow_headers_are_cut_off(origin: Node, edge_factory: Callable[..., Node
         assert data.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 4
 
 
+def test_a_stalled_body_or_a_stalled_pipelined_request_is_cut_off(
+        origin: Node, edge_factory: Callable[..., Node]) -> None:
+    e = edge_factory(origin.url, env={"TOWNSQUARE_EDGE_HEADER_TIMEOUT": "1",
+                                      "TOWNSQUARE_EDGE_BODY_TIMEOUT": "1"})
+    for opening, answers in (
+        # a body that stops short of its length
+        (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", 1),
+        # a whole request, then the next one's first bytes in the same packet, then nothing
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo", 2),
+    ):
+        with socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+            s.sendall(opening)
+            start = time.monotonic()
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            assert data.count(b"HTTP/1.1 ") == answers, data
+            assert data.rpartition(b"HTTP/1.1 ")[2].startswith(b"408"), data
+            assert time.monotonic() - start < 4, opening
+
+
 def test_connection_cap_gives_fast_503(origin: Node, edge_factory: Callable[..., Node]) -> None:
     e = edge_factory(origin.url, env={"TOWNSQUARE_EDGE_MAX_CONNECTIONS": "20"})
     socks = [socket.create_connection(("127.0.0.1", e.port), timeout=5) for _ in range(20)]
