@@ -89,7 +89,7 @@ PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPU, LOAD_CPU = "1", "0"
 ALL_CPUS = f"0-{(os.cpu_count() or 1) - 1}"
 MODES = ("pinned", "unpinned") if PINNED else ("unpinned",)
-RUNS = int(os.environ.get("BENCH_EDGE_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_EDGE_RUNS", "5"))
 
 
 def pin(pid: int, cpu: str = SERVER_CPU) -> None:
