@@ -129,9 +129,16 @@ def part_delay(offload: dict[str, Any], path: Path) -> Path:
 def _latency_series(latency: dict[str, Any]) -> Iterable[tuple[str, list[float]]]:
     for path_name, path in (latency.get("paths") or {}).items():
         for listener, got in (path.get("listeners") or {}).items():
-            values = got.get("latencies_s") if isinstance(got, dict) else None
+            if not isinstance(got, dict):
+                continue
+            # A listener heard over several joins: every join's markers, not the first's.
+            joins = got.get("over_joins")
+            values = (joins or got).get("latencies_s")
             if values:
-                yield f"{path_name} → {listener}", [float(v) for v in values]
+                label = f"{path_name} → {listener}"
+                if joins:
+                    label += f", {joins['joins']} joins"
+                yield label, [float(v) for v in values]
 
 
 def mouth_to_ear(latency: dict[str, Any], path: Path) -> Path:

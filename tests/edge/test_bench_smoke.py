@@ -24,10 +24,16 @@ def test_offload_benchmark_runs_at_a_tiny_size() -> None:
 @pytest.mark.browser
 def test_latency_benchmark_hears_rtmp_and_whip_markers_at_a_tiny_size() -> None:
     # Both ways in through one stack and one Chromium, as the benchmark itself runs them.
+    # The page joins once more on each (the benchmark does so with hls.js's defaults).
     result = latency.run(3, paths=("rtmp", "whip"), listeners=("listen-page",), results=None,
-                         warmup=1, grace=2)
+                         warmup=1, grace=2, rejoins=1, rejoin_seconds=2,
+                         rejoining=("listen-page",))
     for path in ("rtmp", "whip"):
         _heard(result["paths"][path])
+        joins = result["paths"][path]["listeners"]["listen-page"]["over_joins"]
+        assert joins["joins"] == 2 and len(joins["p50_of_each_s"]) == 2, joins
+        assert joins["markers_detected"] >= 2 and joins["mouth_to_ear_s"]["p50"] > 0, joins
+    assert all(row["joins"] == 2 for row in result["summary"]), result["summary"]
 
 
 def _heard(path: dict[str, Any]) -> None:
