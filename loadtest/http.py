@@ -85,6 +85,11 @@ class _Protocol(asyncio.Protocol):
             self.waiter.set_exception(exc)
 
 
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(HttpError("timeout"))
+
+
 class Connection:
     """Requests one at a time over a connection that is reopened whenever it closes."""
 
@@ -98,18 +103,21 @@ class Connection:
         if proto is None or proto.closed:
             proto = await self._connect()
         loop = asyncio.get_running_loop()
-        proto.waiter = loop.create_future()
+        waiter: asyncio.Future[Response] = loop.create_future()
+        proto.waiter = waiter
         assert proto.transport is not None
         proto.transport.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._host_header
                               + b"\r\n")
+        # A timer that fails the waiter, rather than `asyncio.wait_for`, which (Python 3.11)
+        # adds a future of its own and a callback's turn of the loop to every response.
+        timer = loop.call_later(self.timeout, _expire, waiter)
         try:
-            response = await asyncio.wait_for(proto.waiter, self.timeout)
-        except TimeoutError:
-            self.close()
-            raise HttpError("timeout") from None
+            response = await waiter
         except HttpError:
             self.close()
             raise
+        finally:
+            timer.cancel()
         if not response.keep_alive:
             self.close()
         return response

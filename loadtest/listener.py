@@ -15,7 +15,7 @@ import random
 import time
 
 from loadtest.http import Connection, HttpError
-from loadtest.playlist import LiveView, NotAPlaylist, read_live
+from loadtest.playlist import LiveView, NotAPlaylist, read_shared
 from loadtest.stats import Tally
 
 MAX_PENDING = 16  # parts received and not yet listed: older ones are forgotten
@@ -57,21 +57,21 @@ class Listener:
         media = posixpath.join(posixpath.dirname(self.master),
                                variants[self.number % len(variants)])
         base = posixpath.dirname(media)
-        view = read_live(await self._get(self.playlists, media, "playlist"))
+        view = read_shared(await self._get(self.playlists, media, "playlist"))
         while not stop.is_set():
             self._delays(view)
             if view.ended:
                 return
             if view.hint is None:
                 await _sleep_or_stop(stop, view.part_target)
-                view = read_live(await self._get(self.playlists, media, "playlist"))
+                view = read_shared(await self._get(self.playlists, media, "playlist"))
                 continue
             part = asyncio.create_task(self._part(posixpath.join(base, view.hint), view.hint,
                                                   started))
             target = (f"{media}?_HLS_msn={view.hint_msn}&_HLS_part={view.hint_part}"
                       "&_HLS_skip=YES")
             try:
-                view = read_live(await self._get(self.playlists, target, "blocking"))
+                view = read_shared(await self._get(self.playlists, target, "blocking"))
             except BaseException:
                 part.cancel()
                 part.add_done_callback(_retrieve)

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loadtest.listener import Listener
+from loadtest.playlist import read_shared
 from loadtest.stats import Tally
 
 REPORT_EVERY = 1.0
@@ -77,10 +78,14 @@ async def _group(group: str, numbers: list[int], plan: Plan, out: Any, stop: MpE
     started = time.monotonic()
     cpu = time.process_time()
 
+    scanned = read_shared.cache_info().misses
+
     def report(final: bool = False) -> None:
-        nonlocal tally, cpu
+        nonlocal tally, cpu, scanned
         now_cpu = time.process_time()
         tally.cpu_seconds, cpu = now_cpu - cpu, now_cpu
+        now_scanned = read_shared.cache_info().misses
+        tally.playlists_scanned, scanned = now_scanned - scanned, now_scanned
         tally.wall_seconds = time.monotonic() - started
         tally.listeners = sum(1 for t in tasks if not t.done())
         out.put((group, os.getpid(), final, tally))
@@ -207,6 +212,8 @@ def summary(plan: Plan, prog: Progress) -> dict[str, Any]:
         "url": plan.url, "listeners": plan.listeners, "processes": plan.processes,
         "canary_listeners": plan.canary, "ramp_s": plan.ramp, "duration_s": plan.duration,
         "requests": dict(main.requests), "errors": dict(main.errors),
+        # Playlists answered, and how many distinct texts among them the listeners scanned.
+        "playlists_scanned": main.playlists_scanned,
         "requests_per_s_steady_median": round(_median(steady), 1) if steady else None,
         "parts": main.parts, "bytes": main.bytes,
         "part_delay_s": main.part_delay.summary(),

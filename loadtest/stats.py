@@ -84,6 +84,7 @@ class Tally:
     parts: int = 0
     bytes: int = 0
     stale_age: int = 0   # answers whose Age exceeded the playlist's part target by far
+    playlists_scanned: int = 0   # distinct playlist texts read (`loadtest.playlist.read_shared`)
     listeners: int = 0   # listeners running at the moment of the report
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -96,6 +97,7 @@ class Tally:
         self.parts += other.parts
         self.bytes += other.bytes
         self.stale_age += other.stale_age
+        self.playlists_scanned += other.playlists_scanned
         self.listeners += other.listeners
         self.cpu_seconds += other.cpu_seconds
         self.wall_seconds = max(self.wall_seconds, other.wall_seconds)

@@ -3,13 +3,18 @@ simulates behave like LL-HLS players, and its summary says what they received.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest.playlist import read_live
+import pytest
+
+from loadtest.http import Connection, HttpError
+from loadtest.playlist import SHARED_VIEWS, read_live, read_shared
 from tests.edge.conftest import ROOM, Node, origin_requests
 
 PLAYLIST = b"""#EXTM3U
@@ -36,6 +41,36 @@ def test_a_listener_reads_part_capture_times_and_the_next_hint_from_a_playlist()
     assert view.part_target == 0.24 and not view.ended
 
 
+def test_listeners_sent_the_same_playlist_text_share_one_read_of_it() -> None:
+    first = read_shared(bytes(PLAYLIST))
+    assert read_shared(bytes(bytearray(PLAYLIST))) is first  # equal bytes, another object
+    assert read_shared(PLAYLIST.replace(b"p11.1", b"p11.2")) is not first
+    assert read_shared.cache_info().maxsize == SHARED_VIEWS
+
+
+async def test_a_request_that_is_never_answered_times_out_and_drops_its_connection() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = Connection("127.0.0.1", port, timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HttpError) as caught:
+            await conn.get("/live/x/master.m3u8")
+        assert caught.value.kind == "timeout"
+        assert 0.3 <= time.monotonic() - started < 5
+        assert conn._proto is None  # the next request opens a new connection
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_loadtest_listeners_block_per_part_and_report_delays(edge: Node, origin: Node,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
@@ -58,6 +93,8 @@ def test_loadtest_listeners_block_per_part_and_report_delays(edge: Node, origin:
     assert summary["parts"] >= 20 * 5
     assert summary["part_delay_s"]["count"] >= 20 * 4
     assert summary["time_to_first_part_s"]["count"] == 20
+    # Listeners of a process sent the same playlist text read it once between them.
+    assert 0 < summary["playlists_scanned"] < req["playlist"] + req["blocking"], summary
     assert summary["canary"]["part_delay_s"]["count"] > 0
     assert {v["group"] for v in summary["client_cpu"].values()} == {"main", "canary"}
     # The edge coalesced them: the origin saw far fewer requests than the listeners made.
