@@ -113,8 +113,8 @@ class Connection:
         timer = loop.call_later(self.timeout, _expire, waiter)
         try:
             response = await waiter
-        except HttpError:
-            self.close()
+        except BaseException:  # failed, timed out or cancelled: a late answer must not be
+            self.close()       # taken for the next request's
             raise
         finally:
             timer.cancel()

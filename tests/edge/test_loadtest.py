@@ -71,6 +71,33 @@ async def test_a_request_that_is_never_answered_times_out_and_drops_its_connecti
         await server.wait_closed()
 
 
+async def test_a_request_cancelled_mid_way_leaves_its_late_answer_to_no_one() -> None:
+    async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                target = head.split(b" ")[1]
+                await asyncio.sleep(0.3)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(target), target))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(slow_echo, "127.0.0.1", 0)
+    conn = Connection("127.0.0.1", server.sockets[0].getsockname()[1], timeout=5)
+    try:
+        first = asyncio.create_task(conn.get("/first"))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        response = await conn.get("/second")
+        assert bytes(response.body) == b"/second"
+    finally:
+        conn.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_loadtest_listeners_block_per_part_and_report_delays(edge: Node, origin: Node,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
