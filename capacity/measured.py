@@ -10,8 +10,8 @@ request the listeners got answered and the edge's own CPU time over the step.
 error, and divides the requests the edge answered by the CPU seconds it spent: requests per
 second of one core, which is what one edge process (one event loop) can hold. Counting CPU
 time rather than the load offered makes it the edge's figure, not the client's: on the
-reference machine the client runs out of CPU near 9 000 requests/s while the edge is at about
-a third of its core. Reading it as linear in load errs low (a busier loop answers more
+reference machine the client runs out of CPU near 20 000 requests/s while the edge is at about
+half of its core. Reading it as linear in load errs low (a busier loop answers more
 requests per wake-up), and the plan runs edges at 60 % of it besides.
 
 `MEASURED_EDGE` is that reading of the committed results; tests/capacity checks that it still
@@ -60,8 +60,8 @@ def edge_capacity_from(offload: Mapping[str, Any]) -> EdgeMeasurement:
 
 
 # Read from the committed offload results by `edge_capacity_from` (CPU 1 for origin and edge,
-# CPU 0 for the load generator, 2-core machine): at 500 listeners the edge answered 4 975
-# requests/s for 21 % of its core (at 1 000 the load generator used 95 % of its CPU).
+# CPU 0 for the load generator, 2-core machine): at 2 000 listeners the edge answered 19 926
+# requests/s for 58 % of its core (at 3 000 the load generator used 92 % of its CPU).
 MEASURED_EDGE = EdgeMeasurement(
-    requests_per_s=32_955, listeners=1000, served_requests_per_s=9582.0, edge_cpu_seconds=6.33,
-    command="python -m tests.bench.offload  (steps [10, 100, 500, 1000, 3000], 20 s each)")
+    requests_per_s=34_644, listeners=2000, served_requests_per_s=19926.3, edge_cpu_seconds=12.61,
+    command="python -m tests.bench.offload  (steps [10, 100, 500, 1000, 2000, 3000], 20 s each)")
