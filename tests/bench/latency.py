@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -515,10 +515,13 @@ def run_path(path: str, ingest: Ingest, edge: str, edge_svc: Service, browser: A
 def run(seconds: float = SECONDS, paths: tuple[str, ...] = ("rtmp", "whip"),
         listeners: tuple[str, ...] = tuple(LISTENERS), results: Path | None = RESULTS,
         warmup: float = WARMUP, grace: float = GRACE, work: Path | None = None,
-        rejoins: int = REJOINS, rejoin_seconds: float = REJOIN_SECONDS,
+        rejoins: int | Mapping[str, int] = REJOINS, rejoin_seconds: float = REJOIN_SECONDS,
         rejoining: tuple[str, ...] = REJOINING) -> dict[str, Any]:
     """`work`: a folder to keep the logs in (a temporary one, removed, by default);
-    `rejoining` listeners join `rejoins` more times after the window, `rejoin_seconds` each."""
+    `rejoining` listeners join `rejoins` more times after the window (or as many as it gives
+    each path), `rejoin_seconds` each."""
+    per_path = {path: rejoins if isinstance(rejoins, int) else rejoins.get(path, 0)
+                for path in paths}
     with ExitStack() as stack_:
         if work is None:
             work = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="latency-")))
@@ -528,8 +531,8 @@ def run(seconds: float = SECONDS, paths: tuple[str, ...] = ("rtmp", "whip"),
         browser = stack_.enter_context(chromium(
             fake_mic=True, extra_args=[f"--use-file-for-fake-audio-capture={wav}"]))
         out = {path: run_path(path, ingest, edge, edge_svc, browser, seconds,
-                              list(listeners), work, warmup, grace, rejoins, rejoin_seconds,
-                              rejoining) for path in paths}
+                              list(listeners), work, warmup, grace, per_path[path],
+                              rejoin_seconds, rejoining) for path in paths}
     summary = [
         {"path": path, "listener": name,
          "detected_of_sent": f"{f['markers_detected']}/{f['markers_sent']}",
@@ -556,7 +559,8 @@ def run(seconds: float = SECONDS, paths: tuple[str, ...] = ("rtmp", "whip"),
         for path, figures in out.items() for name, f in figures["listeners"].items()]
     result = {
         "command": f"python -m tests.bench.latency  ({seconds:g} s per path; "
-                   f"{', '.join(rejoining) or 'no listener'} joined {rejoins} more times, "
+                   f"{', '.join(rejoining) or 'no listener'} joined "
+                   f"{rejoins if isinstance(rejoins, int) else per_path} more times, "
                    f"{rejoin_seconds:g} s each)",
         "what": "marker onset entering (ffmpeg's real-time reader / the broadcaster page's "
                 "microphone stream) to the same onset at the listener page's speakers "

@@ -24,16 +24,31 @@ def test_offload_benchmark_runs_at_a_tiny_size() -> None:
 @pytest.mark.browser
 def test_latency_benchmark_hears_rtmp_and_whip_markers_at_a_tiny_size() -> None:
     # Both ways in through one stack and one Chromium, as the benchmark itself runs them.
-    # The page joins once more on each (the benchmark does so with hls.js's defaults).
+    # The page joins once more on RTMP (the benchmark has hls.js's defaults join four times
+    # more on both): each extra join costs the drills' phase about 7 s.
     result = latency.run(3, paths=("rtmp", "whip"), listeners=("listen-page",), results=None,
-                         warmup=1, grace=2, rejoins=1, rejoin_seconds=2,
+                         warmup=1, grace=2, rejoins={"rtmp": 1}, rejoin_seconds=2,
                          rejoining=("listen-page",))
     for path in ("rtmp", "whip"):
         _heard(result["paths"][path])
-        joins = result["paths"][path]["listeners"]["listen-page"]["over_joins"]
-        assert joins["joins"] == 2 and len(joins["p50_of_each_s"]) == 2, joins
-        assert joins["markers_detected"] >= 2 and joins["mouth_to_ear_s"]["p50"] > 0, joins
-    assert all(row["joins"] == 2 for row in result["summary"]), result["summary"]
+    joins = result["paths"]["rtmp"]["listeners"]["listen-page"]["over_joins"]
+    assert joins["joins"] == 2 and len(joins["p50_of_each_s"]) == 2, joins
+    assert joins["markers_detected"] >= 2 and joins["mouth_to_ear_s"]["p50"] > 0, joins
+    assert "over_joins" not in result["paths"]["whip"]["listeners"]["listen-page"]
+    assert [row.get("joins") for row in result["summary"]] == [2, None], result["summary"]
+
+
+def test_latency_figures_over_joins_weigh_every_join_the_same() -> None:
+    def join(latencies: list[float]) -> dict[str, Any]:
+        return {"latencies_s": latencies, "markers_sent": len(latencies), "stalls": [],
+                "mouth_to_ear_s": {"p50": sorted(latencies)[len(latencies) // 2]},
+                "reference": {"hlsjs_reported_latency_s": 0.9}}
+
+    # A first join of 60 markers at 2.0 s and two of 3 at 1.0 s: 3 markers from each.
+    got = latency.over_joins([join([2.0] * 60), join([1.0] * 3), join([1.0] * 3)])
+    assert got["joins"] == 3 and got["markers_per_join"] == 3
+    assert got["mouth_to_ear_s"]["p50"] == 1.0 and got["mouth_to_ear_s"]["max"] == 2.0
+    assert got["p50_of_each_s"] == [2.0, 1.0, 1.0] and got["median_of_join_p50s_s"] == 1.0
 
 
 def _heard(path: dict[str, Any]) -> None:
