@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from edge.breaker import BreakerTable
-from edge.entry import Entry, build_fields, max_age
+from edge.entry import Entry, build_fields, max_age, without_fields
 from edge.errors import UpstreamBusy, UpstreamError, UpstreamTimeout
 from edge.lru import ByteLRU
 from edge.metrics import EdgeMetrics
@@ -388,8 +388,8 @@ class CoalescingCache:
             return  # not a playlist we can read: the copies held stand as they are
         if text is None:
             return
-        fields = b"".join(line + b"\r\n" for line in delta.fields.split(b"\r\n")
-                          if line and not line.lower().startswith(b"vary:"))
+        # Entry adds its own Vary line to a playlist worth compressing.
+        fields = without_fields(delta.fields, b"vary:")
         rebuilt = Entry(delta.status, delta.kind, text.encode(), fields, delta.born,
                         delta.expires - delta.born)
         if self.pins.update(t.path, rebuilt, replace(pos, delta=False), delta.born) is not None:

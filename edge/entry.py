@@ -128,11 +128,7 @@ class Entry:
             self._variants = {}
         variant = self._variants.get(max_age)
         if variant is None:
-            fields = b"".join(
-                line + b"\r\n"
-                for line in self.fields.split(b"\r\n")
-                if line and not line.lower().startswith((b"cache-control:", b"vary:"))
-            )
+            fields = without_fields(self.fields, b"cache-control:", b"vary:")
             if max_age is None:
                 fields += b"Cache-Control: no-cache\r\n"
             else:
@@ -141,6 +137,12 @@ class Entry:
                             gz=self.gz)
             self._variants[max_age] = variant
         return variant
+
+
+def without_fields(fields: bytes, *names: bytes) -> bytes:
+    """Header lines `fields` with those named (lower case, with their colon) left out."""
+    return b"".join(line + b"\r\n" for line in fields.split(b"\r\n")
+                    if line and not line.lower().startswith(names))
 
 
 def build_fields(
