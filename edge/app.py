@@ -144,18 +144,10 @@ class EdgeApp:
             conn.defer(head_only, close, target.kind, room).deliver(entry)
             return
         data = entry.response(now, conn.gz, head_only, close)
-        metrics = self.metrics
-        metrics.requests[(target.kind, entry.status)] += 1
+        self.metrics.requests[(target.kind, entry.status)] += 1
         if room is not None and entry.status == 200:
             self.listeners.seen(room, conn.client_id(), now)
-        # `conn.respond` written out (nothing is queued ahead of it: checked above), one call
-        # fewer on every cache hit's path.
-        transport = conn.transport
-        if transport is not None:
-            transport.write(data)
-            metrics.bytes_out += len(data)
-            if close:
-                transport.close()
+        conn.respond(data, close)
 
     def _send(self, conn: EdgeProtocol, entry: Entry, kind: str, room: str | None,
               head_only: bool, close: bool) -> None:
