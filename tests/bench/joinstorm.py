@@ -137,6 +137,11 @@ def serve_origin(room: str, port: int, data: str) -> None:
 
 # -- one storm ---------------------------------------------------------------------------------
 
+def _far_behind(main: float | None, canary: float | None) -> bool:
+    """Whether the main group's figure is past twice the canaries' and 0.1 s more."""
+    return main is not None and canary is not None and main > 2 * canary + 0.1
+
+
 def _pin(pid: int) -> None:
     if PINNED:
         subprocess.run(["taskset", "-a", "-p", "-c", SERVER_CPU, str(pid)], check=True,
@@ -205,26 +210,24 @@ def storm(edge: str, origin: str, listeners: int, seconds: float, work: Path,
     ttfp = s["time_to_first_part_s"]
     main_cpu = max((c["cpu_share"] for c in s["client_cpu"].values() if c["group"] == "main"),
                    default=0.0)
-    main_p90, canary_p90 = s["part_delay_s"]["p90"], s["canary"]["part_delay_s"]["p90"]
-    first_p90 = ttfp["p90"]
-    canary_first_p90 = s["canary"]["time_to_first_part_s"]["p90"]
+    canary = s["canary"]
     return {
         "listeners": listeners, "joined_within_s": RAMP, "listened_s": seconds,
-        "errors": s["errors"], "canary_errors": s["canary"]["errors"],
+        "errors": s["errors"], "canary_errors": canary["errors"],
         "listeners_with_a_part": ttfp["count"],
         "time_to_first_part_s": ttfp,
-        "canary_time_to_first_part_s": s["canary"]["time_to_first_part_s"],
-        "part_delay_s": s["part_delay_s"], "canary_part_delay_s": s["canary"]["part_delay_s"],
+        "canary_time_to_first_part_s": canary["time_to_first_part_s"],
+        "part_delay_s": s["part_delay_s"], "canary_part_delay_s": canary["part_delay_s"],
         "client_requests": s["requests"], "client_cpu": s["client_cpu"],
         # The loadtest's own verdict reads p99 part delays, and in a storm that short the first
         # part of each listener (from a playlist the edge may hold for up to a second) makes
         # the p99; p90 and the client's CPU say whether the client kept up. Unpinned, its
         # processes can be short of CPU each well under a core (the servers share the two):
         # then its listeners' first parts come far later than the canaries'.
-        "client_saturated": bool(main_cpu > 0.8 or (
-            main_p90 is not None and canary_p90 is not None and main_p90 > 2 * canary_p90 + 0.1)
-            or (first_p90 is not None and canary_first_p90 is not None
-                and first_p90 > 2 * canary_first_p90 + 0.1)),
+        "client_saturated": bool(
+            main_cpu > 0.8
+            or _far_behind(s["part_delay_s"]["p90"], canary["part_delay_s"]["p90"])
+            or _far_behind(ttfp["p90"], canary["time_to_first_part_s"]["p90"])),
         "loadtest_client_saturated_verdict": s["client_saturated"],
         "origin": {**check, "access_log_dropped": log["dropped"],
                    "origin_counter_requests": round(sum(after.values()) - sum(before.values()))},
