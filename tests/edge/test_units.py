@@ -21,7 +21,7 @@ from hls.directives import BadDirective
 from hls.http import default_lifetime
 from hls.reach import parse_position
 from packager.playlist import render_media
-from tests.hls.test_delta import _history
+from tests.hls.histories import live_history
 
 PL = "/live/r/aac96/live.m3u8"
 
@@ -279,7 +279,7 @@ async def test_a_delta_update_is_rebuilt_into_the_plain_answer_and_bad_bytes_are
 ) -> None:
     cache = CoalescingCache(EdgeSettings(), Upstream("http://127.0.0.1:9", 1.0, 1.0, 1),
                             EdgeMetrics())
-    states = _history(25, frozenset(), 15)
+    states = live_history(25, frozenset(), 15)
     headers = {"content-type": "application/vnd.apple.mpegurl", "cache-control": "max-age=1"}
     plain = parse_target(PL)
     cache._store(plain, UpstreamResponse(200, headers, render_media(states[-3]).encode()))

@@ -7,41 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hls.delta import expand_delta
-from packager.playlist import (
-    MediaPlaylist,
-    Part,
-    PlaylistBuilder,
-    parse_media,
-    render_media,
-    resume_window,
-)
-
-T0 = 1_795_700_000.0
-PART = 0.21333  # 10 AAC frames
-PARTS = 9  # a 1.92 s segment: TARGETDURATION 2, CAN-SKIP-UNTIL 12 s
-
-
-def _history(segments: int, epochs_at: frozenset[int], window: int,
-             began: float = T0) -> list[MediaPlaylist]:
-    """Every state of a live rendition, part by part, over `segments` segments, with a new
-    epoch (a discontinuity and another init section) starting at each msn in `epochs_at`."""
-    epoch = 1
-    b = PlaylistBuilder(MediaPlaylist(2, PART, "e1/init.mp4", preload_hint="e1/p1.0.m4s"),
-                        window=window)
-    states = []
-    t = began
-    for msn in range(1, segments + 1):
-        if msn in epochs_at:
-            epoch += 1
-            base = MediaPlaylist(2, PART, f"e{epoch}/init.mp4")
-            b.playlist = resume_window(b.playlist, msn, f"e{epoch}/init.mp4", base)
-            t += 3.0  # the gap of a restart
-        for i in range(PARTS):
-            hint = f"e{epoch}/p{msn}.{i + 1}.m4s" if i + 1 < PARTS else f"e{epoch}/p{msn + 1}.0.m4s"
-            states.append(b.add_part(Part(PART, f"e{epoch}/p{msn}.{i}.m4s"), t, hint))
-            t += PART
-        states.append(b.close_segment(f"e{epoch}/s{msn}.m4s", f"e{epoch}/p{msn + 1}.0.m4s"))
-    return states
+from packager.playlist import parse_media, render_media
+from tests.hls.histories import PARTS, T0, live_history
 
 
 @settings(max_examples=60, deadline=None)
@@ -50,7 +17,7 @@ def _history(segments: int, epochs_at: frozenset[int], window: int,
        data=st.data())
 def test_a_delta_update_and_an_older_full_copy_make_the_origin_s_full_playlist(
         segments: int, window: int, epochs_at: frozenset[int], data: st.DataObject) -> None:
-    states = _history(segments, epochs_at, window)
+    states = live_history(segments, epochs_at, window)
     newer = data.draw(st.integers(1, len(states) - 1))
     older = data.draw(st.integers(max(0, newer - 3 * PARTS), newer - 1))
     delta = render_media(states[newer], skip=True)
@@ -69,7 +36,7 @@ def test_a_delta_update_and_an_older_full_copy_make_the_origin_s_full_playlist(
 
 
 def test_a_full_copy_that_slid_past_the_skipped_segments_gives_nothing() -> None:
-    states = _history(40, frozenset(), 15)
+    states = live_history(40, frozenset(), 15)
     newest = states[-1]
     delta = render_media(newest, skip=True)
     assert "#EXT-X-SKIP" in delta
@@ -79,7 +46,7 @@ def test_a_full_copy_that_slid_past_the_skipped_segments_gives_nothing() -> None
 
 
 def test_a_discontinuity_that_slid_to_the_window_s_start_is_counted_not_tagged() -> None:
-    states = _history(14, frozenset({5}), 7)
+    states = live_history(14, frozenset({5}), 7)
     older, newer = states[104], states[116]  # segment 5 opens the newer window
     assert newer.segments[0].msn == 5 and newer.discontinuity_sequence == 1
     assert any(s.msn == 5 and s.discontinuity for s in older.segments)
@@ -91,8 +58,8 @@ def test_a_discontinuity_that_slid_to_the_window_s_start_is_counted_not_tagged()
 def test_a_full_copy_of_another_broadcast_under_the_same_numbers_gives_nothing() -> None:
     """A room that began again from segment 1: the older copy holds segments of the same
     numbers and names from the broadcast before, whose times do not run on into this one."""
-    before = _history(30, frozenset(), 15)
-    again = _history(30, frozenset(), 15, began=T0 + 3600)
+    before = live_history(30, frozenset(), 15)
+    again = live_history(30, frozenset(), 15, began=T0 + 3600)
     delta = render_media(again[-1], skip=True)
     assert "#EXT-X-SKIP" in delta
     assert expand_delta(render_media(before[-3]), delta) is None
