@@ -493,7 +493,7 @@ class Broadcast:
         self._put_state()
 
     def _put_state(self) -> None:
-        if self.packager.settings.publish_state:
+        if self.packager.settings.writes_state:
             self.writer.put(room_key(self.room, STATE), dumps_state(self.live), "no-cache",
                             live=True)
 

@@ -6,6 +6,7 @@ Each field carries its default and, where it is not obvious, why that default.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,10 +65,13 @@ class PackagerSettings(StoreSettings):
     # floor as HOLD-BACK). Off (0) by default: hls.js and video.js honour the tag too and
     # then play 6 s behind instead of ~1.5 s (measured 7.2 s and 10 s through an edge).
     live_start_target_durations: float = Field(default=0.0, ge=0)
-    # Write each broadcast's playlist state (`state.json`, ~30 KB) with every batch of parts
-    # so that an origin in another process can follow it. An origin in the packager's own
-    # process (the deployed layout) does not need it: turning it off saves ~13 PUTs/s a room.
-    publish_state: bool = True
+    # Write each broadcast's playlist state (`state.json`, ~30 KB) with every batch of parts,
+    # about 8 times a second a room, so that an origin in another process (`townsquare
+    # origin` without --demo) can follow it. Unset, a packager on its own writes it and one
+    # with an origin in its process does not (`townsquare up`, `townsquare ingest`, the
+    # cluster's nodes: their origin serves the rooms from memory and nobody reads the file);
+    # true or false decides for every layout.
+    publish_state: bool | None = None
 
     @field_validator("live_window_segments")
     @classmethod
@@ -94,6 +98,18 @@ class PackagerSettings(StoreSettings):
 
     def renditions(self) -> list[Rendition]:
         return parse_ladder(self.ladder)
+
+    @property
+    def writes_state(self) -> bool:
+        """Whether broadcasts write `state.json` (unset: yes, as a packager on its own)."""
+        return self.publish_state is not False
+
+    def beside_origin(self) -> Self:
+        """These settings for a packager whose rooms an origin in its own process serves
+        from memory: the state is written only if `publish_state` asks for it."""
+        if self.publish_state is not None:
+            return self
+        return self.model_copy(update={"publish_state": False})
 
 
 class OriginSettings(StoreSettings):

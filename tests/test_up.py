@@ -80,6 +80,9 @@ def test_up_serves_the_demo_room_through_the_edge(tmp_path: Path) -> None:
         for needle in (f"admin token:  {token}", f"{edge}/listen/demo", "rtmp://127.0.0.1:",
                        "/broadcast/demo  (stream key tsk_"):
             assert needle in printed
+        # Its origin serves the room from memory: no live state is written for followers.
+        assert list((tmp_path / "data").rglob("init.mp4"))
+        assert not list((tmp_path / "data").rglob("state.json"))
 
 
 def test_up_killed_takes_its_edge_along_and_resumes_the_demo_room(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     audience = AudienceBoard()
     status = StatusDesk(audience=audience)
     if args.demo:
-        packager = Packager(PackagerSettings(**_store_overrides(args)), store)
+        packager = Packager(PackagerSettings(**_store_overrides(args)).beside_origin(), store)
         await packager.start()
         hub = packager.hub
         rooms: Any = HubLive(hub)
@@ -224,9 +224,10 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     with_edge = args.command == "up" and not args.no_edge
     edge_port = getattr(args, "edge_port", None) or 8080
     nodes = getattr(args, "nodes", None) or 1
+    # The origin beside the packager serves its rooms from memory (HubLive).
     settings = IngestSettings(**_store_overrides(args),
                               **_pick(args, "host", "control_port", "origin_port", "rtmp_port",
-                                      "rtmps_port"))
+                                      "rtmps_port")).beside_origin()
     show = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if with_edge and settings.public_edge_url is None:
         # Rooms hand out listener URLs on the edge, not on the origin.

@@ -118,24 +118,42 @@ def test_standalone_origin_serves_a_broadcast_written_by_another_process(tmp_pat
             while "#EXT-X-PART" not in (text := httpx.get(url).text):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-            pos = check_media_playlist(text)
-            msn, part = map(int, re.fullmatch(r"[^/]+/p(\d+)\.(\d+)\.m4s", pos.hint).groups())  # type: ignore[union-attr]
+            hint = check_media_playlist(text).hint
+            assert hint is not None
+            found = re.fullmatch(r"[^/]+/p(\d+)\.(\d+)\.m4s", hint)
+            assert found is not None
+            msn, part = map(int, found.groups())
             r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
-            assert r.status_code == 200 and f'URI="{pos.hint}"' in r.text
-            part_r = httpx.get(url.replace("live.m3u8", pos.hint), timeout=10)  # type: ignore[arg-type]
+            assert r.status_code == 200 and f'URI="{hint}"' in r.text
+            part_r = httpx.get(url.replace("live.m3u8", hint), timeout=10)
             assert part_r.status_code == 200 and part_r.content[4:8] == b"moof"
 
 
-async def test_state_file_is_only_written_when_published(tmp_path: Path) -> None:
-    quiet = Packager(PackagerSettings(data_dir=tmp_path / "quiet", publish_state=False))
-    loud = Packager(PackagerSettings(data_dir=tmp_path / "loud"))
-    for p in (quiet, loud):
+async def test_state_file_is_written_for_followers_only(tmp_path: Path) -> None:
+    """A packager on its own writes `state.json` for an origin elsewhere to follow; one with
+    an origin in its process does not, unless told to; `publish_state` decides either way."""
+    cases = {
+        "alone": PackagerSettings(data_dir=tmp_path / "alone"),
+        "beside": PackagerSettings(data_dir=tmp_path / "beside").beside_origin(),
+        "asked": PackagerSettings(data_dir=tmp_path / "asked", publish_state=True).beside_origin(),
+        "off": PackagerSettings(data_dir=tmp_path / "off", publish_state=False),
+    }
+    for settings in cases.values():
+        p = Packager(settings)
         b = p.start_broadcast("state")
         b.feed(_tone(2.5))
         await b.close()
-    assert not list((tmp_path / "quiet").rglob("state.json"))
-    assert list((tmp_path / "quiet").rglob("recording.m3u8"))
-    assert len(list((tmp_path / "loud").rglob("state.json"))) == 1
+    written = {name: len(list((tmp_path / name).rglob("state.json"))) for name in cases}
+    assert written == {"alone": 1, "beside": 0, "asked": 1, "off": 0}
+    assert all(list((tmp_path / name).rglob("recording.m3u8")) for name in cases)
+
+
+def test_publish_state_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert PackagerSettings().publish_state is None
+    monkeypatch.setenv("TOWNSQUARE_PUBLISH_STATE", "true")
+    assert PackagerSettings().beside_origin().writes_state
+    monkeypatch.setenv("TOWNSQUARE_PUBLISH_STATE", "false")
+    assert not PackagerSettings().writes_state
 
 
 async def test_a_stored_live_playlist_never_outlives_the_live_edge(
