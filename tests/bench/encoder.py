@@ -8,8 +8,9 @@ job on the same input, in the same run. Three measurements:
    AAC file, looped, to one of
    - `townsquare ingest`, the whole process: RTMP, AAC decode, jitter buffer, mix and
      limiter, the default ladder's three renditions encoded and cut into CMAF parts
-     (213/240 ms) and 1.92 s segments, LL-HLS playlists, the recording index, every object
-     written to the local store, with the control API and the origin idle beside it;
+     (213/200 ms) and 1.92 s segments, LL-HLS playlists, the recording index, every object
+     written to the local store, with the control API and the origin idle beside it (and,
+     as in every layout where the origin shares the packager's process, no `state.json`);
    - `ffmpeg -listen 1`: RTMP, AAC decode, the same three encoders, fMP4 HLS of 1.92 s
      segments written to files. It cuts no parts, so it packages less than townsquare.
    Only the server's CPU is counted (/proc/PID/stat, every thread), over a window that opens
