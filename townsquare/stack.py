@@ -150,6 +150,11 @@ async def run_origin(args: argparse.Namespace, stop: asyncio.Event) -> None:
     print(f"origin: {base}  (store: {store.describe()}{rooms_db})", flush=True)
     if args.demo:
         print(f"demo room: {base}/live/{args.demo}/master.m3u8", flush=True)
+    else:
+        print("live rooms are followed through the state.json their packager writes: "
+              "`townsquare ingest --room` writes it, `townsquare ingest` and `up` only with "
+              "TOWNSQUARE_PUBLISH_STATE=true; without it a room is served from its stored "
+              "playlists, a segment at a time", flush=True)
     try:
         await _until(stop, http, *tasks)
     finally:

@@ -215,4 +215,7 @@ async def test_a_standalone_origin_without_a_rooms_database_says_so(tmp_path: Pa
     with running(["origin", "--port", str(port), "--data", str(tmp_path / "data")], log,
                  f"http://127.0.0.1:{port}/healthz"):
         pass
-    assert "every room is served as public" in log.read_text()
+    said = log.read_text()
+    assert "every room is served as public" in said
+    # And where the live state it follows comes from.
+    assert "TOWNSQUARE_PUBLISH_STATE=true" in said
