@@ -273,14 +273,13 @@ def ingest_cost(encoder: dict[str, Any], path: Path) -> Path:
                         for n, rs in live["runs"].items()},
                        live.get("townsquare_median_by_thread_s_per_broadcast_minute"), title))
     per_core = encoder.get("rooms_per_core")
-    cli = per_core.get("ffmpeg_cli_same_rooms") if isinstance(per_core, dict) else None
-    if isinstance(per_core, dict) and isinstance(cli, dict):
-        check = next(c for c in per_core["checks"] if c["rooms"] == cli["rooms"])
-        title = (f"{cli['rooms']} rooms on one core, per room: "
+    scale = per_core.get("at_scale") if isinstance(per_core, dict) else None
+    if isinstance(per_core, dict) and isinstance(scale, dict):
+        title = (f"{scale['rooms']} rooms on one core, per room: "
                  f"{per_core.get('ratio_per_room_at_that_scale')}× ffmpeg")
-        panels.append(({"townsquare": [float(check["cpu_s_per_broadcast_minute"])],
-                        "ffmpeg_cli": [float(cli["cpu_s_per_broadcast_minute"])]},
-                       check.get("by_thread_s_per_broadcast_minute"), title))
+        panels.append(({n: [float(r["cpu_s_per_broadcast_minute"]) for r in rs]
+                        for n, rs in scale["runs"].items()},
+                       scale.get("townsquare_median_by_thread_s_per_broadcast_minute"), title))
     encode = encoder.get("encode_only")
     if isinstance(encode, dict) and encode.get("runs"):
         title = f"encode and cut only: {encode.get('ratio_townsquare_over_ffmpeg')}× ffmpeg"
