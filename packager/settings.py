@@ -59,11 +59,12 @@ class PackagerSettings(StoreSettings):
     live_window_segments: int = 15
     # Segment length in units of 15 360 samples (320 ms); 6 → 1.92 s ≤ the 2 s ceiling.
     segment_units: int = 6
-    # EXT-X-START:TIME-OFFSET on live playlists, in target durations before the end, so that
-    # players that ignore parts (VLC, GStreamer) begin near live rather than at the head
-    # of the window. 3 is the nearest the draft allows a live playlist (§4.4.2.2, the same
-    # floor as HOLD-BACK). Off (0) by default: hls.js and video.js honour the tag too and
-    # then play 6 s behind instead of ~1.5 s (measured 7.2 s and 10 s through an edge).
+    # EXT-X-START:TIME-OFFSET on live playlists, in target durations before the end, for
+    # players that ignore parts and would begin further back. 3 is the nearest the draft
+    # allows a live playlist (§4.4.2.2, the same floor as HOLD-BACK). Off (0) by default:
+    # hls.js and video.js honour the tag too and then play 6 s behind instead of ~1.5 s
+    # (measured 7.2 s and 10 s through an edge), and VLC 3.0.24 ignores it (it began 8
+    # segments back, its own 15 s live delay, with the tag and without).
     live_start_target_durations: float = Field(default=0.0, ge=0)
     # Write each broadcast's playlist state (`state.json`, ~30 KB) with every batch of parts,
     # about 8 times a second a room, so that an origin in another process (`townsquare
