@@ -332,6 +332,17 @@ def _median(rows: list[dict[str, Any]]) -> float:
     return float(statistics.median(r["cpu_s_per_broadcast_minute"] for r in rows))
 
 
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Each side's median CPU seconds per broadcast-minute."""
+    return {k: round(_median(v), 3) for k, v in runs.items()}
+
+
+def _median_by_thread(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """townsquare's CPU per broadcast-minute by kind of thread, the median of each kind."""
+    return {kind: round(statistics.median(r["by_thread_s_per_broadcast_minute"][kind]
+                                          for r in rows), 3) for kind in THREAD_KINDS}
+
+
 def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
         max_rooms: int = MAX_ROOMS, results: Path | None = RESULTS,
         settle: float = SETTLE) -> dict[str, Any]:
@@ -397,12 +408,9 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
                               "same three encoders, fMP4 HLS segments (no parts) to files",
             },
             "runs": live,
-            "median_cpu_s_per_broadcast_minute": {k: round(_median(v), 3)
-                                                  for k, v in live.items()},
-            "townsquare_median_by_thread_s_per_broadcast_minute": {
-                kind: round(statistics.median(
-                    r["by_thread_s_per_broadcast_minute"][kind] for r in live["townsquare"]), 3)
-                for kind in THREAD_KINDS},
+            "median_cpu_s_per_broadcast_minute": _medians(live),
+            "townsquare_median_by_thread_s_per_broadcast_minute": _median_by_thread(
+                live["townsquare"]),
             "ratio_townsquare_over_ffmpeg": round(ratio, 3),
             "target_ratio": 1.0,
         },
@@ -422,12 +430,9 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
             "at_scale": {
                 "rooms": n,
                 "runs": at_scale,
-                "median_cpu_s_per_broadcast_minute": {k: round(_median(v), 3)
-                                                      for k, v in at_scale.items()},
-                "townsquare_median_by_thread_s_per_broadcast_minute": {
-                    kind: round(statistics.median(r["by_thread_s_per_broadcast_minute"][kind]
-                                                  for r in at_scale["townsquare"]), 3)
-                    for kind in THREAD_KINDS},
+                "median_cpu_s_per_broadcast_minute": _medians(at_scale),
+                "townsquare_median_by_thread_s_per_broadcast_minute": _median_by_thread(
+                    at_scale["townsquare"]),
             },
             "ratio_per_room_at_that_scale": round(
                 _median(at_scale["townsquare"]) / _median(at_scale["ffmpeg_cli"]), 3),
@@ -437,8 +442,7 @@ def run(rounds: int = ROUNDS, window: float = WINDOW, seconds: int = SECONDS,
                       "no I/O) against the ffmpeg CLI encoding the ladder from a WAV file to "
                       "fMP4 HLS, both as fast as they go",
             "runs": encode,
-            "median_cpu_s_per_broadcast_minute": {k: round(_median(v), 3)
-                                                  for k, v in encode.items()},
+            "median_cpu_s_per_broadcast_minute": _medians(encode),
             "ratio_townsquare_over_ffmpeg": round(
                 _median(encode["townsquare"]) / _median(encode["ffmpeg_cli"]), 3),
         },
