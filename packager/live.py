@@ -57,6 +57,9 @@ class LiveRoom:
         self.announced = False
         self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
         self.version = 0
+        # The epoch will not grow (suspended, handed over, lost or ended): a request held for
+        # a part it does not have stops waiting at once (`stop`).
+        self.stopped = False
 
     @property
     def ended(self) -> bool:
@@ -72,6 +75,11 @@ class LiveRoom:
                 fut, lr._changed = lr._changed, None
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+
+    def stop(self) -> None:
+        """Record that the epoch has cut its last part, and wake every held reader."""
+        self.stopped = True
+        self.touch()
 
     async def changed(self, name: str) -> None:
         """Return at the next change of rendition `name`."""

@@ -76,6 +76,10 @@ TEXT = "text/plain; charset=utf-8"
 # How long a blocking request waits for a room that has no epoch on air here (it may be
 # resuming after a restart) before the stored playlist answers.
 RESUME_WAIT_SECONDS = 3.0
+# A held request whose epoch stopped here without ending, from an origin behind the origin
+# tier (a cluster node): the room carries on at another node, and the tier asks the room's
+# owner again (`packager.tier`). Misdirected Request: this origin cannot answer for it.
+ELSEWHERE = 421
 
 
 class LiveSource(Protocol):
@@ -140,7 +144,7 @@ class StoreLive:
                     continue
                 if fresh.epoch != current.epoch:
                     self._rooms[room] = fresh
-                    current.touch()
+                    current.stop()  # it grows no more here: its held readers move on
                     continue
                 changed = set()
                 for name, lr in fresh.renditions.items():
@@ -228,9 +232,13 @@ def _error(status: int, kind: str, message: str, cache: str, method: str) -> Res
 class Origin:
     def __init__(self, store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None,
                  audience: AudienceBoard | None = None, status: StatusDesk | None = None,
-                 room_list: RoomList | None = None):
+                 room_list: RoomList | None = None, routed: bool = False):
         self.store = store
         self.rooms = rooms
+        # Reached through the origin tier (a cluster node): a request held for an epoch that
+        # stops here gets ELSEWHERE, which the tier takes to the room's next owner. Without
+        # the tier, a 503 that players and edges retry.
+        self.routed = routed
         self.privacy: RoomPrivacy = privacy or NoPrivateRooms()
         self.recordings = RecordingComposer(store)
         # What the edges below report listening to each room (`total(room, time.time())`).
@@ -242,10 +250,14 @@ class Origin:
 
     async def _wait(self, live: LiveRoom, name: str, msn: int, part: int | None,
                     timeout: float) -> bool:
+        """Hold until `live` has the part: False once `timeout` has passed or the epoch has
+        stopped without it (it never will)."""
         deadline = time.monotonic() + timeout
         WAITING.inc()
         try:
             while not live.renditions[name].playlist.has_part(msn, part):
+                if live.stopped:
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -352,13 +364,15 @@ class Origin:
                 return _error(400, kind, "_HLS_part is too far in the future", max_age(td),
                               method)
             satisfied = pl.has_part(d.msn, d.part)
-            if not satisfied and not await self._wait(live, name, d.msn, d.part, 3 * td):
-                newer = await self._epoch(room, name, None)
-                if newer is None or newer is live or not newer.renditions[name].playlist.has_part(
-                        d.msn, d.part):
+            if not satisfied:
+                held = await self._hold(live, room, name, d.msn, d.part, 3 * td)
+                if held is None:
                     return _error(503, kind, "the requested part did not appear in time", SHORT,
                                   method)
-                live = newer
+                hpl = held.renditions[name].playlist
+                if not hpl.ended and not hpl.has_part(d.msn, d.part):
+                    return self._elsewhere(kind, method)
+                live = held
             live = await self._epoch(room, name, None) or live
         pl = live.renditions[name].playlist
         if pl.ended:
@@ -370,6 +384,30 @@ class Origin:
             cache = live_playlist_cache(td, d.blocking, pl.part_target, again)
         skip = d.skip is not None and not pl.ended
         return _resp(live.render(name, skip), 200, kind, cache, PLAYLIST_TYPE, method)
+
+    async def _hold(self, live: LiveRoom, room: str, name: str, msn: int, part: int | None,
+                    timeout: float) -> LiveRoom | None:
+        """Hold a blocking request until the room's epoch on air here has the part, and
+        return that epoch. An epoch that stops without it is returned at once when no other
+        is on air here (it ended, or the room carries on elsewhere); a newer one on air here
+        is waited on instead. None when the time runs out."""
+        deadline = time.monotonic() + timeout
+        while not await self._wait(live, name, msn, part, deadline - time.monotonic()):
+            if not live.stopped:
+                return None
+            current = await self._epoch(room, name, None)
+            if current is None or current is live or current.stopped:
+                return live
+            live = current
+        return live
+
+    def _elsewhere(self, kind: str, method: str) -> Response:
+        """The answer to a request held for an epoch that stopped here without ending."""
+        if self.routed:
+            return _error(ELSEWHERE, kind, "the room is no longer on air here: ask its owner",
+                          NO_STORE, method)
+        return _error(503, kind, "the room stopped here and carries on under a new epoch: "
+                      "ask again", SHORT, method)
 
     async def _await_epoch(self, room: str, name: str, timeout: float) -> LiveRoom | None:
         deadline = time.monotonic() + timeout
@@ -394,7 +432,9 @@ class Origin:
             ahead = (next_msn, next_part) <= (msn, part) <= (next_msn + 1, next_part + 1)
             if ahead and not pl.ended and \
                     not await self._wait(live, name, msn, part, 3 * pl.target_duration):
-                return _error(503, "part", "part did not appear in time", SHORT, method)
+                why = ("its epoch stopped before it" if live.stopped
+                       else "part did not appear in time")
+                return _error(503, "part", why, SHORT, method)
             data = lr.recent.get(part_name(msn, part))
             if data is not None:
                 return _resp(data, 200, "part", IMMUTABLE, content_type_for_key(key), method)
@@ -415,12 +455,13 @@ class Origin:
 
 def build_app(store: Store, rooms: LiveSource, privacy: RoomPrivacy | None = None,
               audience: AudienceBoard | None = None, status: StatusDesk | None = None,
-              room_list: RoomList | None = None) -> Starlette:
+              room_list: RoomList | None = None, routed: bool = False) -> Starlette:
     """`privacy`: which rooms are private (`packager.privacy.RegistryPrivacy`); without it every
     room is public. `audience`: the board the edges' reports go to (a new one without it).
     `status`: where rooms' status objects come from (without it: nowhere, every room is
-    unknown); `room_list`: the directory of public rooms (without it: empty)."""
-    origin = Origin(store, rooms, privacy, audience, status, room_list)
+    unknown); `room_list`: the directory of public rooms (without it: empty). `routed`: the
+    origin of a cluster node, reached through the origin tier (see `ELSEWHERE`)."""
+    origin = Origin(store, rooms, privacy, audience, status, room_list, routed)
     return Starlette(routes=live_routes(origin.handle))
 
 

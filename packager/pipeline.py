@@ -694,7 +694,8 @@ class Packager:
         return added
 
     def stopped(self, b: Broadcast) -> None:
-        """An epoch has stopped: forget it a little later."""
+        """An epoch has stopped: its held readers are let go now, its bytes a little later."""
+        b.live.stop()
         if self.broadcasts.get(b.room) is b:
             del self.broadcasts[b.room]
         self._spawn(self._forget(b), f"release-{b.room}")

@@ -31,7 +31,9 @@ read per room per `tier_owner_cache_seconds`, however many listeners.
 
 A failover (the owner dies, another node takes the room under a new epoch) shows as a room
 without an owner or an owner that does not answer (refused, reset, timed out, or 5xx other than
-a held request's 503). The room is then looked up again at once, at most every
+a held request's 503); a hand-over (the owner stops the room to leave the cluster) as an owner
+that answers a held request with `ELSEWHERE` (421) the moment its epoch stops. The room is then
+looked up again at once, at most every
 `RETRY_SECONDS`: a blocking request keeps trying for `tier_failover_wait_seconds` from its
 arrival, then gets 503 (max-age=1); a plain playlist or the master falls back to the copy in the
 store, short-lived unless it has ENDLIST. When the rooms database cannot be reached, an owner
@@ -74,6 +76,7 @@ from hls.names import ObjectName
 from packager.audience import relay_report, relayed_report
 from packager.errors import StoreError
 from packager.origin import (
+    ELSEWHERE,
     answer,
     directory_answer,
     live_routes,
@@ -438,6 +441,13 @@ class Tier:
         except TierBusy:
             FORWARDS.labels("busy").inc()
             raise
+        if answer.status == ELSEWHERE:
+            # The epoch this request was held for stopped at that node (it is handing the room
+            # over): the next owner carries the room on.
+            FORWARDS.labels("moved").inc()
+            log.info("room %s: %s no longer has it on air", room, url)
+            self.owners.failed(room, url)
+            return None
         # A held request's 503 is an answer (the part did not come in time); any other 5xx
         # means the owner cannot serve the room.
         if answer.status >= 500 and not (hold and answer.status == 503):

@@ -255,8 +255,10 @@ async def run_stack(args: argparse.Namespace, stop: asyncio.Event) -> None:
     # and ingest writes them to the registry for the directory.
     audience = AudienceBoard()
     status = StatusDesk(registry, audience)
+    # A cluster node's origin is reached through the origin tier (`routed`).
     origin = http_server(build_app(store, HubLive(packager.hub), RegistryPrivacy(registry),
-                                   audience, status, RoomList(registry)),
+                                   audience, status, RoomList(registry),
+                                   routed=settings.node_id is not None),
                          settings.host, settings.origin_port)
     origin_task = asyncio.create_task(serve_http(origin))
     demo_name = getattr(args, "demo", None)

@@ -7,13 +7,15 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from packager.origin import HubLive, build_app
+from hls.http import NO_STORE, SHORT
+from packager.origin import ELSEWHERE, HubLive, build_app
 from packager.pipeline import Packager
 from packager.settings import PackagerSettings
 from serving.http import http_server, serve_http
@@ -21,11 +23,13 @@ from tests.support.llhls import check_media_playlist
 from tests.support.procs import free_port, running
 
 
-@pytest.fixture
-async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]:
+@asynccontextmanager
+async def _packager_origin(tmp_path: Path, routed: bool = False
+                           ) -> AsyncIterator[tuple[Packager, str]]:
     packager = Packager(PackagerSettings(data_dir=tmp_path))
     port = free_port()
-    server = http_server(build_app(packager.store, HubLive(packager.hub)), "127.0.0.1", port)
+    server = http_server(build_app(packager.store, HubLive(packager.hub), routed=routed),
+                         "127.0.0.1", port)
     started = asyncio.Event()
     task = asyncio.create_task(serve_http(server, started))
     await asyncio.wait_for(started.wait(), 10)
@@ -38,6 +42,12 @@ async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]
             await task
         except asyncio.CancelledError:
             pass
+
+
+@pytest.fixture
+async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]:
+    async with _packager_origin(tmp_path) as made:
+        yield made
 
 
 def _tone(seconds: float) -> np.ndarray:
@@ -80,6 +90,53 @@ async def test_held_requests_are_released_by_the_part_they_wait_for(
         assert {r.status_code for r in responses} == {200}
         assert all(f'URI="{b.epoch.id}/p1.0.m4s"' in r.text for r in responses)
         assert (await part).status_code == 200
+
+
+@pytest.mark.parametrize(("routed", "status"), [(False, 503), (True, ELSEWHERE)])
+async def test_requests_held_for_an_epoch_that_stops_are_answered_at_once(
+        tmp_path: Path, routed: bool, status: int) -> None:
+    """A node handing its room over (or shutting down) lets go of what it holds when the epoch
+    stops, not when its server gives up on it: behind the tier with ELSEWHERE, so that the
+    tier asks the next owner; alone with a 503 that players retry."""
+    async with _packager_origin(tmp_path, routed) as (packager, base), httpx.AsyncClient() as c:
+        b = packager.start_broadcast("moving")
+        b.feed(_tone(0.6))
+        url = f"{base}/live/moving/aac96/live.m3u8"
+        first = await c.get(url, params={"_HLS_msn": 1, "_HLS_part": 0}, timeout=10)
+        assert first.status_code == 200
+        held = asyncio.create_task(c.get(url, params={"_HLS_msn": 1, "_HLS_part": 5},
+                                          timeout=20))
+        hinted = asyncio.create_task(c.get(url.replace("live.m3u8", f"{b.epoch.id}/p1.5.m4s"),
+                                           timeout=20))
+        await asyncio.sleep(0.3)
+        assert not held.done() and not hinted.done(), "held while the epoch is on air"
+        stopped_at = time.monotonic()
+        await b.suspend()
+        r, part = await asyncio.gather(held, hinted)
+        assert time.monotonic() - stopped_at < 2.0, "let go when the epoch stopped, not later"
+        assert r.status_code == status, r.text
+        assert r.headers["cache-control"] == (NO_STORE if routed else SHORT)
+        assert part.status_code == 503 and "stopped" in part.text
+        # What the stopped epoch has is still served from it.
+        again = await c.get(url, params={"_HLS_msn": 1, "_HLS_part": 0}, timeout=10)
+        assert again.status_code == 200
+
+
+async def test_a_request_held_when_the_broadcast_ends_gets_the_last_playlist_at_once(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    packager, base = packager_origin
+    b = packager.start_broadcast("ending")
+    b.feed(_tone(0.6))
+    url = f"{base}/live/ending/aac96/live.m3u8"
+    async with httpx.AsyncClient() as client:
+        held = asyncio.create_task(client.get(url, params={"_HLS_msn": 3, "_HLS_part": 0},
+                                              timeout=20))
+        await asyncio.sleep(0.3)
+        assert not held.done()
+        await b.close()
+        r = await asyncio.wait_for(held, 2.0)
+        assert r.status_code == 200 and r.text.endswith("#EXT-X-ENDLIST\n")
 
 
 async def test_ended_broadcast_ignores_directives_and_keeps_its_recording(

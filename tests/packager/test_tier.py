@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hls.http import IMMUTABLE, SHORT
+from packager.origin import HubLive, build_app
+from packager.pipeline import Packager
+from packager.settings import PackagerSettings
 from packager.store import LocalStore
 from packager.tier import TierSettings, build_tier_app
 from registry import Lease, NodeInfo, Registry, RegistryError, default_url
@@ -86,6 +90,12 @@ async def serving_tier(data: Path, registry: Registry, **settings: Any) -> Async
     finally:
         await app.state.tier.aclose()
         store.close()
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(48000 * seconds)) / 48000
+    x = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    return np.vstack([x, x])
 
 
 async def _metrics(client: httpx.AsyncClient, base: str) -> Metrics:
@@ -332,6 +342,47 @@ async def test_tier_follows_a_room_to_its_new_owner_without_a_restart(tmp_path: 
     assert any(x.seconds >= 1.5 for x in attempts), "requests were held through the switch"
     assert any(x.status == 200 and epoch_b in x.text for x in attempts), "listeners moved on"
     assert _count(after, "townsquare_tier_forwards_total", outcome="unreachable") >= 1
+
+
+async def test_a_request_held_by_an_owner_that_hands_the_room_over_is_answered_by_the_next(
+        tmp_path: Path) -> None:
+    """Owner a stops its epoch (a node leaving the cluster) while the tier's request waits
+    there: a's origin answers ELSEWHERE at once, and the tier carries the request to b, the
+    room's owner once a's lease is released, within the failover wait."""
+    data = tmp_path / "data"
+    registry = await Registry.open(default_url(tmp_path / "db"))
+    a, b = Packager(PackagerSettings(data_dir=data)), Packager(PackagerSettings(data_dir=data))
+    try:
+        async with serving(build_app(a.store, HubLive(a.hub), routed=True)) as url_a, \
+                serving(build_app(b.store, HubLive(b.hub), routed=True)) as url_b:
+            lease = await _own(registry, ROOM, {"a": url_a, "b": url_b}, "a")
+            async with serving_tier(data, registry, tier_failover_wait_seconds=6.0) as base, \
+                    httpx.AsyncClient(timeout=30) as c:
+                on_a = a.start_broadcast(ROOM)
+                on_a.feed(_tone(0.6))
+                live = f"{base}/live/{ROOM}/aac96/live.m3u8"
+                held = asyncio.create_task(c.get(live, params={"_HLS_msn": 1, "_HLS_part": 5}))
+                await asyncio.sleep(0.5)
+                assert not held.done(), "held at a while its epoch is on air"
+                before = await _metrics(c, base)
+                await on_a.suspend()
+                await asyncio.sleep(0.3)  # the hand-over: a's store writes, then its lease
+                assert await registry.release_room(ROOM, "a", lease.epoch)
+                assert await registry.take_room(ROOM, "b", 600) is not None
+                on_b = b.start_broadcast(ROOM)
+                on_b.feed(_tone(1.5))
+                r = await held
+                after = await _metrics(c, base)
+                assert r.status_code == 200, r.text
+                assert f'URI="{on_b.epoch.id}/p1.5.m4s"' in r.text, "answered from b's epoch"
+                # At least once: asked again before a's lease is released, a says so again.
+                assert _delta(before, after, "townsquare_tier_forwards_total",
+                              outcome="moved") >= 1
+                assert _delta(before, after, "townsquare_tier_forwards_total",
+                              outcome="failed") == 0
+    finally:
+        await asyncio.gather(a.close(), b.close())
+        await registry.close()
 
 
 async def test_rooms_database_away_refuses_live_requests_and_serves_the_store(
