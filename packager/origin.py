@@ -7,6 +7,10 @@ the store for an origin running on its own. Paths, directives, the containment r
 lifetimes are the shared ones of `hls`; the statuses follow LLHLS.md. Beside LL-HLS, it
 answers each room's status object (`packager.status`, composed from the rooms of this process)
 and the directory of public rooms (`packager.roomlist`, read from the registry).
+
+A request held for a part is let go the moment its epoch stops (`LiveRoom.stop`): an ended
+broadcast answers with its last playlist, a newer epoch on air here is waited on instead, and
+otherwise the room carries on elsewhere (`ELSEWHERE` behind the origin tier, else 503).
 """
 
 from __future__ import annotations
