@@ -57,6 +57,7 @@ from ingest.rooms import Room, Rooms
 from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
 from packager.status import StatusDesk, StatusUnavailable
 from registry import RegistryError
+from serving.tasks import cancel_and_wait
 
 log = logging.getLogger("townsquare.ingest.api")
 RELAY_RESUME_WAIT = 5.0  # seconds a relay waits for a room this node is putting on air
@@ -699,11 +700,29 @@ def build_app(
             shown = check_speaker_name(request.query_params.get("name", "")) or None
         except BadText:
             shown = None  # the relaying node checked it; a default is better than no voice
-        speaker = rooms.join(r, "relay", remote, name=shown)
+        dropped = asyncio.Event()
+
+        async def drop() -> None:
+            dropped.set()
+
+        # Dropped when the room stops here (a hand-over, a lost lease): the relay ends at
+        # once, and the relaying node carries the speaker to the room's next owner.
+        speaker = rooms.join(r, "relay", remote, disconnect=drop, name=shown)
+        reading = asyncio.create_task(receive_relay(request.stream(), speaker.push))
+        ended = asyncio.create_task(dropped.wait())
         try:
-            samples = await receive_relay(request.stream(), speaker.push)
+            await asyncio.wait((reading, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
             rooms.leave(r, speaker)
+            ended.cancel()
+            if not reading.done():
+                await cancel_and_wait(reading)
+        if reading.cancelled():
+            log.info("room %s: relayed speaker %s let go: the room stopped here", room,
+                     speaker.id)
+            return Response(f"room {room!r} is no longer on air on this node",
+                            status_code=503)
+        samples = reading.result()  # its error, if the relay failed, goes on up
         log.info("room %s: relayed speaker %s ended after %.1f s", room, speaker.id,
                  samples / 48_000)
         return Response(status_code=204)

@@ -95,7 +95,7 @@ class RelayLink:
                     log.warning("relay to %s refused: %s %s", self.url, r.status_code,
                                 r.text[:200])
         except httpx.HTTPError as exc:
-            log.warning("relay to %s ended: %s", self.url, exc)
+            log.warning("relay to %s ended: %r", self.url, exc)
         finally:
             self._on_closed()
 

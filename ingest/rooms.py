@@ -67,6 +67,8 @@ RoomState = Literal["waiting", "live", "ended"]
 SpeakerKind = Literal["rtmp", "whip", "local", "relay"]
 # How long a new room waits for the end of an old one of the same name to reach the registry.
 NAME_REUSE_WAIT = 5.0
+# Seconds between looks for the next owner of a room whose owner stopped taking a relay.
+REHOME_EVERY = 0.25
 
 
 class BroadcastSink(Protocol):
@@ -603,18 +605,79 @@ class Rooms:
         speaker = Speaker(f"{kind}-{room._seq}-relayed", kind, remote, time.time(),
                           MixerInput(JitterBuffer()), disconnect, key_generation=generation,
                           name=name or default_speaker_name(room._seq))
-
-        def link_closed() -> None:
-            # The owner went away or refused: the speaker reconnects (and lands anew).
-            if room.relayed.pop(speaker.id, None) is not None and speaker.disconnect:
-                self._spawn(speaker.disconnect(), f"relay-closed-{room.name}")
-
-        # The owner mixes the speaker, so it shows their name: it travels with the relay.
-        url = f"{url}?name={quote(speaker.name)}"
-        speaker.relay = RelayLink(url, self.relay_token, link_closed)
         room.relayed[speaker.id] = speaker
+        self._relay(room, speaker, url)
         log.info("room %s: speaker %s from %s relayed to %s", room.name, speaker.id, remote, url)
         return speaker
+
+    def _relay(self, room: Room, speaker: Speaker, url: str) -> None:
+        """Stream `speaker` to the room's owner at `url` (its relay path); when that link
+        ends while the speaker is still here, the speaker is carried to the next owner."""
+        assert self.relay_token is not None
+
+        def link_closed() -> None:
+            if room.relayed.get(speaker.id) is speaker:  # not left meanwhile
+                self._spawn(self._rehome(room, speaker, url), f"relay-rehome-{room.name}")
+
+        # The owner mixes the speaker, so it shows their name: it travels with the relay.
+        speaker.relay = RelayLink(f"{url}?name={quote(speaker.name)}", self.relay_token,
+                                  link_closed)
+
+    async def _rehome(self, room: Room, speaker: Speaker, gone: str) -> None:
+        """The owner a speaker was relayed to stopped taking them (it is handing the room
+        over, or it died): carry the speaker on without a reconnect, into this node's mix
+        if this node takes the room, else to its next owner. The speaker is disconnected (and
+        reconnects as before) only when no owner turns up within two leases."""
+        assert self.node is not None
+        deadline = time.monotonic() + 2 * self.node.ttl
+        while room.relayed.get(speaker.id) is speaker and time.monotonic() < deadline:
+            try:
+                await self.admit(room)
+                self._mix_here(room, speaker)
+                return
+            except RoomElsewhere:
+                url = await self._relay_url(room)
+                if url is not None and url != gone:
+                    self._relay(room, speaker, url)
+                    log.info("room %s: speaker %s relayed on to %s", room.name, speaker.id, url)
+                    return
+                if url is None and await self._ended_elsewhere(room):
+                    break
+            except (RoomEnded, RoomFull, Unavailable) as exc:
+                log.info("room %s: speaker %s not carried on: %s", room.name, speaker.id, exc)
+                break
+            except Exception:  # noqa: BLE001 - the speaker is disconnected, never stranded
+                log.exception("room %s: carrying speaker %s on failed", room.name, speaker.id)
+                break
+            await asyncio.sleep(REHOME_EVERY)
+        if room.relayed.pop(speaker.id, None) is not None and speaker.disconnect:
+            await speaker.disconnect()  # it reconnects, and lands anew
+
+    async def _ended_elsewhere(self, room: Room) -> bool:
+        """Whether the registry says `room` has ended (its owner ended it)."""
+        assert self.registry is not None
+        try:
+            rec = await self.registry.get_room(room.name)
+        except RegistryError:
+            return False
+        return rec is not None and rec.state == "ended"
+
+    def _mix_here(self, room: Room, speaker: Speaker) -> None:
+        """A relayed speaker whose room this node now publishes: into the mix here."""
+        if room.relayed.get(speaker.id) is not speaker:
+            return
+        if len(room.speakers) >= self.policy.max_speakers:
+            raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
+        assert room._mixer is not None
+        del room.relayed[speaker.id]
+        buf = JitterBuffer(target_ms=self.policy.jitter_ms.get(speaker.kind, 120.0))
+        speaker.input = room._mixer.add(speaker.id, buf)
+        speaker.relay = None
+        room.speakers[speaker.id] = speaker
+        room._last_voice = time.monotonic()
+        self.metrics.speakers.inc()
+        log.info("room %s: speaker %s mixed here now (the room came to this node)", room.name,
+                 speaker.id)
 
     def _spawn(self, work: Awaitable[object], name: str) -> None:
         async def run() -> None:

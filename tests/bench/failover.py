@@ -15,7 +15,12 @@ times, from the kill:
 then starts the killed node again, so that every round has the same cluster. Five rounds;
 median and worst.
 
-The reference, in the same run: the lease. A dead node's room cannot be adopted before its
+Then as many **hand-over** rounds, a deploy's case: the owner is stopped with SIGTERM and
+hands the room over (its lease released, not left to lapse); the speaker is sent to another
+node first, as a load balancer stops sending a draining node new connections. The same
+figures, from the signal, and how long the old owner took to exit.
+
+The reference, in the same run: for the kills, the lease; for the hand-overs, the kills. A dead node's room cannot be adopted before its
 lease lapses; leases are renewed every third of their length, so at the kill between 2/3
 of a lease and a whole one is left. Each round reads what was left from the database
 (`rooms.lease_expires`, right after the kill) and reports both ratios: over the configured
@@ -29,6 +34,7 @@ import json
 import logging
 import os
 import re
+import signal
 import statistics
 import tempfile
 import threading
@@ -201,37 +207,56 @@ def _steady(listener: PartListener, seconds: float, timeout: float = 60.0) -> No
 
 
 def one_round(cl: Cluster, listener: PartListener, speaker: Speaker, key: str,
-              restart: bool = True, timeout: float = 60.0) -> dict[str, Any]:
+              restart: bool = True, timeout: float = 60.0,
+              handover: bool = False) -> dict[str, Any]:
+    """The owner killed (SIGKILL), or stopped (SIGTERM) when `handover`; timed from then."""
     nodes = cl.nodes
     owner = _owner(nodes)
-    before = listener.parts[-1]
-    killed_at, killed_wall = time.monotonic(), time.time()
-    owner.svc.proc.kill()  # SIGKILL, by the pid this benchmark started
-    owner.svc.proc.wait(10)
-    lease_left = cl.lease_expires() - killed_wall  # nobody renews or takes it before it lapses
-    # The load balancer sends the reconnecting speaker to a node that is up.
     other = next(n for n in nodes if n is not owner and n.svc.alive())
+    if handover:
+        # A draining node gets no new connections: the speaker's next one goes elsewhere.
+        speaker.url = f"rtmp://127.0.0.1:{other.rtmp}/live/{key}"
+    before = listener.parts[-1]
+    stopped_at, stopped_wall = time.monotonic(), time.time()
+    if handover:
+        owner.svc.proc.send_signal(signal.SIGTERM)  # by the pid this benchmark started
+        owner.svc.proc.wait(60)
+    else:
+        owner.svc.proc.kill()  # SIGKILL, by the pid this benchmark started
+        owner.svc.proc.wait(10)
+    gone = time.monotonic() - stopped_at
+    # Nobody renews or takes a killed node's lease before it lapses.
+    lease_left = None if handover else cl.lease_expires() - stopped_wall
+    # The load balancer sends the reconnecting speaker to a node that is up.
     speaker.url = f"rtmp://127.0.0.1:{other.rtmp}/live/{key}"
     back = heard = None
-    deadline = killed_at + timeout
+    deadline = stopped_at + timeout
     while (back is None or heard is None) and time.monotonic() < deadline:
         time.sleep(0.05)
-        fresh = [p for p in listener.parts if p.arrived > killed_at and p.epoch != before.epoch]
+        fresh = [p for p in listener.parts if p.arrived > stopped_at and p.epoch != before.epoch]
         back = back or (fresh[0] if fresh else None)
         heard = heard or next((p for p in fresh if p.dbfs > TONE_DBFS), None)
     if back is None or heard is None:
-        raise TimeoutError(f"room not back {timeout:g} s after node-{owner.n} was killed")
+        raise TimeoutError(f"room not back {timeout:g} s after node-{owner.n} was "
+                           + ("stopped" if handover else "killed"))
     new_owner = _owner(nodes)
     if restart:
         owner.start()  # the cluster whole again for the next round
+    times = {
+        "parts_back_s": round(back.arrived - stopped_at, 3),
+        "speaker_back_s": round(heard.arrived - stopped_at, 3),
+        "listener_gap_s": round(back.arrived - before.arrived, 3),
+    }
+    if handover:
+        return {"stopped": f"node-{owner.n}", "handed_to": f"node-{new_owner.n}", **times,
+                "old_owner_gone_s": round(gone, 3),
+                "last_part_before_stop_s": round(stopped_at - before.arrived, 3)}
+    assert lease_left is not None
     return {
         "killed": f"node-{owner.n}", "adopted_by": f"node-{new_owner.n}",
-        "lease_left_at_kill_s": round(lease_left, 3),
-        "parts_back_s": round(back.arrived - killed_at, 3),
-        "parts_back_after_lease_lapsed_s": round(back.arrived - killed_at - lease_left, 3),
-        "speaker_back_s": round(heard.arrived - killed_at, 3),
-        "listener_gap_s": round(back.arrived - before.arrived, 3),
-        "last_part_before_kill_s": round(killed_at - before.arrived, 3),
+        "lease_left_at_kill_s": round(lease_left, 3), **times,
+        "parts_back_after_lease_lapsed_s": round(times["parts_back_s"] - lease_left, 3),
+        "last_part_before_kill_s": round(stopped_at - before.arrived, 3),
     }
 
 
@@ -250,9 +275,17 @@ def _figures(rows: list[dict[str, Any]], key: str, lease: float) -> dict[str, fl
             "worst_over_lease_left": round(max(over_left), 2)}
 
 
+def _spread(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    values = [r[key] for r in rows]
+    return {"median_s": round(statistics.median(values), 3), "worst_s": round(max(values), 3)}
+
+
 def run(rounds: int = ROUNDS, lease: float = LEASE, nodes: int = 3,
-        results: Path | None = RESULTS, settle: float = 3.0) -> dict[str, Any]:
-    """`settle`: seconds of steady audio at the listener before each kill."""
+        results: Path | None = RESULTS, settle: float = 3.0,
+        handovers: int | None = None) -> dict[str, Any]:
+    """`settle`: seconds of steady audio at the listener before each round; `handovers`:
+    SIGTERM rounds after the kills (as many as `rounds` unless told)."""
+    handovers = rounds if handovers is None else handovers
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp, \
             cluster(Path(tmp), nodes, lease) as cl:
@@ -272,18 +305,24 @@ def run(rounds: int = ROUNDS, lease: float = LEASE, nodes: int = 3,
                     **{name: _cpus(svc.proc.pid) for name, svc in cl.services.items()},
                     "speaker (ffmpeg)": _cpus(speaker.proc.pid) if speaker.proc else "",
                     "listener and moto (this process)": _cpus(os.getpid())}
-            rows = []
-            for i in range(rounds):
+            rows: list[dict[str, Any]] = []
+            handed: list[dict[str, Any]] = []
+            for i in range(rounds + handovers):
                 _steady(listener, settle)
-                rows.append(one_round(cl, listener, speaker, key, restart=i < rounds - 1))
-                print(f"round {i + 1}: {rows[-1]}", flush=True)
+                last = i == rounds + handovers - 1
+                if i < rounds:
+                    rows.append(one_round(cl, listener, speaker, key, restart=not last))
+                else:
+                    handed.append(one_round(cl, listener, speaker, key, restart=not last,
+                                            handover=True))
+                print(f"round {i + 1}: {(rows + handed)[-1]}", flush=True)
             errors = listener.errors
         finally:
             listener.stop()
             speaker.stop()
     result = {
-        "command": f"python -m tests.bench.failover  ({rounds} rounds, lease {lease:g} s, "
-                   f"{nodes} nodes)",
+        "command": f"python -m tests.bench.failover  ({rounds} kills and {handovers} "
+                   f"hand-overs, lease {lease:g} s, {nodes} nodes)",
         "setup": f"{nodes} ingest nodes (PostgreSQL, moto S3), townsquare tier, townsquare "
                  "edge; ffmpeg CLI speaker over RTMP (reconnects after 1 s to a node that is "
                  f"up); LL-HLS poller on {RENDITION} through the edge",
@@ -299,6 +338,18 @@ def run(rounds: int = ROUNDS, lease: float = LEASE, nodes: int = 3,
         "rounds": rows,
         "listener_request_errors": errors,
     }
+    if handed:
+        kill_median = statistics.median(r["parts_back_s"] for r in rows) if rows else None
+        result["handover"] = {
+            "reference": "the kills of the same run: parts back over theirs (median)",
+            "parts_back": _spread(handed, "parts_back_s"),
+            "speaker_back": _spread(handed, "speaker_back_s"),
+            "listener_gap": _spread(handed, "listener_gap_s"),
+            "old_owner_gone": _spread(handed, "old_owner_gone_s"),
+            "parts_back_over_kill": (round(statistics.median(
+                r["parts_back_s"] for r in handed) / kill_median, 3) if kill_median else None),
+            "rounds": handed,
+        }
     if results is not None:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(result, indent=2) + "\n")

@@ -209,7 +209,9 @@ def edge_throughput(edge: dict[str, Any], path: Path) -> Path:
 # --- failover -----------------------------------------------------------------------------
 
 def failover_times(failover: dict[str, Any], path: Path) -> Path:
-    rounds = failover.get("rounds") or []
+    kills = failover.get("rounds") or []
+    handed = (failover.get("handover") or {}).get("rounds") or []
+    rounds = [*kills, *handed]
     if not rounds:
         raise Skip("failover.json has no rounds")
     kinds = [(k, label) for k, label in (("parts_back_s", "parts back at the edge"),
@@ -225,10 +227,12 @@ def failover_times(failover: dict[str, Any], path: Path) -> Path:
     if lease:
         ax.axhline(lease, color="tab:red", ls="--", lw=1, label=f"lease: {lease:g} s")
     ax.set_xticks(range(len(rounds)),
-                  [f"{i + 1}: {r.get('killed', '?')}" for i, r in enumerate(rounds)],
+                  [f"{i + 1}: kill {r['killed']}" if "killed" in r
+                   else f"{i + 1}: stop {r.get('stopped', '?')}" for i, r in enumerate(rounds)],
                   fontsize=8)
-    ax.set_ylabel("seconds after the owner node was killed (SIGKILL)")
-    ax.set_title(f"Failover: the room's node killed, {len(rounds)} rounds")
+    ax.set_ylabel("seconds after the owner node was killed (SIGKILL)\nor stopped (SIGTERM)")
+    ax.set_title(f"Failover: the room's node killed ({len(kills)} rounds), then stopped "
+                 f"and handing the room over ({len(handed)} rounds)", fontsize=10)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="upper left")

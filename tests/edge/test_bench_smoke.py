@@ -61,11 +61,14 @@ def _heard(path: dict[str, Any]) -> None:
 
 
 def test_failover_benchmark_times_a_round_at_a_tiny_size() -> None:
-    result = failover.run(rounds=1, lease=3.0, nodes=2, results=None, settle=1.0)
+    result = failover.run(rounds=1, handovers=1, lease=3.0, nodes=2, results=None, settle=1.0)
     (row,) = result["rounds"]
     assert row["killed"] == "node-1" and row["adopted_by"] == "node-2", row
     assert 0 < row["lease_left_at_kill_s"] <= 3.0
     assert row["parts_back_s"] > 0 and row["speaker_back_s"] >= row["parts_back_s"]
+    (handed,) = result["handover"]["rounds"]
+    assert handed["stopped"] == "node-2" and handed["handed_to"] == "node-1", handed
+    assert handed["old_owner_gone_s"] > 0 and handed["speaker_back_s"] >= handed["parts_back_s"]
 
 
 def test_edge_throughput_benchmark_compares_with_nginx_at_a_tiny_size() -> None:

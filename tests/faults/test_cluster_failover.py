@@ -170,10 +170,10 @@ def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: Postg
     assert "graceful shutdown exceeded" not in log, log[-3000:]
 
 
-def test_a_speaker_on_another_node_is_relayed_into_the_room(
+def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand_over(
         tmp_path: Path, own_postgres: PostgresServer) -> None:
     with cluster(tmp_path, own_postgres) as (nodes, _edge, _tier):
-        one, two, _ = nodes
+        one, two, three = nodes
         created = httpx.post(f"{one.api}/rooms", json={"name": ROOM}, headers=AUTH, timeout=10)
         key = created.json()["stream_key"]
         host = Speaker(f"rtmp://127.0.0.1:{one.rtmp}/live/{key}", tmp_path / "host.log")
@@ -194,17 +194,39 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room(
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{one.origin}", ROOM)
             assert tone_db(pcm, 440) > -10 and tone_db(pcm, 660) > -10, "both are in the mix"
-            # Any node's API lists the room and acts on its speakers through its owner.
+            # Any node's API lists the room.
             listed = httpx.get(f"{two.api}/rooms", headers=AUTH, timeout=10).json()["rooms"]
             assert ROOM in [r["name"] for r in listed]
-            relayed = next(sp["id"] for sp in one.room()["speakers"] if sp["kind"] == "relay")
-            muted = httpx.post(f"{two.api}/rooms/{ROOM}/speakers/{relayed}/mute",
+
+            # The owner is stopped (a deploy): the guest's node carries the guest on, into
+            # its own mix if it takes the room, else relayed to the node that does; the
+            # guest's connection is never dropped.
+            host.stop()
+            one.svc.proc.send_signal(signal.SIGTERM)  # by the pid this test started
+            _wait_stopped(one)
+            deadline = time.monotonic() + 30
+            while (room := two.room())["node"] not in ("node-2", "node-3") \
+                    or not room["live"]:
+                assert time.monotonic() < deadline, f"nobody took the room: {room}"
+                time.sleep(0.2)
+            owner, other = (two, three) if room["node"] == "node-2" else (three, two)
+            while not owner.room()["speakers"]:
+                assert time.monotonic() < deadline, "the guest is not heard on the new owner"
+                time.sleep(0.2)
+            assert guest.connects == 1, "the guest was carried on, not made to reconnect"
+            time.sleep(4.5)
+            pcm = recent_audio(f"http://127.0.0.1:{owner.origin}", ROOM)
+            assert tone_db(pcm, 660) > -10, "the guest is in the new owner's mix"
+
+            # The node that does not publish the room acts on its speakers through the owner.
+            (speaker,) = owner.room()["speakers"]
+            muted = httpx.post(f"{other.api}/rooms/{ROOM}/speakers/{speaker['id']}/mute",
                                json={"muted": True}, headers=AUTH, timeout=10)
             assert muted.status_code == 200 and muted.json()["muted"], muted.text
             # Ended through the node that does not publish it: the owner ends it.
-            ended = httpx.post(f"{two.api}/rooms/{ROOM}/end", headers=AUTH, timeout=30)
+            ended = httpx.post(f"{other.api}/rooms/{ROOM}/end", headers=AUTH, timeout=30)
             assert ended.status_code == 200 and ended.json()["state"] == "ended", ended.text
-            text = httpx.get(f"http://127.0.0.1:{one.origin}/live/{ROOM}/aac96/live.m3u8").text
+            text = httpx.get(f"http://127.0.0.1:{owner.origin}/live/{ROOM}/aac96/live.m3u8").text
             assert text.endswith("#EXT-X-ENDLIST\n")
         finally:
             guest.stop()
