@@ -218,7 +218,7 @@ def failover_times(failover: dict[str, Any], path: Path) -> Path:
                                          ("speaker_back_s", "speaker heard again"),
                                          ("listener_gap_s", "listener's gap"))
              if any(k in r for r in rounds)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(rounds)), 4.5))
     width = 0.8 / max(1, len(kinds))
     for j, (key, label) in enumerate(kinds):
         xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(rounds))]
@@ -227,12 +227,12 @@ def failover_times(failover: dict[str, Any], path: Path) -> Path:
     if lease:
         ax.axhline(lease, color="tab:red", ls="--", lw=1, label=f"lease: {lease:g} s")
     ax.set_xticks(range(len(rounds)),
-                  [f"{i + 1}: kill {r['killed']}" if "killed" in r
-                   else f"{i + 1}: stop {r.get('stopped', '?')}" for i, r in enumerate(rounds)],
+                  [f"{i + 1}: kill\n{r['killed']}" if "killed" in r
+                   else f"{i + 1}: stop\n{r.get('stopped', '?')}" for i, r in enumerate(rounds)],
                   fontsize=8)
     ax.set_ylabel("seconds after the owner node was killed (SIGKILL)\nor stopped (SIGTERM)")
-    ax.set_title(f"Failover: the room's node killed ({len(kills)} rounds), then stopped "
-                 f"and handing the room over ({len(handed)} rounds)", fontsize=10)
+    ax.set_title(f"Failover: the room's node killed ({len(kills)} rounds),\nthen stopped, "
+                 f"handing the room over ({len(handed)} rounds)", fontsize=10)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="upper left")
