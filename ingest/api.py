@@ -669,11 +669,11 @@ def build_app(
     async def relay_target(room: str) -> Room:
         """The room a relay is for, once this node publishes it. The relaying node found this
         node in the registry: a room it has just adopted may still be resuming, so it is
-        waited for, briefly."""
+        waited for, briefly (not by a node that is leaving the cluster)."""
         r = await room_or_404(room)
         deadline = time.monotonic() + RELAY_RESUME_WAIT
-        while rooms.node is not None and not r.on_air and r.state != "ended" \
-                and time.monotonic() < deadline:
+        while rooms.node is not None and not rooms.node.draining and not r.on_air \
+                and r.state != "ended" and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         return r
 
@@ -705,8 +705,10 @@ def build_app(
         async def drop() -> None:
             dropped.set()
 
-        # Dropped when the room stops here (a hand-over, a lost lease): the relay ends at
-        # once, and the relaying node carries the speaker to the room's next owner.
+        # Dropped when the speaker is removed or the room stops here (a hand-over, a lost
+        # lease): the relay ends at once. The relaying node then asks whether this node
+        # still takes relays: if so it disconnects the speaker, else it carries them on to
+        # the room's next owner.
         speaker = rooms.join(r, "relay", remote, disconnect=drop, name=shown)
         reading = asyncio.create_task(receive_relay(request.stream(), speaker.push))
         ended = asyncio.create_task(dropped.wait())
@@ -718,10 +720,13 @@ def build_app(
             if not reading.done():
                 await cancel_and_wait(reading)
         if reading.cancelled():
-            log.info("room %s: relayed speaker %s let go: the room stopped here", room,
-                     speaker.id)
-            return Response(f"room {room!r} is no longer on air on this node",
-                            status_code=503)
+            log.info("room %s: relayed speaker %s let go (removed, or the room stopped "
+                     "here)", room, speaker.id)
+            # The relaying node is still sending: closing the connection is what tells it
+            # (it reads no answer before its body ends).
+            return Response(f"relayed speaker {speaker.id} let go: removed, or room {room!r} "
+                            "stopped on this node", status_code=503,
+                            headers={"Connection": "close"})
         samples = reading.result()  # its error, if the relay failed, goes on up
         log.info("room %s: relayed speaker %s ended after %.1f s", room, speaker.id,
                  samples / 48_000)

@@ -110,6 +110,18 @@ class RelayLink:
                 await cancel_and_wait(self._task)
 
 
+async def still_taken(url: str, token: str) -> bool:
+    """Whether the owner at `url` (a relay path) takes relays into the room now. Asked after
+    a relay it took has ended: yes means the owner let the speaker go on purpose (removed
+    them); no, that the room has stopped there (or the owner is gone)."""
+    try:
+        async with httpx.AsyncClient(timeout=READY_TIMEOUT) as client:
+            r = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return False
+    return r.status_code < 300
+
+
 async def receive(chunks: AsyncIterator[bytes], push: Callable[[np.ndarray], None]) -> int:
     """The receiving end: feed relayed PCM to `push` as whole frames arrive; returns the
     number of samples received."""

@@ -44,7 +44,7 @@ from ingest.ledger import Ledger
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
 from ingest.node import Node
-from ingest.relay import RELAY_PATH, RelayLink
+from ingest.relay import RELAY_PATH, RelayLink, still_taken
 from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
@@ -627,8 +627,10 @@ class Rooms:
         """The owner a speaker was relayed to stopped taking them (it is handing the room
         over, or it died): carry the speaker on without a reconnect, into this node's mix
         if this node takes the room, else to its next owner. The speaker is disconnected (and
-        reconnects as before) only when no owner turns up within two leases."""
-        assert self.node is not None
+        reconnects as before) when the owner removed them on purpose (it still takes relays),
+        the room ended, or no owner turns up within two leases."""
+        assert self.node is not None and self.relay_token is not None
+        token = self.relay_token
         deadline = time.monotonic() + 2 * self.node.ttl
         while room.relayed.get(speaker.id) is speaker and time.monotonic() < deadline:
             try:
@@ -642,6 +644,10 @@ class Rooms:
                     log.info("room %s: speaker %s relayed on to %s", room.name, speaker.id, url)
                     return
                 if url is None and await self._ended_elsewhere(room):
+                    break
+                if url == gone and await still_taken(gone, token):
+                    log.info("room %s: speaker %s removed by the room's owner", room.name,
+                             speaker.id)
                     break
             except (RoomEnded, RoomFull, Unavailable) as exc:
                 log.info("room %s: speaker %s not carried on: %s", room.name, speaker.id, exc)

@@ -194,9 +194,19 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{one.origin}", ROOM)
             assert tone_db(pcm, 440) > -10 and tone_db(pcm, 660) > -10, "both are in the mix"
-            # Any node's API lists the room.
+            # Any node's API lists the room and acts on its speakers through its owner:
+            # a relayed speaker removed there is disconnected by the node they reached (and
+            # reconnects with their key, relayed again).
             listed = httpx.get(f"{two.api}/rooms", headers=AUTH, timeout=10).json()["rooms"]
             assert ROOM in [r["name"] for r in listed]
+            relayed = next(sp["id"] for sp in one.room()["speakers"] if sp["kind"] == "relay")
+            removed = httpx.delete(f"{two.api}/rooms/{ROOM}/speakers/{relayed}", headers=AUTH,
+                                   timeout=10)
+            assert removed.status_code == 204, removed.text
+            deadline = time.monotonic() + 30
+            while guest.connects < 2 or len(one.room()["speakers"]) < 2:
+                assert time.monotonic() < deadline, "the removed guest was not disconnected"
+                time.sleep(0.2)
 
             # The owner is stopped (a deploy): the guest's node carries the guest on, into
             # its own mix if it takes the room, else relayed to the node that does; the
@@ -213,7 +223,7 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand
             while not owner.room()["speakers"]:
                 assert time.monotonic() < deadline, "the guest is not heard on the new owner"
                 time.sleep(0.2)
-            assert guest.connects == 1, "the guest was carried on, not made to reconnect"
+            assert guest.connects == 2, "the guest was carried on, not made to reconnect"
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{owner.origin}", ROOM)
             assert tone_db(pcm, 660) > -10, "the guest is in the new owner's mix"
