@@ -37,6 +37,8 @@ Arrival = np.ndarray | Callable[[], np.ndarray | None]
 # (about 1.3 s of AAC frames) is reached only when it stops; the oldest are then admitted
 # at once, and the buffer's own `max_level` bounds what they become.
 MAX_ARRIVALS = 64
+# The most the level's steering speeds up or slows down a speaker (a fraction of real time).
+MAX_STEER = 0.02
 
 
 def realise(audio: Arrival) -> np.ndarray | None:
@@ -126,7 +128,7 @@ class JitterBuffer:
         take = n
         if abs(excess) > self.band:
             # Proportional: remove the excess over ~5 s, at most 2 % faster or slower.
-            step = min(max(1, int(abs(excess) * n / (5 * SAMPLE_RATE))), n // 50)
+            step = min(max(1, int(abs(excess) * n / (5 * SAMPLE_RATE))), int(n * MAX_STEER))
             take = n + step if excess > 0 else n - step
             self.stats.corrected_blocks += 1
         if self._level < take:

@@ -13,6 +13,7 @@ import pytest
 
 from ingest.api import PublicUrls, build_app
 from ingest.errors import BadKey, RoomEnded
+from ingest.jitter import MAX_STEER
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.stream_keys import hash_key
@@ -253,7 +254,10 @@ async def test_whip_publish_answer_audio_and_delete(stack: Stack) -> None:
         await asyncio.sleep(1.5)
         heard = stack.packager.broadcasts[0].audio(last_seconds=1.0)
         spec = np.abs(np.fft.rfft(heard[0]))
-        assert abs(np.argmax(spec) * 48_000 / heard.shape[1] - 1500) < 5
+        # The speaker's jitter buffer may still be steering its level after the connection's
+        # first burst, playing up to 2 % fast (1530 Hz once on a loaded machine).
+        steering = 1500 * MAX_STEER
+        assert abs(np.argmax(spec) * 48_000 / heard.shape[1] - 1500) <= steering + 2
         speakers = stack.rooms.get("whip-room").speakers
         assert [s.kind for s in speakers.values()] == ["whip"]
 
