@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -104,6 +105,16 @@ PCM_HELD = Gauge("townsquare_packager_pcm_held_seconds",
 MAX_QUEUED_SECONDS = 30.0
 # An epoch that has stopped is dropped from memory this long after (its objects are stored).
 RELEASE_AFTER_SECONDS = 5.0
+# Segments a broadcast remembers whose parts wait for the segment to be stored before they
+# expire (`Broadcast._expire_parts`); beyond that (the store far behind) the oldest parts
+# are left where they are, counted.
+MAX_EXPIRING_SEGMENTS = 4096
+AWAITING_EXPIRY = Gauge("townsquare_packager_segments_awaiting_part_expiry",
+                       "Segments (one per rendition) whose parts wait to leave the live window "
+                       "and for the segment to be stored, all rooms")
+PARTS_EXPIRED = Counter("townsquare_packager_parts_expired_total",
+                        "Parts removed from the store once their segment left the live window "
+                        "(a folder store; S3's lifecycle rule removes them there)", ["outcome"])
 
 
 class EncoderLane:
@@ -307,6 +318,11 @@ class Broadcast:
         self._cut_any = False  # a part is out: the timeline's origin is fixed
         self.closed = False
         self._task: asyncio.Task[None] | None = None
+        # Each stored-to-be segment's key and its parts' keys, oldest first, per rendition.
+        # No playlist lists a part once its segment has left the live window: the store may
+        # then drop the part, once the segment (the same audio) is stored.
+        self._expiring: deque[tuple[str, list[str]]] = deque()
+        self._window = s.live_window_segments
 
     @property
     def base(self) -> str:
@@ -425,6 +441,10 @@ class Broadcast:
             if self._lane is not None:
                 self._lane.discard_held()  # only an epoch that failed still holds any
             self._encoder = self._lane = None  # the codecs' memory goes with them
+            # The window's last segments keep their parts (the next epoch's window starts
+            # with them): a few hundred files an epoch at most.
+            AWAITING_EXPIRY.dec(len(self._expiring))
+            self._expiring.clear()
             self.closed = True
             BROADCASTS_LIVE.dec()
             self.packager.stopped(self)
@@ -476,6 +496,9 @@ class Broadcast:
                                        self.started_at + ev.start_sample / SAMPLE_RATE)
                 key, chunk = self._index[name].add(entry)
                 self.writer.put(key, chunk, SHORT)
+                self._expiring.append((self._key(name, uri), [
+                    self._key(name, part_name(ev.msn, i)) for i in range(len(pl.segments[-1].parts))]))
+                AWAITING_EXPIRY.inc()
                 # A plain live playlist for anyone serving the bucket directly, and the
                 # window a restart of the room carries on from.
                 self.writer.put(room_key(self.room, name, LIVE_PLAYLIST),
@@ -491,6 +514,26 @@ class Broadcast:
             self._announced = self.live.announced = True
             self._write_masters()
         self._put_state()
+        self._expire_parts()
+
+    def _expire_parts(self) -> None:
+        """Hand the store the parts of segments that have left the live window, once the
+        segment and its parts are stored (a part dropped while its own write waits would
+        only come back)."""
+        keep = self._window * len(self.renditions)
+        ready: list[str] = []
+        while len(self._expiring) > keep:
+            segment, parts = self._expiring[0]
+            if not (self.writer.stored(segment) and all(map(self.writer.stored, parts))):
+                break
+            self._expiring.popleft()
+            AWAITING_EXPIRY.dec()
+            ready.extend(parts)
+        while len(self._expiring) > MAX_EXPIRING_SEGMENTS:
+            PARTS_EXPIRED.labels("left").inc(len(self._expiring.popleft()[1]))
+            AWAITING_EXPIRY.dec()
+        if ready:
+            self.packager.expire(ready)
 
     def _put_state(self) -> None:
         if self.packager.settings.writes_state:
@@ -570,6 +613,20 @@ class Packager:
     @property
     def segment_samples(self) -> int:
         return self.settings.segment_units * GRID_SAMPLES
+
+    def expire(self, keys: list[str]) -> None:
+        """Have the store drop live-only objects nobody will ask for again (in the
+        background; a failure is logged, the objects stay)."""
+        self._spawn(self._expire(keys), "expire-parts")
+
+    async def _expire(self, keys: list[str]) -> None:
+        try:
+            await self.store.expire(keys)
+        except StoreError as exc:
+            log.warning("%d expired parts not removed: %s", len(keys), exc)
+            PARTS_EXPIRED.labels("failed").inc(len(keys))
+            return
+        PARTS_EXPIRED.labels("removed").inc(len(keys))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

@@ -221,6 +221,11 @@ class StoreWriter:
     def healthy(self) -> bool:
         return not self._failing
 
+    def stored(self, key: str) -> bool:
+        """Whether nothing put under `key` waits to be stored (in memory, spilled or on its
+        way): every version put so far has landed, or none was put."""
+        return key not in self._waiting and key not in self._sending and key not in self._parked
+
     def start(self) -> None:
         if self._dispatcher is not None:
             return

@@ -17,6 +17,7 @@ import pytest
 from hls.http import NO_STORE, SHORT
 from packager.origin import ELSEWHERE, HubLive, build_app
 from packager.pipeline import Packager
+from packager.recording import RecordingComposer
 from packager.settings import PackagerSettings
 from serving.http import http_server, serve_http
 from tests.support.llhls import check_media_playlist
@@ -137,6 +138,38 @@ async def test_a_request_held_when_the_broadcast_ends_gets_the_last_playlist_at_
         await b.close()
         r = await asyncio.wait_for(held, 2.0)
         assert r.status_code == 200 and r.text.endswith("#EXT-X-ENDLIST\n")
+
+
+async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_window(
+        tmp_path: Path) -> None:
+    """The local store has no lifecycle rule: parts (the same audio as their segment) go once
+    no playlist can list them and the segment is stored; segments, the recording and the
+    parts still in the window stay."""
+    window = 7
+    packager = Packager(PackagerSettings(data_dir=tmp_path, live_window_segments=window))
+    try:
+        b = packager.start_broadcast("long")
+        for _ in range(60):  # 30 s: 15 segments of 1.92 s
+            b.feed(_tone(0.5))
+            await asyncio.sleep(0.05)  # the writer stores as it goes, as on air
+        await packager.flush(10)
+        b.feed(_tone(2.0))  # a segment more: expiry looks again once the rest is stored
+        await asyncio.sleep(1.0)
+        await packager.flush(10)
+        await asyncio.sleep(0.5)
+        folder = tmp_path / "live" / "long" / "aac96" / b.epoch.id
+        segments = sorted(int(f.name[1:-4]) for f in folder.glob("s*.m4s"))
+        parted = sorted({int(f.name[1:].split(".")[0]) for f in folder.glob("p*.m4s")})
+        newest = segments[-1]
+        assert segments == list(range(1, newest + 1)), "every segment stays"
+        assert newest >= 15
+        assert parted[0] > newest - window - 3, f"parts of old segments stay: {parted}"
+        assert set(range(newest - window + 1, newest + 1)) <= set(parted), \
+            "the window's segments keep their parts"
+        text = await RecordingComposer(packager.store).compose("long", b.broadcast_id, "aac96")
+        assert text is not None and text.count(b"#EXTINF") == newest, "the recording is whole"
+    finally:
+        await packager.close()
 
 
 async def test_ended_broadcast_ignores_directives_and_keeps_its_recording(
