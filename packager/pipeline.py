@@ -496,8 +496,9 @@ class Broadcast:
                                        self.started_at + ev.start_sample / SAMPLE_RATE)
                 key, chunk = self._index[name].add(entry)
                 self.writer.put(key, chunk, SHORT)
-                self._expiring.append((self._key(name, uri), [
-                    self._key(name, part_name(ev.msn, i)) for i in range(len(pl.segments[-1].parts))]))
+                parts = range(len(pl.segments[-1].parts))
+                self._expiring.append((self._key(name, uri),
+                                       [self._key(name, part_name(ev.msn, i)) for i in parts]))
                 AWAITING_EXPIRY.inc()
                 # A plain live playlist for anyone serving the bucket directly, and the
                 # window a restart of the room carries on from.
@@ -621,12 +622,12 @@ class Packager:
 
     async def _expire(self, keys: list[str]) -> None:
         try:
-            await self.store.expire(keys)
+            removed = await self.store.expire(keys)
         except StoreError as exc:
             log.warning("%d expired parts not removed: %s", len(keys), exc)
             PARTS_EXPIRED.labels("failed").inc(len(keys))
             return
-        PARTS_EXPIRED.labels("removed").inc(len(keys))
+        PARTS_EXPIRED.labels("removed").inc(removed)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)

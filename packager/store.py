@@ -76,10 +76,11 @@ class Store(Protocol):
         `StoreUnavailable` if it cannot be reached now."""
         ...
 
-    async def expire(self, keys: list[str]) -> None:
+    async def expire(self, keys: list[str]) -> int:
         """Remove live-only objects nobody will ask for again (parts whose segment is
-        stored and has left every live playlist). A store whose own retention removes them
-        may leave them to it. Raises StoreError; the caller only logs it."""
+        stored and has left every live playlist); returns how many it removed. A store whose
+        own retention removes them may leave them to it. Raises StoreError; the caller only
+        logs it."""
         ...
 
     async def list(self, prefix: str) -> list[str]:
@@ -212,19 +213,22 @@ class LocalStore:
                                          f"the way ({exc.strerror})") from exc
             raise StoreMisconfigured(f"folder {self.root} is not writable: {exc.strerror}") from exc
 
-    def _expire(self, keys: list[str]) -> None:
+    def _expire(self, keys: list[str]) -> int:
+        removed = 0
         for key in keys:
             try:
                 self._path(key).unlink()
+                removed += 1
             except (FileNotFoundError, NotADirectoryError):
                 pass
+        return removed
 
-    async def expire(self, keys: list[str]) -> None:
+    async def expire(self, keys: list[str]) -> int:
         """A folder has no lifecycle rules: the files go now."""
         for key in keys:
             _check_key(key)
         try:
-            await self._run(self._expire, keys)
+            return await self._run(self._expire, keys)
         except OSError as exc:
             raise self._error(f"could not remove {len(keys)} expired objects", exc) from exc
 
@@ -349,10 +353,11 @@ class S3Store:
     async def check(self) -> None:
         await self._call("check", self._check)
 
-    async def expire(self, keys: list[str]) -> None:
+    async def expire(self, keys: list[str]) -> int:
         """Left to the bucket's lifecycle rule on `townsquare-retention=live`
         (`live_expiration_days` in infra/modules/storage, one by default): a delete per part
         would add a request for every part put."""
+        return 0
 
     async def list(self, prefix: str) -> list[str]:
         return await self._call(f"list {prefix!r}", self._list, _check_prefix(prefix))

@@ -326,8 +326,8 @@ class CountedStore:
     async def check(self) -> None:
         await self.store.check()
 
-    async def expire(self, keys: list[str]) -> None:
-        await self.store.expire(keys)
+    async def expire(self, keys: list[str]) -> int:
+        return await self.store.expire(keys)
 
     async def list(self, prefix: str) -> list[str]:
         return await self.store.list(prefix)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from hls.http import NO_STORE, SHORT
 from packager.origin import ELSEWHERE, HubLive, build_app
@@ -147,6 +148,8 @@ async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_w
     parts still in the window stay."""
     window = 7
     packager = Packager(PackagerSettings(data_dir=tmp_path, live_window_segments=window))
+    removed = {"outcome": "removed"}
+    before = REGISTRY.get_sample_value("townsquare_packager_parts_expired_total", removed) or 0
     try:
         b = packager.start_broadcast("long")
         for _ in range(60):  # 30 s: 15 segments of 1.92 s
@@ -166,6 +169,9 @@ async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_w
         assert parted[0] > newest - window - 3, f"parts of old segments stay: {parted}"
         assert set(range(newest - window + 1, newest + 1)) <= set(parted), \
             "the window's segments keep their parts"
+        after = REGISTRY.get_sample_value("townsquare_packager_parts_expired_total", removed)
+        # Every rendition's parts of the segments before the first with parts left.
+        assert after is not None and after - before >= 3 * 8 * (parted[0] - 1)
         text = await RecordingComposer(packager.store).compose("long", b.broadcast_id, "aac96")
         assert text is not None and text.count(b"#EXTINF") == newest, "the recording is whole"
     finally:

@@ -89,6 +89,8 @@ def test_thirty_second_broadcast_to_s3_keeps_a_complete_recording(
     client = s3_server.client()
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
         Bucket=s3_server.bucket, Prefix=f"{prefix}/live/rec/") for o in page.get("Contents", [])]
+    assert any(re.search(r"/aac96/e[^/]+/p1\.0\.m4s$", k) for k in keys), \
+        "parts stay in S3: the bucket's lifecycle rule expires them"
     room = client.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/live/rec/room.json")
     assert room["ContentType"] == "application/json"
     rec_master = next(k for k in keys if re.fullmatch(rf"{prefix}/live/rec/[^/]+/recording\.m3u8", k))
