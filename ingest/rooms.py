@@ -652,7 +652,7 @@ class Rooms:
             except (RoomEnded, RoomFull, Unavailable) as exc:
                 log.info("room %s: speaker %s not carried on: %s", room.name, speaker.id, exc)
                 break
-            except Exception:  # noqa: BLE001 - the speaker is disconnected, never stranded
+            except Exception:  # any other failure: the speaker is disconnected, never stranded
                 log.exception("room %s: carrying speaker %s on failed", room.name, speaker.id)
                 break
             await asyncio.sleep(REHOME_EVERY)
