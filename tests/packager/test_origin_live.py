@@ -151,8 +151,14 @@ def test_a_wait_that_ends_a_segment_is_short_lived(origin: str) -> None:
     assert r.status_code == 200 and f"/s{msn}.m4s\n" in r.text
     if _ends_on_boundary(r.text):
         assert r.headers["cache-control"] == "public, max-age=0"
-    msn, part = _wait_for_hint(url, last=False)
-    r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+    # A wait that ends inside a segment is a URL nobody asks again: 6 × TD. On a loaded
+    # machine the hinted part (0.21 s) may exist by the time the request arrives; that
+    # answer is a satisfied one (max-age=0), so the test asks again for a newer hint.
+    for _ in range(5):
+        msn, part = _wait_for_hint(url, last=False)
+        r = httpx.get(url, params={"_HLS_msn": msn, "_HLS_part": part}, timeout=10)
+        if r.headers["cache-control"] != "public, max-age=0":
+            break
     assert r.headers["cache-control"] == "public, max-age=12", r.text
 
 
