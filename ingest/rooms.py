@@ -570,18 +570,24 @@ class Rooms:
         if room.state == "waiting":
             self._go_live(room, plan_epoch(ResumePoint(), new_broadcast_id(time.time()),
                                            room.epoch + 1, room.next_msn))
-        assert room._mixer is not None
         room._seq += 1
         sid = f"{kind}-{room._seq}"
-        buf = JitterBuffer(target_ms=self.policy.jitter_ms.get(kind, 120.0))
-        inp = room._mixer.add(sid, buf)
-        speaker = Speaker(sid, kind, remote, time.time(), inp, disconnect,
-                          name=name or default_speaker_name(room._seq))
-        room.speakers[sid] = speaker
-        room._last_voice = time.monotonic()
-        self.metrics.speakers.inc()
+        speaker = Speaker(sid, kind, remote, time.time(), self._mix_input(room, sid, kind),
+                          disconnect, name=name or default_speaker_name(room._seq))
+        self._seat(room, speaker)
         log.info("room %s: speaker %s joined from %s", room.name, sid, remote)
         return speaker
+
+    def _mix_input(self, room: Room, sid: str, kind: SpeakerKind) -> MixerInput:
+        """A place in the room's mix, behind a jitter buffer sized for `kind`."""
+        assert room._mixer is not None
+        return room._mixer.add(sid, JitterBuffer(target_ms=self.policy.jitter_ms.get(kind, 120.0)))
+
+    def _seat(self, room: Room, speaker: Speaker) -> None:
+        """Count a speaker mixed here among the room's speakers."""
+        room.speakers[speaker.id] = speaker
+        room._last_voice = time.monotonic()
+        self.metrics.speakers.inc()
 
     async def speak(self, room: Room, kind: SpeakerKind, remote: str,
                     disconnect: Callable[[], Awaitable[None]] | None = None,
@@ -674,14 +680,10 @@ class Rooms:
             return
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
-        assert room._mixer is not None
         del room.relayed[speaker.id]
-        buf = JitterBuffer(target_ms=self.policy.jitter_ms.get(speaker.kind, 120.0))
-        speaker.input = room._mixer.add(speaker.id, buf)
+        speaker.input = self._mix_input(room, speaker.id, speaker.kind)
         speaker.relay = None
-        room.speakers[speaker.id] = speaker
-        room._last_voice = time.monotonic()
-        self.metrics.speakers.inc()
+        self._seat(room, speaker)
         log.info("room %s: speaker %s mixed here now (the room came to this node)", room.name,
                  speaker.id)
 

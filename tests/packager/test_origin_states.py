@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -22,6 +21,7 @@ from packager.recording import RecordingComposer
 from packager.settings import PackagerSettings
 from serving.http import http_server, serve_http
 from tests.support.llhls import check_media_playlist
+from tests.support.audio import program_tone
 from tests.support.procs import free_port, running
 
 
@@ -50,12 +50,6 @@ async def _packager_origin(tmp_path: Path, routed: bool = False
 async def packager_origin(tmp_path: Path) -> AsyncIterator[tuple[Packager, str]]:
     async with _packager_origin(tmp_path) as made:
         yield made
-
-
-def _tone(seconds: float) -> np.ndarray:
-    t = np.arange(int(48000 * seconds)) / 48000
-    x = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
-    return np.vstack([x, x])
 
 
 async def test_part_that_never_comes_is_503_after_three_target_durations(
@@ -87,7 +81,7 @@ async def test_held_requests_are_released_by_the_part_they_wait_for(
                                               timeout=20))
         await asyncio.sleep(0.5)
         assert not any(w.done() for w in waiters), "nothing is answered before the part exists"
-        b.feed(_tone(0.3))  # enough for the first 240 ms Opus part
+        b.feed(program_tone(0.3))  # enough for the first 240 ms Opus part
         responses = await asyncio.gather(*waiters)
         assert {r.status_code for r in responses} == {200}
         assert all(f'URI="{b.epoch.id}/p1.0.m4s"' in r.text for r in responses)
@@ -102,7 +96,7 @@ async def test_requests_held_for_an_epoch_that_stops_are_answered_at_once(
     tier asks the next owner; alone with a 503 that players retry."""
     async with _packager_origin(tmp_path, routed) as (packager, base), httpx.AsyncClient() as c:
         b = packager.start_broadcast("moving")
-        b.feed(_tone(0.6))
+        b.feed(program_tone(0.6))
         url = f"{base}/live/moving/aac96/live.m3u8"
         first = await c.get(url, params={"_HLS_msn": 1, "_HLS_part": 0}, timeout=10)
         assert first.status_code == 200
@@ -129,7 +123,7 @@ async def test_a_request_held_when_the_broadcast_ends_gets_the_last_playlist_at_
 ) -> None:
     packager, base = packager_origin
     b = packager.start_broadcast("ending")
-    b.feed(_tone(0.6))
+    b.feed(program_tone(0.6))
     url = f"{base}/live/ending/aac96/live.m3u8"
     async with httpx.AsyncClient() as client:
         held = asyncio.create_task(client.get(url, params={"_HLS_msn": 3, "_HLS_part": 0},
@@ -153,10 +147,10 @@ async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_w
     try:
         b = packager.start_broadcast("long")
         for _ in range(60):  # 30 s: 15 segments of 1.92 s
-            b.feed(_tone(0.5))
+            b.feed(program_tone(0.5))
             await asyncio.sleep(0.05)  # the writer stores as it goes, as on air
         await packager.flush(10)
-        b.feed(_tone(2.0))  # a segment more: expiry looks again once the rest is stored
+        b.feed(program_tone(2.0))  # a segment more: expiry looks again once the rest is stored
         await asyncio.sleep(1.0)
         await packager.flush(10)
         await asyncio.sleep(0.5)
@@ -184,7 +178,7 @@ async def test_ended_broadcast_ignores_directives_and_keeps_its_recording(
     packager, base = packager_origin
     b = packager.start_broadcast("ended")
     for _ in range(20):
-        b.feed(_tone(0.25))
+        b.feed(program_tone(0.25))
     await b.close()
     url = f"{base}/live/ended/aac96/live.m3u8"
     async with httpx.AsyncClient() as client:
@@ -237,7 +231,7 @@ async def test_state_file_is_written_for_followers_only(tmp_path: Path) -> None:
     for settings in cases.values():
         p = Packager(settings)
         b = p.start_broadcast("state")
-        b.feed(_tone(2.5))
+        b.feed(program_tone(2.5))
         await b.close()
     written = {name: len(list((tmp_path / name).rglob("state.json"))) for name in cases}
     assert written == {"alone": 1, "beside": 0, "asked": 1, "off": 0}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,6 +26,7 @@ from packager.settings import PackagerSettings
 from packager.store import LocalStore
 from packager.tier import TierSettings, build_tier_app
 from registry import Lease, NodeInfo, Registry, RegistryError, default_url
+from tests.support.audio import program_tone
 from tests.support.postgres import PostgresNotInstalled, PostgresServer
 from tests.support.procs import Service, free_port, running
 from tests.support.serve import serving
@@ -90,12 +90,6 @@ async def serving_tier(data: Path, registry: Registry, **settings: Any) -> Async
     finally:
         await app.state.tier.aclose()
         store.close()
-
-
-def _tone(seconds: float) -> np.ndarray:
-    t = np.arange(int(48000 * seconds)) / 48000
-    x = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
-    return np.vstack([x, x])
 
 
 async def _metrics(client: httpx.AsyncClient, base: str) -> Metrics:
@@ -359,7 +353,7 @@ async def test_a_request_held_by_an_owner_that_hands_the_room_over_is_answered_b
             async with serving_tier(data, registry, tier_failover_wait_seconds=6.0) as base, \
                     httpx.AsyncClient(timeout=30) as c:
                 on_a = a.start_broadcast(ROOM)
-                on_a.feed(_tone(0.6))
+                on_a.feed(program_tone(0.6))
                 live = f"{base}/live/{ROOM}/aac96/live.m3u8"
                 held = asyncio.create_task(c.get(live, params={"_HLS_msn": 1, "_HLS_part": 5}))
                 await asyncio.sleep(0.5)
@@ -370,7 +364,7 @@ async def test_a_request_held_by_an_owner_that_hands_the_room_over_is_answered_b
                 assert await registry.release_room(ROOM, "a", lease.epoch)
                 assert await registry.take_room(ROOM, "b", 600) is not None
                 on_b = b.start_broadcast(ROOM)
-                on_b.feed(_tone(1.5))
+                on_b.feed(program_tone(1.5))
                 r = await held
                 after = await _metrics(c, base)
                 assert r.status_code == 200, r.text
