@@ -20,11 +20,12 @@ hands the room over (its lease released, not left to lapse); the speaker is sent
 node first, as a load balancer stops sending a draining node new connections. The same
 figures, from the signal, and how long the old owner took to exit.
 
-The reference, in the same run: for the kills, the lease; for the hand-overs, the kills. A dead node's room cannot be adopted before its
-lease lapses; leases are renewed every third of their length, so at the kill between 2/3
-of a lease and a whole one is left. Each round reads what was left from the database
-(`rooms.lease_expires`, right after the kill) and reports both ratios: over the configured
-lease, and over the lease that was actually left, the floor for that round.
+The reference, in the same run: for the kills, the lease; for the hand-overs, the kills.
+A dead node's room cannot be adopted before its lease lapses; leases are renewed every
+third of their length, so at the kill between 2/3 of a lease and a whole one is left. Each
+round reads what was left from the database (`rooms.lease_expires`, right after the kill)
+and reports both ratios: over the configured lease, and over the lease that was actually
+left, the floor for that round.
 """
 
 from __future__ import annotations
@@ -264,20 +265,20 @@ def _cpus(pid: int) -> str:
     return ",".join(map(str, sorted(os.sched_getaffinity(pid))))
 
 
+def _spread(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    values = [r[key] for r in rows]
+    return {"median_s": round(statistics.median(values), 3), "worst_s": round(max(values), 3)}
+
+
 def _figures(rows: list[dict[str, Any]], key: str, lease: float) -> dict[str, float]:
     values = [r[key] for r in rows]
     median, worst = statistics.median(values), max(values)
     over_left = [r[key] / r["lease_left_at_kill_s"] for r in rows]
-    return {"median_s": round(median, 3), "worst_s": round(worst, 3),
+    return {**_spread(rows, key),
             "median_over_lease": round(median / lease, 2),
             "worst_over_lease": round(worst / lease, 2),
             "median_over_lease_left": round(statistics.median(over_left), 2),
             "worst_over_lease_left": round(max(over_left), 2)}
-
-
-def _spread(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
-    values = [r[key] for r in rows]
-    return {"median_s": round(statistics.median(values), 3), "worst_s": round(max(values), 3)}
 
 
 def run(rounds: int = ROUNDS, lease: float = LEASE, nodes: int = 3,
