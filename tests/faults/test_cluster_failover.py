@@ -39,17 +39,24 @@ class Node:
         self.env = {**env, "TOWNSQUARE_NODE_ID": f"node-{n}",
                     "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
         self.runs = 0
-        self.svc = self.start()
+        self.svc = self.launch()
 
-    def start(self) -> Service:
+    def launch(self) -> Service:
+        """Start the node's process; `ready` waits for it to answer."""
         if self.runs:
             self.svc.stop()  # the run before: already ended, its log closed here
         self.runs += 1
         args = ["ingest", "--data", str(self.tmp / "data"), "--control-port", str(self.control),
                 "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
         self.svc = Service(args, self.tmp / f"node-{self.n}-{self.runs}.log", self.env)
-        wait_http(f"{self.api}/healthz", 60, self.svc.proc)
         return self.svc
+
+    def ready(self) -> None:
+        wait_http(f"{self.api}/healthz", 60, self.svc.proc)
+
+    def start(self) -> None:
+        self.launch()
+        self.ready()
 
     @property
     def api(self) -> str:
@@ -69,17 +76,21 @@ def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], s
     services: list[Service] = []
     nodes: list[Node] = []
     try:
+        # Every process starts at once, as an orchestrator starts a service's tasks: the nodes
+        # meet on a fresh database (its migration is taken by one, under a lock).
         for n in (1, 2, 3):
             nodes.append(Node(n, tmp, env))
         one, two, three = nodes
         tier_port, edge_port = free_port(), free_port()
         tier = Service(["tier", "--port", str(tier_port)], tmp / "tier.log", env)
         services.append(tier)
-        wait_http(f"http://127.0.0.1:{tier_port}/healthz", 30, tier.proc)
         edge = Service(["edge", "--upstream", f"http://127.0.0.1:{tier_port}", "--port",
                         str(edge_port)], tmp / "edge.log")
         services.append(edge)
         edge_url = f"http://127.0.0.1:{edge_port}"
+        for node in nodes:
+            node.ready()
+        wait_http(f"http://127.0.0.1:{tier_port}/healthz", 30, tier.proc)
         wait_http(f"{edge_url}/healthz", 30, edge.proc)
         yield [one, two, three], edge_url, f"http://127.0.0.1:{tier_port}"
     finally:
@@ -296,9 +307,10 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 # Its hand-over is bounded by the drain deadlines (store, then registry):
                 # 60 s, as ECS gives it (stop_timeout_seconds).
                 _wait_stopped(node)
-                time.sleep(2)
+                # Back in place once it answers, as an orchestrator's health check would see
+                # it, and a moment more before the next node goes.
                 node.start()
-                time.sleep(4)
+                time.sleep(1)
             done.set()
             watcher.join(20)
             assert not failed, f"the tier stopped answering: {failed}"
