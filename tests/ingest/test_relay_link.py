@@ -1,7 +1,8 @@
 """A speaker relayed from one node to the owner of their room, over real HTTP between two nodes
 in one process (the packager is the recording twin): the owner mixes the relayed audio, and a
 relay the owner cannot take is refused before any audio is streamed, so the relaying node
-learns of it at once instead of when the speaker stops."""
+learns of it at once instead of when the speaker stops; and when the owner hands the room over
+and the relaying node takes it, the speaker goes into its mix without a reconnect."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ingest.whip import WhipEndpoint
 from registry import Registry, default_url
 from serving.http import http_server, serve_http
 from serving.tasks import cancel_and_wait
-from tests.ingest.twins import RecordingPackager
+from tests.ingest.twins import RecordedBroadcast, RecordingPackager
 from tests.support.procs import free_port
 
 TOKEN = "test-admin-token-0123456789"
@@ -108,3 +109,43 @@ async def test_a_relay_the_owner_cannot_take_is_refused_before_audio_is_streamed
     assert closed.is_set(), "the relay was never told it was refused"
     assert took < 10.0, took
     assert not (await owner.rooms.find("quiet")).speakers
+
+
+async def test_a_relayed_speaker_stays_connected_and_is_mixed_here_when_the_room_comes_here(
+        cluster: tuple[Owner, Rooms]) -> None:
+    owner, other = cluster
+    room, _ = await owner.rooms.create("hall")
+    await owner.rooms.admit(room)
+    here = await other.find("hall")
+    dropped = asyncio.Event()
+
+    async def disconnect() -> None:  # what the speaker's RTMP session would do: hang up
+        dropped.set()
+
+    speaker = await other.speak(here, "rtmp", "test", disconnect, name="Guest")
+    assert speaker.relay is not None
+    for _ in range(100):
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+        if any(s.kind == "relay" for s in room.speakers.values()):
+            break
+    else:
+        raise AssertionError("the owner never mixed the relayed speaker")
+
+    # The owner stops (a deploy): it lets the relay go and hands the room back; the node the
+    # speaker reached takes the room and the speaker with it, without a reconnect.
+    await owner.rooms.close()
+    deadline = time.monotonic() + 4 * LEASE
+    while speaker.id not in here.speakers:
+        assert time.monotonic() < deadline, "the speaker was never mixed on their own node"
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    assert here.on_air and not here.relayed and speaker.relay is None
+    assert here.speaker_names() == ("Guest",)
+    for _ in range(50):  # a second more of their voice, heard in this node's program
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    program = here._broadcast
+    assert isinstance(program, RecordedBroadcast)
+    assert float(np.abs(program.audio(0.5)).max()) > 0.1, "the speaker is in the mix here"
+    assert not dropped.is_set(), "the speaker's connection was kept"
