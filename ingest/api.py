@@ -51,7 +51,7 @@ from ingest.errors import (
 from ingest.key_sync import KEY_SYNC_PATH, tell_nodes
 from ingest.limits import RateLimiter, retry_after_header
 from ingest.metrics import IngestMetrics
-from ingest.relay import RELAY_PATH
+from ingest.relay import RELAY_PATH, RELAYED_PATH
 from ingest.relay import receive as receive_relay
 from ingest.rooms import Room, Rooms
 from ingest.whip import MAX_SDP_BYTES, WhipEndpoint
@@ -102,6 +102,13 @@ class RoomInfo(BaseModel):
 
 class SpeakerNameBody(BaseModel):
     name: SpeakerName
+
+
+class RelayedChange(BaseModel):
+    """What a room's owner tells the node a relayed speaker came from; None: unchanged."""
+
+    muted: bool | None = None
+    name: SpeakerName | None = None
 
 
 # Listener URLs of private rooms: 6 h by default (a long show), a minute at least.
@@ -215,7 +222,7 @@ class ApiLimits:
 
 
 # Scrapes and cluster-internal relays are not clients to slow down.
-_UNLIMITED_PATHS = ("/healthz", "/metrics", RELAY_PATH)
+_UNLIMITED_PATHS = ("/healthz", "/metrics", RELAY_PATH, RELAYED_PATH)
 
 
 class RateLimit:
@@ -540,7 +547,7 @@ def build_app(
                                    body.model_dump() if body else None)
         if forwarded is not None:
             return forwarded
-        s = rooms.mute(r, speaker, body.muted if body else True)
+        s = await rooms.mute(r, speaker, body.muted if body else True)
         return s.describe()
 
     @app.put("/rooms/{room}/speakers/{speaker}/name", dependencies=[Depends(admin)],
@@ -553,7 +560,7 @@ def build_app(
             return forwarded
         if not body.name:
             raise HTTPException(422, "name must not be empty")
-        return rooms.rename(r, speaker, body.name).describe()
+        return (await rooms.rename(r, speaker, body.name)).describe()
 
     @app.delete("/rooms/{room}/speakers/{speaker}", status_code=204, dependencies=[Depends(admin)],
                 tags=["speakers"], summary="Disconnect a speaker")
@@ -710,6 +717,12 @@ def build_app(
         # still takes relays: if so it disconnects the speaker, else it carries them on to
         # the room's next owner.
         speaker = rooms.join(r, "relay", remote, disconnect=drop, name=shown)
+        # Where it comes from, told of mutes and renames made here; muted as it was.
+        source = (request.query_params.get("node", ""), request.query_params.get("speaker", ""))
+        if all(source):
+            speaker.source = source
+        if request.query_params.get("muted") == "1":
+            speaker.input.mute(True)
         reading = asyncio.create_task(receive_relay(request.stream(), speaker.push))
         ended = asyncio.create_task(dropped.wait())
         try:
@@ -730,6 +743,22 @@ def build_app(
         samples = reading.result()  # its error, if the relay failed, goes on up
         log.info("room %s: relayed speaker %s ended after %.1f s", room, speaker.id,
                  samples / 48_000)
+        return Response(status_code=204)
+
+    @app.post(RELAYED_PATH + "{room}/{speaker}", include_in_schema=False,
+              dependencies=[Depends(admin)], status_code=204)
+    async def relayed_changed(room: str, speaker: str, body: RelayedChange) -> Response:
+        """The owner of a room changed a speaker relayed to it from this node."""
+        r = await room_or_404(room)
+        name = None
+        if body.name is not None:
+            try:
+                name = check_speaker_name(body.name)
+            except BadText as exc:
+                raise HTTPException(422, str(exc)) from exc
+        if not rooms.relayed_changed(r, speaker, body.muted, name or None):
+            raise HTTPException(404, f"no speaker {speaker!r} of room {room!r} is relayed "
+                                     "from this node")
         return Response(status_code=204)
 
     @app.get("/broadcast/{room}", response_class=HTMLResponse, tags=["page"],

@@ -11,6 +11,13 @@ real time; the receiver's jitter buffer has its own bound.
 
 Raw PCM over HTTP was chosen over re-sending the speaker's own codec: the owner then needs
 no decoder per protocol, and at 192 kB/s per speaker inside a VPC the cost is nothing.
+
+The relay's URL says what the owner needs to know of the speaker (`link_url`): the name
+listeners read, whether they are muted, and which node and speaker the relay comes from. The
+owner tells that node when it mutes or renames the speaker (`tell_source`, a POST to
+`RELAYED_PATH` on the relaying node's control API). So the node that holds the speaker's
+connection always knows their state, and carries it with them when the room moves: into its
+own mix, or in the URL of its relay to the next owner.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -30,6 +39,8 @@ log = logging.getLogger("townsquare.ingest.relay")
 RELAY_BLOCKS = Counter("townsquare_ingest_relay_blocks_total",
                        "Audio blocks relayed to a room's owner, by outcome", ["outcome"])
 RELAY_PATH = "/internal/relay/"  # on the owner's control API, followed by the room
+# On the relaying node's control API, followed by the room and the speaker's id there.
+RELAYED_PATH = "/internal/relayed/"
 MAX_QUEUED = 100  # blocks (each what the decoder produced, ~20-40 ms): about 2-4 s
 FRAME_BYTES = 4  # one stereo sample in s16le
 # The owner's answer to "would you take a relay now?" (it waits up to 5 s for a room it is
@@ -108,6 +119,25 @@ class RelayLink:
                 await asyncio.wait_for(asyncio.shield(self._task), 2.0)
             except TimeoutError:
                 await cancel_and_wait(self._task)
+
+
+def link_url(relay_url: str, name: str, node: str, speaker: str, muted: bool) -> str:
+    """The URL a relay of `speaker` (their id on `node`, the relaying node) is posted to."""
+    query = {"name": name, "node": node, "speaker": speaker, "muted": "1" if muted else "0"}
+    return f"{relay_url}?{urlencode(query)}"
+
+
+async def tell_source(control_url: str, room: str, speaker: str, token: str,
+                      change: dict[str, Any]) -> str:
+    """Tell the node a speaker is relayed from (its control API at `control_url`; `speaker`,
+    their id there) what changed at the owner: `muted`, `name`. Returns "ok" or why not."""
+    url = f"{control_url.rstrip('/')}{RELAYED_PATH}{room}/{speaker}"
+    try:
+        async with httpx.AsyncClient(timeout=READY_TIMEOUT, trust_env=False) as client:
+            r = await client.post(url, json=change, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok" if r.status_code == 204 else f"answered {r.status_code}: {r.text[:200]}"
 
 
 async def still_taken(url: str, token: str) -> bool:

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
-from urllib.parse import quote
 
 import numpy as np
 from prometheus_client import Counter
@@ -44,7 +43,7 @@ from ingest.ledger import Ledger
 from ingest.metrics import IngestMetrics
 from ingest.mixer import Mixer, MixerInput, ProgramClock
 from ingest.node import Node
-from ingest.relay import RELAY_PATH, RelayLink, still_taken
+from ingest.relay import RELAY_PATH, RelayLink, link_url, still_taken, tell_source
 from ingest.stream_keys import hash_key, key_matches, new_key
 from packager.ladder import SAMPLE_RATE
 from packager.pipeline import EpochPlan, ResumePoint, plan_epoch
@@ -113,6 +112,9 @@ class Speaker:
     # their own speakers).
     key_generation: int | None = None
     name: str = ""  # what listeners read (`ingest.display`)
+    # A speaker relayed here: (the node they reached, their id there), told of mutes and
+    # renames made here so that the state goes with the speaker when the room moves on.
+    source: tuple[str, str] | None = None
 
     def push(self, audio: Arrival) -> None:
         """This speaker's next audio: samples, or a call that decodes them (run when the
@@ -255,6 +257,10 @@ class Rooms:
         self.key_disconnects = Counter("townsquare_ingest_key_disconnects", "Speakers "
                                        "disconnected because their stream key stopped counting",
                                        registry=self.metrics.registry)
+        self.relayed_changes = Counter(
+            "townsquare_ingest_relayed_speaker_changes", "Mutes and renames of speakers relayed "
+            "here from another node, by whether that node was told (told, untold)",
+            ["outcome"], registry=self.metrics.registry)
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
 
@@ -625,9 +631,12 @@ class Rooms:
             if room.relayed.get(speaker.id) is speaker:  # not left meanwhile
                 self._spawn(self._rehome(room, speaker, url), f"relay-rehome-{room.name}")
 
-        # The owner mixes the speaker, so it shows their name: it travels with the relay.
-        speaker.relay = RelayLink(f"{url}?name={quote(speaker.name)}", self.relay_token,
-                                  link_closed)
+        # The owner mixes the speaker: their name and whether they are muted travel with the
+        # relay, and where they come from, so that the owner can tell this node of changes.
+        assert self.node is not None
+        speaker.relay = RelayLink(
+            link_url(url, speaker.name, self.node.id, speaker.id, speaker.input.muted),
+            self.relay_token, link_closed)
 
     async def _rehome(self, room: Room, speaker: Speaker, gone: str) -> None:
         """The owner a speaker was relayed to stopped taking them (it is handing the room
@@ -681,7 +690,9 @@ class Rooms:
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
         del room.relayed[speaker.id]
+        muted = speaker.input.muted  # as the last owner told it
         speaker.input = self._mix_input(room, speaker.id, speaker.kind)
+        speaker.input.mute(muted)
         speaker.relay = None
         self._seat(room, speaker)
         log.info("room %s: speaker %s mixed here now (the room came to this node)", room.name,
@@ -792,20 +803,58 @@ class Rooms:
             self.key_disconnects.inc(len(stale))
         return len(stale)
 
-    def mute(self, room: Room, speaker_id: str, muted: bool) -> Speaker:
+    async def mute(self, room: Room, speaker_id: str, muted: bool) -> Speaker:
+        """Mute or unmute a speaker mixed here (and tell the node they are relayed from)."""
         speaker = room.speakers.get(speaker_id)
         if speaker is None:
             raise RoomNotFound(f"room {room.name!r} has no speaker {speaker_id!r}")
         speaker.input.mute(muted)
+        await self._tell_source(room, speaker, {"muted": muted})
         return speaker
 
-    def rename(self, room: Room, speaker_id: str, name: str) -> Speaker:
+    async def rename(self, room: Room, speaker_id: str, name: str) -> Speaker:
         """Give a speaker mixed here a new display name (checked by `ingest.display`)."""
         speaker = room.speakers.get(speaker_id)
         if speaker is None:
             raise RoomNotFound(f"room {room.name!r} has no speaker {speaker_id!r}")
         speaker.name = name
+        await self._tell_source(room, speaker, {"name": name})
         return speaker
+
+    async def _tell_source(self, room: Room, speaker: Speaker, change: dict[str, Any]) -> None:
+        """A speaker relayed here from another node changed here: tell that node, which holds
+        their connection and carries their state on when the room moves. The change holds
+        here either way; a node that cannot be told is logged and counted."""
+        if speaker.source is None or self.registry is None or self.relay_token is None:
+            return
+        node_id, their_id = speaker.source
+        try:
+            node = next((n for n in await self.registry.nodes() if n.id == node_id), None)
+        except RegistryError as exc:
+            node, outcome = None, f"the node directory cannot be read: {exc}"
+        else:
+            outcome = "not in the node directory"
+        if node is not None:
+            outcome = await tell_source(node.control_url, room.name, their_id,
+                                        self.relay_token, change)
+        self.relayed_changes.labels("told" if outcome == "ok" else "untold").inc()
+        if outcome != "ok":
+            log.warning("room %s: node %s was not told that relayed speaker %s changed (%s): "
+                        "%s; it holds here until the room moves", room.name, node_id,
+                        speaker.id, change, outcome)
+
+    def relayed_changed(self, room: Room, speaker_id: str, muted: bool | None = None,
+                        name: str | None = None) -> bool:
+        """The owner changed a speaker relayed from here: remember it for when the room
+        moves. False when no such speaker is relayed from here (any more)."""
+        speaker = room.relayed.get(speaker_id)
+        if speaker is None:
+            return False
+        if muted is not None:
+            speaker.input.mute(muted)  # not in any mix here: only remembered
+        if name is not None:
+            speaker.name = name
+        return True
 
     async def set_info(self, room: Room, title: str | None = None,
                        description: str | None = None) -> None:

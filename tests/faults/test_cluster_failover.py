@@ -219,9 +219,16 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand
                 assert time.monotonic() < deadline, "the removed guest was not disconnected"
                 time.sleep(0.2)
 
+            # The host mutes the guest (through a node that does not publish the room: the
+            # owner applies it and tells the guest's node, which carries it on below).
+            relayed = next(sp["id"] for sp in one.room()["speakers"] if sp["kind"] == "relay")
+            muted = httpx.post(f"{three.api}/rooms/{ROOM}/speakers/{relayed}/mute",
+                               json={"muted": True}, headers=AUTH, timeout=10)
+            assert muted.status_code == 200 and muted.json()["muted"], muted.text
+
             # The owner is stopped (a deploy): the guest's node carries the guest on, into
             # its own mix if it takes the room, else relayed to the node that does; the
-            # guest's connection is never dropped.
+            # guest's connection is never dropped, nor their mute.
             host.stop()
             one.svc.proc.send_signal(signal.SIGTERM)  # by the pid this test started
             _wait_stopped(one)
@@ -235,15 +242,16 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand
                 assert time.monotonic() < deadline, "the guest is not heard on the new owner"
                 time.sleep(0.2)
             assert guest.connects == 2, "the guest was carried on, not made to reconnect"
+            (speaker,) = owner.room()["speakers"]
+            assert speaker["muted"], f"the guest's mute was lost in the hand-over: {speaker}"
+            # The node that does not publish the room acts on its speakers through the owner.
+            unmuted = httpx.post(f"{other.api}/rooms/{ROOM}/speakers/{speaker['id']}/mute",
+                                 json={"muted": False}, headers=AUTH, timeout=10)
+            assert unmuted.status_code == 200 and not unmuted.json()["muted"], unmuted.text
             time.sleep(4.5)
             pcm = recent_audio(f"http://127.0.0.1:{owner.origin}", ROOM)
             assert tone_db(pcm, 660) > -10, "the guest is in the new owner's mix"
 
-            # The node that does not publish the room acts on its speakers through the owner.
-            (speaker,) = owner.room()["speakers"]
-            muted = httpx.post(f"{other.api}/rooms/{ROOM}/speakers/{speaker['id']}/mute",
-                               json={"muted": True}, headers=AUTH, timeout=10)
-            assert muted.status_code == 200 and muted.json()["muted"], muted.text
             # Ended through the node that does not publish it: the owner ends it.
             ended = httpx.post(f"{other.api}/rooms/{ROOM}/end", headers=AUTH, timeout=30)
             assert ended.status_code == 200 and ended.json()["state"] == "ended", ended.text

@@ -1,25 +1,27 @@
 """A speaker relayed from one node to the owner of their room, over real HTTP between two nodes
-in one process (the packager is the recording twin): the owner mixes the relayed audio, and a
-relay the owner cannot take is refused before any audio is streamed, so the relaying node
-learns of it at once instead of when the speaker stops; and when the owner hands the room over
-and the relaying node takes it, the speaker goes into its mix without a reconnect."""
+in one process, each serving its control API (the packager is the recording twin): the owner
+mixes the relayed audio; a relay the owner cannot take is refused before any audio is
+streamed, so the relaying node learns of it at once instead of when the speaker stops; and
+when the owner hands the room over and the relaying node takes it, the speaker goes into its
+mix without a reconnect, muted and named as the owner last made them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from ingest.api import PublicUrls, build_app
 from ingest.metrics import IngestMetrics
 from ingest.node import Node
-from ingest.relay import RELAY_PATH, RelayLink
-from ingest.rooms import Rooms
+from ingest.relay import RELAY_PATH, RelayLink, link_url
+from ingest.rooms import Room, Rooms, Speaker
 from ingest.whip import WhipEndpoint
 from registry import Registry, default_url
 from serving.http import http_server, serve_http
@@ -28,42 +30,45 @@ from tests.ingest.twins import RecordedBroadcast, RecordingPackager
 from tests.support.procs import free_port
 
 TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE = 3.0
 BLOCK = np.full((2, 960), 0.25, dtype=np.float32)  # 20 ms
 
 
 @dataclass
-class Owner:
+class Served:
     rooms: Rooms
-    url: str
+    url: str  # its control API
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Owner, Rooms]]:
-    """Node 1 serving its control API on a real port, node 2 relaying to it."""
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Served, Served]]:
+    """Node 1, which will own the rooms, and node 2, which relays to it; both serve their
+    control API on a real port, as the owner tells the relaying node of changes there."""
     registry = await Registry.open(default_url(tmp_path))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    nodes: list[Rooms] = []
-    for n, control in ((1, url), (2, "http://127.0.0.1:9")):
-        rooms = Rooms(RecordingPackager(), registry, IngestMetrics())
-        rooms.node = Node(registry, f"node-{n}", control, control, 1935, 100, LEASE)
-        rooms.relay_token = TOKEN
-        await rooms.node.start(rooms)
-        nodes.append(rooms)
-    metrics = IngestMetrics()
-    app = build_app(nodes[0], WhipEndpoint(nodes[0], metrics), metrics, TOKEN,
-                    PublicUrls(url, "rtmp://127.0.0.1:1935", url, url))
-    server = http_server(app, "127.0.0.1", port)
-    started = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(serve_http(server, started))
-    await asyncio.wait_for(started.wait(), 10)
+    nodes: list[Served] = []
+    tasks: list[asyncio.Task[None]] = []
     try:
-        yield Owner(nodes[0], url), nodes[1]
+        for n in (1, 2):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            rooms = Rooms(RecordingPackager(), registry, IngestMetrics())
+            rooms.node = Node(registry, f"node-{n}", url, url, 1935, 100, LEASE)
+            rooms.relay_token = TOKEN
+            await rooms.node.start(rooms)
+            metrics = IngestMetrics()
+            app = build_app(rooms, WhipEndpoint(rooms, metrics), metrics, TOKEN,
+                            PublicUrls(url, "rtmp://127.0.0.1:1935", url, url))
+            started = asyncio.Event()
+            tasks.append(asyncio.get_running_loop().create_task(
+                serve_http(http_server(app, "127.0.0.1", port), started)))
+            await asyncio.wait_for(started.wait(), 10)
+            nodes.append(Served(rooms, url))
+        yield nodes[0], nodes[1]
     finally:
-        await cancel_and_wait(task)
-        for rooms in nodes:
-            await rooms.close()
+        await cancel_and_wait(*tasks)
+        for node in nodes:
+            await node.rooms.close()
         await registry.close()
 
 
@@ -76,30 +81,37 @@ async def _speak_until(link_open: asyncio.Event, push: RelayLink, seconds: float
     return time.monotonic() - start
 
 
+async def _relayed(owner: Room, speak: Callable[[], None]) -> Speaker:
+    """Speak until the owner mixes a relayed speaker; that speaker, as the owner has them."""
+    for _ in range(250):
+        speak()
+        await asyncio.sleep(0.02)
+        relayed = [s for s in owner.speakers.values() if s.kind == "relay"]
+        if relayed:
+            return relayed[0]
+    raise AssertionError("the owner never mixed the relayed speaker")
+
+
 async def test_the_owner_mixes_a_speaker_relayed_from_another_node(
-        cluster: tuple[Owner, Rooms]) -> None:
+        cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
     room, _ = await owner.rooms.create("hall")
     await owner.rooms.admit(room)  # node 1 takes the lease and puts the room on air
-    here = await other.find("hall")
-    speaker = await other.speak(here, "rtmp", "test", name="Guest")
+    here = await other.rooms.find("hall")
+    speaker = await other.rooms.speak(here, "rtmp", "test", name="Guest")
     assert speaker.relay is not None and speaker.id in here.relayed
-    for _ in range(100):
-        speaker.relay.push(BLOCK)
-        await asyncio.sleep(0.02)
-        relayed = [s for s in room.speakers.values() if s.kind == "relay"]
-        if relayed:
-            break
-    assert [s.name for s in relayed] == ["Guest"]
-    other.leave(here, speaker)
+    relay = speaker.relay
+    mixed = await _relayed(room, lambda: relay.push(BLOCK))
+    assert mixed.name == "Guest" and mixed.source == ("node-2", speaker.id)
+    other.rooms.leave(here, speaker)
     await asyncio.sleep(0.5)
     assert not [s for s in room.speakers.values() if s.kind == "relay"], "the relay ended"
 
 
 async def test_a_relay_the_owner_cannot_take_is_refused_before_audio_is_streamed(
-        cluster: tuple[Owner, Rooms]) -> None:
+        cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
-    await other.create("quiet")  # in the registry, on air nowhere: node 1 will not take it
+    await other.rooms.create("quiet")  # in the registry, on air nowhere: node 1 won't take it
     closed = asyncio.Event()
     link = RelayLink(f"{owner.url}{RELAY_PATH}quiet", TOKEN, closed.set)
     # The owner waits up to 5 s for a room it might be putting on air, then refuses; the
@@ -111,26 +123,30 @@ async def test_a_relay_the_owner_cannot_take_is_refused_before_audio_is_streamed
     assert not (await owner.rooms.find("quiet")).speakers
 
 
-async def test_a_relayed_speaker_stays_connected_and_is_mixed_here_when_the_room_comes_here(
-        cluster: tuple[Owner, Rooms]) -> None:
+async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_muted_and_named(
+        cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
     room, _ = await owner.rooms.create("hall")
     await owner.rooms.admit(room)
-    here = await other.find("hall")
+    here = await other.rooms.find("hall")
     dropped = asyncio.Event()
 
     async def disconnect() -> None:  # what the speaker's RTMP session would do: hang up
         dropped.set()
 
-    speaker = await other.speak(here, "rtmp", "test", disconnect, name="Guest")
-    assert speaker.relay is not None
-    for _ in range(100):
-        speaker.push(BLOCK)
-        await asyncio.sleep(0.02)
-        if any(s.kind == "relay" for s in room.speakers.values()):
-            break
-    else:
-        raise AssertionError("the owner never mixed the relayed speaker")
+    speaker = await other.rooms.speak(here, "rtmp", "test", disconnect, name="Guest")
+    mixed = await _relayed(room, lambda: speaker.push(BLOCK))
+
+    # The host mutes and renames them at the owner (through its API, as any node forwards
+    # it): the owner tells the node holding their connection.
+    async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
+        r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": True})
+        assert r.status_code == 200 and r.json()["muted"], r.text
+        r = await api.put(f"/rooms/hall/speakers/{mixed.id}/name", json={"name": "Ada"})
+        assert r.status_code == 200 and r.json()["name"] == "Ada", r.text
+    assert speaker.input.muted and speaker.name == "Ada"
+    told = owner.rooms.relayed_changes.labels("told")._value.get()
+    assert told == 2, told
 
     # The owner stops (a deploy): it lets the relay go and hands the room back; the node the
     # speaker reached takes the room and the speaker with it, without a reconnect.
@@ -141,11 +157,42 @@ async def test_a_relayed_speaker_stays_connected_and_is_mixed_here_when_the_room
         speaker.push(BLOCK)
         await asyncio.sleep(0.02)
     assert here.on_air and not here.relayed and speaker.relay is None
-    assert here.speaker_names() == ("Guest",)
-    for _ in range(50):  # a second more of their voice, heard in this node's program
-        speaker.push(BLOCK)
-        await asyncio.sleep(0.02)
+    assert here.speaker_names() == ("Ada",)
     program = here._broadcast
     assert isinstance(program, RecordedBroadcast)
-    assert float(np.abs(program.audio(0.5)).max()) > 0.1, "the speaker is in the mix here"
+
+    async def a_second_of_voice() -> float:
+        for _ in range(50):
+            speaker.push(BLOCK)
+            await asyncio.sleep(0.02)
+        return float(np.abs(program.audio(0.5)).max())
+
+    assert await a_second_of_voice() < 0.01, "still muted in the mix here"
+    async with httpx.AsyncClient(base_url=other.url, headers=AUTH, timeout=10) as api:
+        r = await api.post(f"/rooms/hall/speakers/{speaker.id}/mute", json={"muted": False})
+        assert r.status_code == 200 and not r.json()["muted"], r.text
+    assert await a_second_of_voice() > 0.1, "unmuted, the speaker is in the mix here"
     assert not dropped.is_set(), "the speaker's connection was kept"
+
+
+async def test_a_relay_says_who_it_carries_and_a_change_its_node_cannot_hear_still_holds(
+        cluster: tuple[Served, Served]) -> None:
+    owner, _ = cluster
+    room, _ = await owner.rooms.create("hall")
+    await owner.rooms.admit(room)
+    closed = asyncio.Event()
+    # A relay from a node that has left the directory since (or never was in it), of a
+    # speaker another owner had muted.
+    link = RelayLink(link_url(f"{owner.url}{RELAY_PATH}hall", "Grace", "node-9", "rtmp-4",
+                              muted=True), TOKEN, closed.set)
+    try:
+        mixed = await _relayed(room, lambda: link.push(BLOCK))
+        assert mixed.input.muted and mixed.name == "Grace" and mixed.source == ("node-9",
+                                                                               "rtmp-4")
+        async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
+            r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": False})
+        assert r.status_code == 200 and not r.json()["muted"], r.text
+        assert not mixed.input.muted, "the change holds at the owner"
+        assert owner.rooms.relayed_changes.labels("untold")._value.get() == 1
+    finally:
+        await link.close()
