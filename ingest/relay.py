@@ -46,6 +46,8 @@ FRAME_BYTES = 4  # one stereo sample in s16le
 # The owner's answer to "would you take a relay now?" (it waits up to 5 s for a room it is
 # putting on air).
 READY_TIMEOUT = 10.0
+# The relaying node's answer to "this speaker of yours changed here" (a dict write there).
+TELL_TIMEOUT = 5.0
 
 
 def to_wire(pcm: np.ndarray) -> bytes:
@@ -133,7 +135,7 @@ async def tell_source(control_url: str, room: str, speaker: str, token: str,
     their id there) what changed at the owner: `muted`, `name`. Returns "ok" or why not."""
     url = f"{control_url.rstrip('/')}{RELAYED_PATH}{room}/{speaker}"
     try:
-        async with httpx.AsyncClient(timeout=READY_TIMEOUT, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=TELL_TIMEOUT, trust_env=False) as client:
             r = await client.post(url, json=change, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         return f"unreachable: {type(exc).__name__}"
