@@ -90,6 +90,7 @@ class RelayLink:
 
     async def _run(self) -> None:
         auth = {"Authorization": f"Bearer {self._token}"}
+        streaming = False
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
                 # Ask first: the owner's answer to the relay itself comes only once the body
@@ -101,6 +102,7 @@ class RelayLink:
                                 ready.text[:200])
                     RELAY_BLOCKS.labels("refused").inc(self._queue.qsize())
                     return
+                streaming = True
                 r = await client.post(self.url, content=self._body(),
                                       headers={**auth,
                                                "Content-Type": "audio/L16;rate=48000;channels=2"})
@@ -108,7 +110,13 @@ class RelayLink:
                     log.warning("relay to %s refused: %s %s", self.url, r.status_code,
                                 r.text[:200])
         except httpx.HTTPError as exc:
-            log.warning("relay to %s ended: %r", self.url, exc)
+            if streaming and isinstance(exc, httpx.TransportError):
+                # The owner closed the connection while the speaker was talking: it let them
+                # go (a hand-over, a removal) or went away. What follows is logged by the
+                # node that carries the speaker on (or disconnects them).
+                log.info("relay to %s ended by the owner: %r", self.url, exc)
+            else:
+                log.warning("relay to %s ended: %r", self.url, exc)
         finally:
             self._on_closed()
 
