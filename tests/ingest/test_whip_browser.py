@@ -1,16 +1,19 @@
-"""Headless Chromium's fake microphone on the broadcaster page, publishing via WHIP."""
+"""Headless Chromium's fake microphone on the broadcaster page, publishing via WHIP, and the
+page reconnecting when its node goes."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.faults.drill import ROOM, TOKEN, Stack
 from tests.ingest.support import (
     ffmpeg_publish,
     ingest_service,
@@ -32,6 +35,7 @@ pytestmark = [
 # speakers sing far above it, where the beep's spectrum is 45 dB down.
 BEEP = 400.0
 TONES = (5500.0, 7500.0)
+STATE = "document.getElementById('state').textContent === '{}'"
 
 
 def test_browser_page_and_two_rtmp_speakers_are_all_in_the_mix(tmp_path: Path) -> None:
@@ -98,3 +102,42 @@ def test_broadcast_page_reports_a_wrong_key(tmp_path: Path) -> None:
         assert "not valid" in (page.text_content("#message") or "")
         assert ingest.room("wrong-key")["state"] == "waiting"
         assert httpx.get(f"{ingest.control}/broadcast/no-such-room").status_code == 404
+
+
+@pytest.mark.parametrize(("how", "within"), [(signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)],
+                         ids=["stopped", "killed"])
+def test_the_broadcast_page_reconnects_as_soon_as_its_node_goes(
+        tmp_path: Path, how: signal.Signals, within: float) -> None:
+    # A deploy stops the node a browser speaker is on, which closes their WebRTC connection
+    # as it goes (DTLS close_notify); a node killed outright closes nothing, and its status
+    # no longer answers the page's polls. Either way the page reconnects well before ICE
+    # gives up (about 7 s here), and is a speaker of the room again once the node is back.
+    stack = Stack(tmp_path)
+    try:
+        stack.start_ingest()
+        r = httpx.post(f"{stack.api}/rooms", json={"name": ROOM},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert r.status_code == 201, r.text
+        room = r.json()
+        with chromium(fake_mic=True) as browser:
+            page = browser.new_page()
+            page.goto(room["broadcast_page_url"])
+            page.fill("#key", room["stream_key"])
+            page.click("#start")
+            page.wait_for_function(STATE.format("connected"), timeout=20_000)
+            assert stack.ingest is not None
+            stopped = time.monotonic()
+            stack.ingest.proc.send_signal(how)  # by the pid this test started
+            stack.ingest.proc.wait(30)
+            page.wait_for_function(STATE.format("reconnecting"), timeout=within * 1000)
+            noticed = time.monotonic() - stopped
+            up = stack.start_ingest()
+            page.wait_for_function(STATE.format("connected"), timeout=30_000)
+            wait_for(lambda: [s["kind"] for s in stack.room()["speakers"]] == ["whip"], 15,
+                     what="the browser speaker back in the room")
+            back = time.monotonic()
+        print(f"{how.name}: the page noticed in {noticed:.2f} s; a speaker again "
+              f"{back - up:.2f} s after the node was back ({back - stopped:.2f} s after the "
+              "signal)")
+    finally:
+        stack.stop()
