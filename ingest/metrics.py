@@ -19,6 +19,9 @@ class IngestMetrics:
             "townsquare_ingest_rtmp_publishes", "RTMP publishes accepted", registry=r)
         self.whip_sessions = Counter(
             "townsquare_ingest_whip_sessions", "WHIP offers by outcome", ["outcome"], registry=r)
+        self.whip_idle_closed = Counter(
+            "townsquare_ingest_whip_idle_closed", "WHIP sessions closed because their audio "
+            "stopped (the browser went away without a goodbye)", registry=r)
         self.publish_refused = Counter(
             "townsquare_ingest_publish_refused", "Publishes refused, by reason",
             ["protocol", "reason"], registry=r)

@@ -170,7 +170,8 @@ async def run(settings: IngestSettings, packager: Any, started: asyncio.Event | 
     allow_loopback_candidates(settings.whip_ice_loopback)
     ice = [u.strip() for u in settings.whip_ice_servers.split(",") if u.strip()]
     whip = WhipEndpoint(rooms, metrics, ice, max_sessions=settings.whip_max_sessions,
-                        max_per_address=settings.whip_max_sessions_per_address)
+                        max_per_address=settings.whip_max_sessions_per_address,
+                        idle_timeout=settings.whip_idle_seconds)
     rtmp = RtmpServer.from_settings(rooms, metrics, settings)
     try:
         await rtmp.start()

@@ -65,6 +65,10 @@ class IngestSettings(PackagerSettings):
     # WHIP sessions at once, in all and from one address.
     whip_max_sessions: int = Field(default=200, ge=1)
     whip_max_sessions_per_address: int = Field(default=16, ge=1)
+    # A connected WHIP session whose audio stops this long is closed. A browser sends audio
+    # every 20 ms, muted or not; one that vanished (a closed lid, a crashed tab) sends no
+    # goodbye, and ICE's consent check would drop it only after 30 s, listed meanwhile.
+    whip_idle_seconds: float = Field(default=5.0, gt=0)
     # Offer 127.0.0.1 as an ICE candidate: browsers on this machine (or in a namespace that
     # only has loopback) can then reach WHIP. Harmless elsewhere: a remote peer's check fails.
     whip_ice_loopback: bool = True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -87,7 +88,8 @@ class WhipSession:
 
     def __init__(self, session_id: str, room: Room, rooms: Rooms, metrics: IngestMetrics,
                  remote: str, ice_servers: list[str], connect_timeout: float,
-                 on_closed: Callable[[WhipSession], None], name: str | None = None) -> None:
+                 on_closed: Callable[[WhipSession], None], name: str | None = None,
+                 idle_timeout: float = 5.0) -> None:
         self.id = session_id
         self.room = room
         self.remote = remote
@@ -95,6 +97,8 @@ class WhipSession:
         self.state: State = "new"
         self._rooms, self._metrics = rooms, metrics
         self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._last_audio = 0.0  # monotonic time of the last frame received
         self._on_closed = on_closed
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers])
         self.pc = RTCPeerConnection(config)
@@ -118,6 +122,9 @@ class WhipSession:
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
             if pc.connectionState == "connected":
+                if self.state != "connected":
+                    self._last_audio = time.monotonic()
+                    self._spawn(self._idle_watch())
                 self._set_state("connected")
             elif pc.connectionState in ("failed", "closed"):
                 await self.close(f"peer connection {pc.connectionState}")
@@ -167,6 +174,17 @@ class WhipSession:
         if self.state != "connected":
             await self.close(f"not connected within {self._connect_timeout:g} s")
 
+    async def _idle_watch(self) -> None:
+        """Close a connected session whose audio has stopped for `idle_timeout`: a browser
+        sends audio every 20 ms while it is there, muted or not."""
+        while self.state == "connected":
+            left = self._last_audio + self._idle_timeout - time.monotonic()
+            if left <= 0:
+                self._metrics.whip_idle_closed.inc()
+                await self.close(f"no audio for {self._idle_timeout:g} s")
+                return
+            await asyncio.sleep(left)
+
     async def _pump(self, track: MediaStreamTrack) -> None:
         resampler = ProgramResampler()
         while True:
@@ -175,6 +193,7 @@ class WhipSession:
             except MediaStreamError:
                 await self.close("the browser stopped sending")
                 return
+            self._last_audio = time.monotonic()
             speaker = self.speaker
             if speaker is None:
                 return
@@ -195,10 +214,11 @@ class WhipEndpoint:
 
     def __init__(self, rooms: Rooms, metrics: IngestMetrics, ice_servers: list[str] | None = None,
                  connect_timeout: float = 20.0, max_sessions: int = 200,
-                 max_per_address: int = 16) -> None:
+                 max_per_address: int = 16, idle_timeout: float = 5.0) -> None:
         self._rooms, self._metrics = rooms, metrics
         self._ice_servers = ice_servers or []
         self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.max_per_address = max_per_address
         self.sessions: dict[str, WhipSession] = {}
@@ -221,7 +241,7 @@ class WhipEndpoint:
                             "whip_sessions_per_address", retry_after=5.0)
         sid = secrets.token_urlsafe(16)
         session = WhipSession(sid, room, self._rooms, self._metrics, remote, self._ice_servers,
-                              self._connect_timeout, self._forget, name)
+                              self._connect_timeout, self._forget, name, self._idle_timeout)
         self.sessions[sid] = session
         try:
             await session.answer(offer)

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import av
 import httpx
 import numpy as np
 import pytest
@@ -26,13 +27,15 @@ URLS = PublicUrls("http://ctl", "rtmp://ingest:1935", "http://edge", "http://ori
 
 
 class Stack:
-    def __init__(self, registry: Registry, idle_timeout: float = 600.0) -> None:
+    def __init__(self, registry: Registry, idle_timeout: float = 600.0,
+                 whip_idle: float = 5.0) -> None:
         self.packager = RecordingPackager()
         self.metrics = IngestMetrics()
         self.registry = registry
         self.rooms = Rooms(self.packager, registry, self.metrics,
                            RoomPolicy(idle_timeout=idle_timeout))
-        self.whip = WhipEndpoint(self.rooms, self.metrics, connect_timeout=10)
+        self.whip = WhipEndpoint(self.rooms, self.metrics, connect_timeout=10,
+                                 idle_timeout=whip_idle)
         self.app = build_app(self.rooms, self.whip, self.metrics, TOKEN, URLS)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
                                       base_url="http://ctl")
@@ -50,8 +53,8 @@ class Stack:
         await self.registry.close()
 
 
-async def make_stack(tmp: Path, idle_timeout: float = 600.0) -> Stack:
-    return Stack(await Registry.open(default_url(tmp)), idle_timeout)
+async def make_stack(tmp: Path, idle_timeout: float = 600.0, whip_idle: float = 5.0) -> Stack:
+    return Stack(await Registry.open(default_url(tmp)), idle_timeout, whip_idle)
 
 
 @pytest.fixture
@@ -274,6 +277,50 @@ async def test_whip_publish_answer_audio_and_delete(stack: Stack) -> None:
         assert again.status_code == 404
     finally:
         await pc.close()
+
+
+class FallsSilent(ToneTrack):
+    """A microphone that stops after `seconds` with its connection left open: a browser that
+    went away (a closed lid, a crashed tab) without a goodbye."""
+
+    def __init__(self, freq: float, seconds: float) -> None:
+        super().__init__(freq)
+        self.seconds = seconds
+
+    async def recv(self) -> av.AudioFrame:
+        if self._pts >= self.seconds * 48_000:
+            await asyncio.Event().wait()  # never: no more audio, ICE and DTLS still up
+        return await super().recv()
+
+
+async def test_a_whip_publisher_whose_audio_stops_is_let_go(tmp_path: Path) -> None:
+    allow_loopback_candidates(True)
+    stack = await make_stack(tmp_path, whip_idle=1.0)
+    pc, offer = await whip_offer(FallsSilent(1500, 1.0))
+    try:
+        room = await stack.create("quiet-mic")
+        r = await stack.http.post("/whip/quiet-mic", content=offer, headers={
+            "Content-Type": "application/sdp", "Authorization": f"Bearer {room['stream_key']}"})
+        assert r.status_code == 201, r.text
+        await whip_answer(pc, r.text)
+        speakers = stack.rooms.get("quiet-mic").speakers
+        for _ in range(100):
+            if speakers:
+                break
+            await asyncio.sleep(0.05)
+        assert [s.kind for s in speakers.values()] == ["whip"]
+        # Its audio stops a second in; a second of no audio later the session is closed, where
+        # ICE's consent check would have kept it listed for 30 s.
+        for _ in range(100):
+            if not speakers:
+                break
+            await asyncio.sleep(0.05)
+        assert not speakers, "the silent publisher is still listed"
+        assert not stack.whip.sessions
+        assert stack.metrics.whip_idle_closed._value.get() == 1
+    finally:
+        await pc.close()
+        await stack.close()
 
 
 async def test_whip_refusals_have_clear_statuses(stack: Stack) -> None:

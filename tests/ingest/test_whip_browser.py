@@ -39,7 +39,10 @@ STATE = "document.getElementById('state').textContent === '{}'"
 
 
 def test_browser_page_and_two_rtmp_speakers_are_all_in_the_mix(tmp_path: Path) -> None:
-    with ingest_service(tmp_path) as ingest, chromium(fake_mic=True) as browser:
+    # A session whose audio stops for 2 s is closed (5 s by default): a muted page must
+    # still be sending.
+    with ingest_service(tmp_path, env={"TOWNSQUARE_WHIP_IDLE_SECONDS": "2"}) as ingest, \
+            chromium(fake_mic=True) as browser:
         room = ingest.create_room("panel")
         page = browser.new_page()
         page.goto(room["broadcast_page_url"])
@@ -85,6 +88,11 @@ def test_browser_page_and_two_rtmp_speakers_are_all_in_the_mix(tmp_path: Path) -
         # Mute from the page: the browser stays connected, its audio leaves the mix.
         page.click("#mute")
         assert page.get_attribute("#mute", "aria-pressed") == "true"
+        muted_at = media_playlist(ingest.origin, "panel").position[0]
+        wait_for(lambda: media_playlist(ingest.origin, "panel").position[0] >= muted_at + 3, 15)
+        assert rms_dbfs(recent_audio(ingest.origin, "panel", segments=2)) < -60
+        assert [s["kind"] for s in ingest.room("panel")["speakers"]] == ["whip"]
+        assert page.text_content("#state") == "connected"
         page.click("#stop")
         wait_for(lambda: not ingest.room("panel")["speakers"], 10, what="WHIP DELETE")
         assert page.text_content("#state") == "idle"
