@@ -39,7 +39,7 @@ class RtmpLimits:
     # From the end of the handshake to NetStream.Publish.Start (the key is checked then).
     publish_seconds: float = 10.0
     # A publishing connection that sends nothing for this long is gone.
-    idle_seconds: float = 30.0
+    idle_seconds: float = 10.0
     # Bytes a connection may send after the handshake and before its key is accepted.
     preauth_bytes: int = 65_536
     max_connections: int = 256

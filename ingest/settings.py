@@ -45,8 +45,10 @@ class IngestSettings(PackagerSettings):
     # From the end of the handshake to an accepted `publish`: OBS and ffmpeg need well under
     # a second; a connection that never publishes is closed then.
     rtmp_publish_seconds: float = Field(default=10.0, gt=0)
-    # A publishing connection silent for this long is closed.
-    rtmp_idle_seconds: float = Field(default=30.0, gt=0)
+    # A publishing connection silent for this long is closed. OBS and ffmpeg send audio every
+    # ~21 ms; one whose machine went away (a pulled cable, a sleeping laptop) sends no FIN,
+    # and its speaker would stay listed, and counted against the room's speakers, until then.
+    rtmp_idle_seconds: float = Field(default=10.0, gt=0)
     # Bytes a connection may send before its stream key is accepted (connect and publish
     # take ~1 KiB); past it the connection is closed, so nobody unauthenticated holds more.
     rtmp_preauth_bytes: int = Field(default=65_536, ge=4096)

@@ -9,6 +9,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tests.ingest.twins import ToneTrack, whip_offer
 
 HANDSHAKE_S = 1.5
 PUBLISH_S = 1.5
+IDLE_S = 2.0
 PREAUTH = 8192
 PER_ADDRESS = 3
 RATE, BURST = 20, 30
@@ -29,6 +31,7 @@ RATE, BURST = 20, 30
 LIMITS_ENV = {
     "TOWNSQUARE_RTMP_HANDSHAKE_SECONDS": str(HANDSHAKE_S),
     "TOWNSQUARE_RTMP_PUBLISH_SECONDS": str(PUBLISH_S),
+    "TOWNSQUARE_RTMP_IDLE_SECONDS": str(IDLE_S),
     "TOWNSQUARE_RTMP_PREAUTH_BYTES": str(PREAUTH),
     "TOWNSQUARE_RTMP_MAX_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS),
     "TOWNSQUARE_API_RATE_PER_SECOND": str(RATE),
@@ -127,6 +130,27 @@ def test_a_client_that_never_publishes_is_closed_at_the_publish_deadline(ingest:
         s.close()
     wait_for(lambda: limit_hits(ingest, "rtmp_publish_deadline") > before, 5,
              what="the publish deadline counted")
+
+
+def test_a_publisher_that_falls_silent_is_let_go_at_the_idle_deadline(
+        ingest: Ingest, tmp_path: Path) -> None:
+    room = ingest.create_room("gone-quiet")
+    before = limit_hits(ingest, "rtmp_idle_deadline")
+    pub = ffmpeg_publish(ingest.rtmp_url(room["stream_key"]), 440, log=tmp_path / "pub.log")
+    try:
+        wait_for(lambda: ingest.room("gone-quiet")["speakers"], 15, what="the publisher joined")
+        # Its machine goes away: no more bytes and no FIN (stopped, by the pid started here).
+        pub.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_for(lambda: not ingest.room("gone-quiet")["speakers"], IDLE_S + 10,
+                 what="the silent publisher let go")
+        assert time.monotonic() - stopped >= IDLE_S - 0.5, "let go before its deadline"
+    finally:
+        pub.send_signal(signal.SIGCONT)
+        pub.kill()
+        pub.wait(10)
+    wait_for(lambda: limit_hits(ingest, "rtmp_idle_deadline") > before, 5,
+             what="the idle deadline counted")
 
 
 def test_a_flood_before_authentication_is_closed_at_the_byte_cap(ingest: Ingest) -> None:
