@@ -38,11 +38,19 @@ log = logging.getLogger("townsquare.ingest.relay")
 
 RELAY_BLOCKS = Counter("townsquare_ingest_relay_blocks_total",
                        "Audio blocks relayed to a room's owner, by outcome", ["outcome"])
+RELAYS_GONE_SILENT = Counter("townsquare_ingest_relays_gone_silent_total",
+                             "Relays into a room published here ended because nothing came "
+                             "for RELAY_IDLE_SECONDS (their node is gone or cut off)")
 RELAY_PATH = "/internal/relay/"  # on the owner's control API, followed by the room
 # On the relaying node's control API, followed by the room and the speaker's id there.
 RELAYED_PATH = "/internal/relayed/"
 MAX_QUEUED = 100  # blocks (each what the decoder produced, ~20-40 ms): about 2-4 s
 FRAME_BYTES = 4  # one stereo sample in s16le
+# A relay's body brings audio every 20-40 ms while its speaker is connected. Nothing for this
+# long: the relaying node is gone or cut off (a partition sends no FIN) and the relayed
+# speaker leaves the room. Longer than the speakers' own deadlines (RTMP 10 s, WHIP 5 s), so a
+# speaker whose connection stalls is let go by their node first, which ends the relay cleanly.
+RELAY_IDLE_SECONDS = 15.0
 # The owner's answer to "would you take a relay now?" (it waits up to 5 s for a room it is
 # putting on air).
 READY_TIMEOUT = 10.0
@@ -162,12 +170,23 @@ async def still_taken(url: str, token: str) -> bool:
     return r.status_code < 300
 
 
-async def receive(chunks: AsyncIterator[bytes], push: Callable[[np.ndarray], None]) -> int:
+async def receive(chunks: AsyncIterator[bytes], push: Callable[[np.ndarray], None],
+                  idle: float = RELAY_IDLE_SECONDS) -> int:
     """The receiving end: feed relayed PCM to `push` as whole frames arrive; returns the
-    number of samples received."""
+    number of samples received, once the body ends or nothing has come for `idle` seconds."""
     rest = b""
     total = 0
-    async for chunk in chunks:
+    stream = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            RELAYS_GONE_SILENT.inc()
+            log.warning("relay silent for %g s: its node is gone or cut off; ended", idle)
+            break
         data = rest + chunk
         whole = len(data) - len(data) % FRAME_BYTES
         rest = data[whole:]

@@ -20,7 +20,7 @@ import pytest
 from ingest.api import PublicUrls, build_app
 from ingest.metrics import IngestMetrics
 from ingest.node import Node
-from ingest.relay import RELAY_PATH, RelayLink, link_url
+from ingest.relay import RELAY_PATH, RELAYS_GONE_SILENT, RelayLink, link_url, receive, to_wire
 from ingest.rooms import Room, Rooms, Speaker
 from ingest.whip import WhipEndpoint
 from registry import Registry, default_url
@@ -196,3 +196,19 @@ async def test_a_relay_says_who_it_carries_and_a_change_its_node_cannot_hear_sti
         assert owner.rooms.relayed_changes.labels("untold")._value.get() == 1
     finally:
         await link.close()
+
+
+async def test_a_relay_whose_body_stops_coming_ends_instead_of_waiting_for_ever() -> None:
+    # A relaying node cut off by a partition sends no FIN: the owner would hold its speaker
+    # (listed, silent, counted against the room's speakers) for as long as TCP keeps quiet.
+    got: list[np.ndarray] = []
+    silent = RELAYS_GONE_SILENT._value.get()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield to_wire(BLOCK)
+        await asyncio.Event().wait()  # nothing more, and no end
+        yield b""
+
+    samples = await asyncio.wait_for(receive(body(), got.append, idle=0.3), 10)
+    assert samples == BLOCK.shape[1] and len(got) == 1
+    assert RELAYS_GONE_SILENT._value.get() == silent + 1
