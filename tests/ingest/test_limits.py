@@ -23,7 +23,7 @@ from tests.ingest.twins import ToneTrack, whip_offer
 
 HANDSHAKE_S = 1.5
 PUBLISH_S = 1.5
-IDLE_S = 2.0
+IDLE_S = 3.0
 PREAUTH = 8192
 PER_ADDRESS = 3
 RATE, BURST = 20, 30

@@ -39,9 +39,9 @@ STATE = "document.getElementById('state').textContent === '{}'"
 
 
 def test_browser_page_and_two_rtmp_speakers_are_all_in_the_mix(tmp_path: Path) -> None:
-    # A session whose audio stops for 2 s is closed (5 s by default): a muted page must
+    # A session whose audio stops for 3 s is closed (5 s by default): a muted page must
     # still be sending.
-    with ingest_service(tmp_path, env={"TOWNSQUARE_WHIP_IDLE_SECONDS": "2"}) as ingest, \
+    with ingest_service(tmp_path, env={"TOWNSQUARE_WHIP_IDLE_SECONDS": "3"}) as ingest, \
             chromium(fake_mic=True) as browser:
         room = ingest.create_room("panel")
         page = browser.new_page()
