@@ -68,6 +68,9 @@ SpeakerKind = Literal["rtmp", "whip", "local", "relay"]
 NAME_REUSE_WAIT = 5.0
 # Seconds between looks for the next owner of a room whose owner stopped taking a relay.
 REHOME_EVERY = 0.25
+# How long a speaker who arrives while their room is being resumed (after a restart) waits
+# for it to be back on air; past it they are refused, and reconnect.
+RESUME_WAIT_SECONDS = 30.0
 
 
 class BroadcastSink(Protocol):
@@ -263,6 +266,10 @@ class Rooms:
             ["outcome"], registry=self.metrics.registry)
         self._rooms: dict[str, Room] = {}
         self._ending: set[asyncio.Task[Any]] = set()
+        # Rooms that were live when this process started, until `resume` has put each back on
+        # air (or failed to): a speaker who reconnects first waits for it, so the room goes on
+        # with its broadcast instead of starting a new one.
+        self._resuming: dict[str, asyncio.Event] = {}
 
     @property
     def node_id(self) -> str | None:
@@ -271,7 +278,8 @@ class Rooms:
 
     # --- start-up ---------------------------------------------------------------------
     async def load(self) -> list[Room]:
-        """Read the open rooms from the registry; returns those that were live."""
+        """Read the open rooms from the registry; returns those that were live, to be
+        handed to `resume`: until it has put each back on air, a speaker of one waits."""
         if self.registry is None:
             return []
         try:
@@ -284,7 +292,9 @@ class Rooms:
                 started_at=rec.started_at, broadcast_id=rec.broadcast_id, epoch=rec.epoch,
                 next_msn=rec.next_msn, owner=rec.owner, private=rec.private,
                 key_generation=rec.key_generation, title=rec.title, description=rec.description)
-        return [self._rooms[r.name] for r in records if r.state == "live"]
+        live = [self._rooms[r.name] for r in records if r.state == "live"]
+        self._resuming.update((room.name, asyncio.Event()) for room in live)
+        return live
 
     async def resume(self, rooms: list[Room]) -> None:
         """Put rooms that were live back on air where their timeline stopped (in cluster
@@ -300,6 +310,13 @@ class Rooms:
                 log.info("room %s is on air on another node", room.name)
             except Exception:
                 log.exception("room %s: could not be resumed", room.name)
+            finally:
+                resumed = self._resuming.pop(room.name, None)
+                if resumed is not None:
+                    resumed.set()
+        for rest in self._resuming.values():  # loaded live, not handed here: nothing to wait
+            rest.set()
+        self._resuming.clear()
 
     # --- cluster mode -----------------------------------------------------------------
     async def find(self, name: str) -> Room:
@@ -602,6 +619,15 @@ class Rooms:
         it), relayed to the node that does otherwise (cluster mode). Call it right after the
         speaker's key was checked: the speaker is tied to the key generation of that moment."""
         generation = room.key_generation
+        resuming = self._resuming.get(room.name)
+        if resuming is not None:
+            # The room was live before this process started and is being put back on air:
+            # joined now, it would start a new broadcast under the one being resumed.
+            try:
+                await asyncio.wait_for(resuming.wait(), RESUME_WAIT_SECONDS)
+            except TimeoutError:
+                raise Unavailable(f"room {room.name!r} is still being resumed; try again") \
+                    from None
         try:
             await self.admit(room)
             joined = self.join(room, kind, remote, disconnect, name)

@@ -19,6 +19,7 @@ from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.stream_keys import hash_key
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
+from packager.pipeline import ResumePoint
 from registry import Registry, default_url
 from tests.ingest.twins import RecordingPackager, ToneTrack, whip_answer, whip_offer
 
@@ -344,3 +345,45 @@ async def test_whip_refusals_have_clear_statuses(stack: Stack) -> None:
     opts = await stack.http.options("/whip/strict")
     assert opts.status_code == 204 and opts.headers["accept-post"] == "application/sdp"
     assert not stack.packager.broadcasts, "a refused offer must not start the room"
+
+
+class GatedResume(RecordingPackager):
+    """The recording twin whose store tells a room's timeline only once `opened` is set: a
+    restart reading from a slow store while speakers are already reconnecting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    async def resume_point(self, room: str) -> ResumePoint:
+        await self.opened.wait()
+        return await super().resume_point(room)
+
+
+async def test_a_speaker_back_before_their_room_has_resumed_joins_its_broadcast(
+        tmp_path: Path) -> None:
+    registry = await Registry.open(default_url(tmp_path))
+    first = Rooms(RecordingPackager(), registry, IngestMetrics())
+    room, _ = await first.create("back-soon")
+    await first.speak(room, "rtmp", "before the restart")
+    broadcast = room.broadcast_id
+    await first.close()  # stopped, not ended: the room is live in the registry
+    packager = GatedResume()
+    again = Rooms(packager, registry, IngestMetrics())
+    try:
+        resuming = asyncio.create_task(again.resume(await again.load()))
+        here = again.get("back-soon")
+        # The speaker's client reconnects (RTMP is already listening) while the room is read
+        # back: they wait for it rather than start a new broadcast under it.
+        speaking = asyncio.create_task(again.speak(here, "rtmp", "after the restart"))
+        await asyncio.sleep(0.3)
+        assert not speaking.done(), "the speaker joined a room that was not back on air"
+        packager.opened.set()
+        await resuming
+        speaker = await speaking
+        assert here.broadcast_id == broadcast and here.epoch == 2
+        assert [b.broadcast_id for b in packager.broadcasts] == [broadcast]
+        assert list(here.speakers) == [speaker.id]
+    finally:
+        await again.close()
+        await registry.close()
