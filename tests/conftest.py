@@ -35,9 +35,7 @@ SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/t
 # Fault drills that time no listener and load nothing (one in-process service or one
 # `townsquare up`, checked for answers, not for gaps): they run side by side with the rest.
 NOT_SERIAL = ("tests/faults/test_status_outage.py", "tests/faults/test_database_outage.py",
-              "tests/faults/test_disk_full.py",
-              # Times nothing finer than its page's seconds-long stall and step-up windows.
-              "tests/edge/test_listener_recovery.py::test_listener_steps_down_on_a_stall")
+              "tests/faults/test_disk_full.py")
 # The longest files of the side-by-side phase, handed out first (pytest-xdist gives out whole
 # files in collection order): started last, one of them would run on alone at the end. The
 # benchmarks' smoke tests load the machine and lead; the browser tests come after the others.

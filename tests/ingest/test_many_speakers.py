@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ingest.jitter import MAX_STEER
 from ingest.metrics import IngestMetrics
 from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
@@ -51,7 +52,10 @@ async def test_ten_rtmp_speakers_are_mixed_under_the_ceiling() -> None:
         spec = np.abs(np.fft.rfft(mix[0] * np.hanning(mix.shape[1])))
         freqs = np.fft.rfftfreq(mix.shape[1], 1 / 48_000)
         top = spec.max()
-        levels = {f: spec[np.abs(freqs - f) < 10].max() / top for f in TONES}
+        # A speaker's jitter buffer that steers its level back down after the burst (the
+        # stall of spawning eleven ffmpegs) plays up to MAX_STEER fast: its tone is heard that
+        # much higher (one CI run found 3590 Hz "missing" while its speaker steered).
+        levels = {f: spec[np.abs(freqs - f) < 10 + f * MAX_STEER].max() / top for f in TONES}
         if any(level <= 0.3 for level in levels.values()):
             # Everything, untruncated: one CI run lost a tone and pytest cut the evidence.
             pytest.fail("\n".join([
