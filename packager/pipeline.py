@@ -695,38 +695,22 @@ class Packager:
                 if data is None:
                     break
                 pl = extended(pl, pl.next_msn, data)
-            if pl.next_msn == next_msn - 1:
-                # Its last segment was cut short where another rendition's was whole (their
-                # encoders finish a segment some milliseconds apart): made whole from its parts.
-                found = await finish_cut_segment(self.store, room, name, epoch.id, pl.next_msn)
-                if found is not None:
-                    pl = extended(pl, pl.next_msn, found[0], self._listed(epoch, pl.next_msn,
-                                                                          found[1]))
-            windows[name] = pl
-            if pl.next_msn != next_msn:
-                del windows[name]  # not contiguous with the others: it starts afresh
-        cut: dict[str, tuple[bytes, list[bytes]]] = {}
-        for name in windows:
-            found = await finish_cut_segment(self.store, room, name, epoch.id, next_msn)
+            # The segment the crash cut short, made whole from its stored parts. The
+            # renditions' encoders finish a segment some milliseconds apart, so it may be the
+            # one another rendition stored whole.
+            found = await finish_cut_segment(self.store, room, name, epoch.id, pl.next_msn)
             if found is not None:
-                cut[name] = found
-        if not cut:
-            return next_msn
-        for name in list(windows):
-            if name not in cut:
-                del windows[name]
-                continue
-            segment, parts = cut[name]
-            windows[name] = extended(windows[name], next_msn, segment,
-                                     self._listed(epoch, next_msn, parts))
-        # Parts of that segment were heard: its number is taken even where it was lost.
-        return next_msn + 1
-
-    @staticmethod
-    def _listed(epoch: EpochInfo, msn: int, parts: list[bytes]) -> tuple[Part, ...]:
-        """The playlist's parts of a segment made whole from its stored parts."""
-        return tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
-                          f"{epoch.id}/{part_name(msn, i)}") for i, p in enumerate(parts))
+                segment, parts = found
+                listed = tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
+                                    f"{epoch.id}/{part_name(pl.next_msn, i)}")
+                               for i, p in enumerate(parts))
+                pl = extended(pl, pl.next_msn, segment, listed)
+            windows[name] = pl
+        # Parts of a segment were heard: its number is taken even where it was lost.
+        reached = max(pl.next_msn for pl in windows.values())
+        for name in [n for n, pl in windows.items() if pl.next_msn != reached]:
+            del windows[name]  # not contiguous with the others: it starts afresh
+        return max(reached, next_msn)
 
     @staticmethod
     def _epoch_key(room: str, rendition: str, epoch: EpochInfo, name: str) -> str:
