@@ -52,6 +52,7 @@ from packager.status import RoomFacts, SpeakerFacts, recording_of
 from registry import (
     REVOKED_KEY_HASH,
     Lease,
+    NodeInfo,
     NoSuchRoom,
     Registry,
     RegistryError,
@@ -745,10 +746,15 @@ class Rooms:
             owner = await self.registry.owner_of(room.name)
             if owner is None:
                 return None
-            node = next((n for n in await self.registry.nodes() if n.id == owner.node), None)
+            node = await self._node(owner.node)
         except RegistryError:
             return None
         return f"{node.control_url.rstrip('/')}{RELAY_PATH}{room.name}" if node else None
+
+    async def _node(self, node_id: str) -> NodeInfo | None:
+        """A node of the directory by id (None: not in it); raises RegistryError."""
+        assert self.registry is not None
+        return next((n for n in await self.registry.nodes() if n.id == node_id), None)
 
     def leave(self, room: Room, speaker: Speaker) -> None:
         if speaker.relay is not None:
@@ -855,7 +861,7 @@ class Rooms:
             return
         node_id, their_id = speaker.source
         try:
-            node = next((n for n in await self.registry.nodes() if n.id == node_id), None)
+            node = await self._node(node_id)
         except RegistryError as exc:
             node, outcome = None, f"the node directory cannot be read: {exc}"
         else:
