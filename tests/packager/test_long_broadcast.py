@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from packager.pipeline import Packager
 from packager.settings import PackagerSettings
+from tests.support.audio import feed_as_encoded, program_tone
 
 pytestmark = pytest.mark.slow
 MINUTES = 12
@@ -33,15 +33,8 @@ def _rss_kib() -> int:
 
 
 async def _broadcast(packager: Packager, room: str, seconds: float) -> None:
-    t = np.arange(48_000 * 10) / 48_000
-    block = np.vstack([np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32) * 0.2
     b = packager.start_broadcast(room)
-    fed = 0.0
-    while fed < seconds:
-        b.feed(block)
-        fed += 10
-        while b._queued:  # never more than the encoder can take: faster than real time
-            await asyncio.sleep(0.01)
+    await feed_as_encoded(b, program_tone(10), seconds)
     await b.close()
 
 

@@ -3,16 +3,14 @@ real packager writing to a folder store: the store is then left as a crash leave
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from hls.names import LIVE_PLAYLIST, part_name, segment_name
 from packager.pipeline import Packager
 from packager.playlist import parse_media, render_media
 from packager.settings import PackagerSettings
+from tests.support.audio import feed_as_encoded, program_tone
 
 ROOM = "resumes"
 
@@ -22,13 +20,8 @@ async def _suspended_epoch(data: Path) -> tuple[str, int]:
     last media sequence number stored)."""
     packager = Packager(PackagerSettings(data_dir=data, publish_state=False))
     await packager.start()
-    t = np.arange(48_000) / 48_000
-    block = np.vstack([np.sin(2 * np.pi * 330 * t)] * 2).astype(np.float32) * 0.2
     b = packager.start_broadcast(ROOM)
-    for _ in range(9):  # 9 s: four whole segments and the fifth under way
-        b.feed(block)
-        while b._queued:  # faster than real time, never more than the encoder takes
-            await asyncio.sleep(0.01)
+    await feed_as_encoded(b, program_tone(1), 9)  # four whole segments, the fifth under way
     await b.suspend()
     epoch = b.epoch.id
     await packager.close()
