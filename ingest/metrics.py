@@ -17,6 +17,9 @@ class IngestMetrics:
             ["kind"], registry=r)
         self.rtmp_publishes = Counter(
             "townsquare_ingest_rtmp_publishes", "RTMP publishes accepted", registry=r)
+        self.rtmp_reads = Counter(
+            "townsquare_ingest_rtmp_reads", "Reads from RTMP connections (each a wake-up of "
+            "the event loop; about one per audio message while publishing)", registry=r)
         self.whip_sessions = Counter(
             "townsquare_ingest_whip_sessions", "WHIP offers by outcome", ["outcome"], registry=r)
         self.whip_idle_closed = Counter(

@@ -21,6 +21,9 @@ from ingest.errors import LimitExceeded, ProtocolError
 
 EXTENDED = 0xFFFFFF
 DEFAULT_CHUNK_SIZE = 128
+# The longest chunk header: a 3-byte basic header, a format-0 message header and an
+# extended timestamp.
+MAX_CHUNK_HEADER = 3 + 11 + 4
 
 SET_CHUNK_SIZE, ABORT, ACKNOWLEDGEMENT, USER_CONTROL = 1, 2, 3, 4
 WINDOW_ACK_SIZE, SET_PEER_BANDWIDTH = 5, 6

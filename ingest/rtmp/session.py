@@ -12,12 +12,20 @@ What an unauthenticated client may cost is bounded (`ingest.limits.RtmpLimits`):
 handshake has a deadline, so has the way from its end to an accepted `publish` (bytes do
 not extend it, so a client trickling one byte a second is closed on time), and until the
 key is accepted the connection may send at most `preauth_bytes`, in small chunk streams.
+
+While publishing, the socket's receive low-water mark (`SO_RCVLOWAT`) keeps a chunk header
+that arrives by itself from waking the event loop: ffmpeg writes each audio message's
+header and payload separately, and every message used to cost two wake-ups and two trips
+through the read path, the first for a header with nothing to do. With the mark, a read
+takes the header and its payload together; each wake-up costs more than the work in it
+(`docs/performance.md`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Literal
 
@@ -46,6 +54,7 @@ from ingest.rtmp.chunk import (
     COMMAND_AMF0,
     COMMAND_AMF3,
     DATA_AMF0,
+    MAX_CHUNK_HEADER,
     USER_CONTROL,
     WINDOW_ACK_SIZE,
     ChunkDecoder,
@@ -76,6 +85,9 @@ WINDOW = 2_500_000
 LINGER_SECONDS = 1.0
 # A publisher whose audio keeps failing to decode is sending something we cannot use.
 MAX_CONSECUTIVE_DECODE_ERRORS = 50
+# While publishing, wake for no less than a whole chunk header and a byte after it. Less
+# waits for the next audio message (21 ms with AAC); an end of stream wakes regardless.
+PUBLISHING_LOW_WATER = MAX_CHUNK_HEADER + 1
 
 
 class SessionClosed(Exception):
@@ -139,6 +151,7 @@ class RtmpSession:
                 data = await self._read(loop)
                 if not data:
                     break
+                self._metrics.rtmp_reads.inc()
                 self._bytes_in += len(data)
                 if not self.authenticated and self._bytes_in > limits.preauth_bytes:
                     self._metrics.limit_hits.labels(limit="rtmp_preauth_bytes").inc()
@@ -267,6 +280,7 @@ class RtmpSession:
             if self.speaker is not None:
                 self._leave()
                 self._set_state("connected")
+                self._low_water(1)  # the next command is answered as soon as it comes
                 # Publishing again must happen as promptly as the first time.
                 self._publish_by = asyncio.get_running_loop().time() + self._limits.publish_seconds
         elif name == "play":
@@ -332,7 +346,20 @@ class RtmpSession:
             self.authenticated = True
             self._decoder.limits = self._limits.chunk
         self._set_state("publishing")
+        self._low_water(PUBLISHING_LOW_WATER)
         self._metrics.rtmp_publishes.inc()
+
+    def _low_water(self, size: int) -> None:
+        """Wake for at least `size` received bytes (see the module docstring), where the
+        platform has the option."""
+        sock = self._writer.get_extra_info("socket")
+        option = getattr(socket, "SO_RCVLOWAT", None)
+        if sock is None or option is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError as exc:
+            log.debug("rtmp %s: cannot set the receive low-water mark: %s", self.remote, exc)
 
     def _refuse(self, stream_id: int, code: str, description: str, reason: str) -> None:
         self._send(on_status(stream_id, status(code, description, "error")))
