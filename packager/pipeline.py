@@ -675,36 +675,51 @@ class Packager:
     async def _complete_windows(self, room: str, epoch: EpochInfo,
                                 windows: dict[str, MediaPlaylist], next_msn: int) -> int:
         """Bring every rendition's stored window up to what the store holds of the epoch a
-        stop or a crash ended: segments stored after their playlist, then the segment it cut
-        short, made whole from its stored parts. Returns the next media sequence number; the
-        windows are completed in place (a rendition that cannot be is dropped)."""
+        stop or a crash ended, segment by segment: each one stored whole, or else made whole
+        from its stored parts (the segment the crash cut short, or one whose upload had not
+        landed). Returns the next media sequence number; the windows are completed in place
+        (a rendition that cannot reach the others is dropped)."""
         time_base = (epoch.first_msn - 1) * self.segment_samples
+        folder = f"{epoch.id}/"
 
         def extended(pl: MediaPlaylist, msn: int, data: bytes,
                      parts: tuple[Part, ...] = ()) -> MediaPlaylist:
             tfdt, samples = segment_timing(data)
-            seg = Segment(msn, samples / SAMPLE_RATE, f"{epoch.id}/{segment_name(msn)}",
+            seg = Segment(msn, samples / SAMPLE_RATE, f"{folder}{segment_name(msn)}",
                           epoch.started_at + (tfdt - time_base) / SAMPLE_RATE, parts,
-                          map_uri=f"{epoch.id}/{INIT}")
+                          map_uri=f"{folder}{INIT}",
+                          # The epoch's first segment after the window of the one before.
+                          discontinuity=msn == epoch.first_msn and bool(pl.segments))
             return replace(pl, segments=pl.segments + (seg,), next_msn=msn + 1)
+
+        async def stored(name: str, msn: int) -> bytes | None:
+            return await self.store.get(self._epoch_key(room, name, epoch, segment_name(msn)))
 
         for name in list(windows):
             pl = windows[name]
-            while pl.next_msn < next_msn:
-                data = await self.store.get(self._epoch_key(room, name, epoch, segment_name(pl.next_msn)))
-                if data is None:
+            # A playlist goes to the store with the live edge's objects and a segment with
+            # the backlog (`packager.writer`): the last segments it lists may not have
+            # landed. They come off here and are made again below from their parts.
+            while (pl.segments and pl.segments[-1].uri.startswith(folder)
+                   and await stored(name, pl.segments[-1].msn) is None):
+                pl = replace(pl, segments=pl.segments[:-1], next_msn=pl.segments[-1].msn)
+            while True:
+                msn = pl.next_msn
+                data = await stored(name, msn)
+                if data is not None:
+                    pl = extended(pl, msn, data)
+                    continue
+                # Not stored whole: made from the parts that were. Parts go out first, so a
+                # segment's may all be there while the segment waited; the crash's own
+                # segment has its first ones.
+                found = await finish_cut_segment(self.store, room, name, epoch.id, msn)
+                if found is None:
                     break
-                pl = extended(pl, pl.next_msn, data)
-            # The segment the crash cut short, made whole from its stored parts. The
-            # renditions' encoders finish a segment some milliseconds apart, so it may be the
-            # one another rendition stored whole.
-            found = await finish_cut_segment(self.store, room, name, epoch.id, pl.next_msn)
-            if found is not None:
                 segment, parts = found
                 listed = tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
-                                    f"{epoch.id}/{part_name(pl.next_msn, i)}")
+                                    f"{folder}{part_name(msn, i)}")
                                for i, p in enumerate(parts))
-                pl = extended(pl, pl.next_msn, segment, listed)
+                pl = extended(pl, msn, segment, listed)
             windows[name] = pl
         # Parts of a segment were heard: its number is taken even where it was lost.
         reached = max(pl.next_msn for pl in windows.values())

@@ -3,11 +3,14 @@ real packager writing to a folder store: the store is then left as a crash leave
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from hls.names import LIVE_PLAYLIST, part_name, segment_name
-from packager.pipeline import Packager
+from packager.pipeline import Packager, plan_epoch
 from packager.playlist import parse_media, render_media
 from packager.settings import PackagerSettings
 from tests.support.audio import feed_as_encoded, program_tone
@@ -55,3 +58,68 @@ async def test_a_segment_cut_short_in_one_rendition_and_whole_in_another_is_made
         assert pl.segments[-1].msn == last and pl.next_msn == last + 1, rendition
     short = point.windows["aac96"].segments[-1]
     assert len(short.parts) == len(parts) - 1 and short.duration < 1.92
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "not-listed"])
+async def test_segments_that_never_landed_whole_are_made_from_their_parts(
+        tmp_path: Path, listed: bool) -> None:
+    epoch, last = await _suspended_epoch(tmp_path)
+    # The crash came while the AAC renditions' last two segments waited behind the live
+    # edge's objects (a slow store): neither reached the store, but all of `last - 1`'s
+    # parts did, and the first of `last`'s. Their playlists, which go out with the live
+    # edge, list `last - 1` already, or not yet.
+    for rendition in ("aac96", "aac48"):
+        folder = tmp_path / "live" / ROOM / rendition
+        for msn in (last - 1, last):
+            (folder / epoch / segment_name(msn)).unlink()
+        parts = sorted(folder.glob(f"{epoch}/{part_name(last, 0).split('.')[0]}.*.m4s"))
+        assert len(parts) > 2
+        parts[-1].unlink()
+        whole = len(list(folder.glob(f"{epoch}/{part_name(last - 1, 0).split('.')[0]}.*.m4s")))
+        pl = parse_media((folder / LIVE_PLAYLIST).read_text())
+        keep = -1 if listed else -2
+        pl = replace(pl, segments=pl.segments[:keep], next_msn=last + keep + 1)
+        (folder / LIVE_PLAYLIST).write_text(render_media(pl))
+
+    packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
+    point = await packager.resume_point(ROOM)
+    assert point.next_msn == last + 1
+    # Every rendition carries its window on: none is listed without its segment in the
+    # store, and none stops short of the others.
+    assert sorted(point.windows) == ["aac48", "aac96", "opus64"], sorted(point.windows)
+    for rendition, pl in point.windows.items():
+        assert [s.msn for s in pl.segments][-2:] == [last - 1, last], rendition
+    aac = point.windows["aac96"].segments
+    assert len(aac[-2].parts) == whole and abs(aac[-2].duration - 1.92) < 0.01
+    assert len(aac[-1].parts) == len(parts) - 1
+    folder = tmp_path / "live" / ROOM / "aac96" / epoch
+    assert (folder / segment_name(last - 1)).exists() and (folder / segment_name(last)).exists()
+
+
+async def test_a_crash_in_an_epoch_s_first_segment_resumes_after_a_discontinuity(
+        tmp_path: Path) -> None:
+    first_epoch, last = await _suspended_epoch(tmp_path)
+    settings = PackagerSettings(data_dir=tmp_path, publish_state=False)
+    packager = Packager(settings)
+    await packager.start()
+    try:
+        b = packager.start_broadcast(ROOM, plan_epoch(await packager.resume_point(ROOM)))
+        # Parts of the epoch's first segment, and then the crash: its playlists in the store
+        # are still the window the epoch carried on, which ends with the epoch before.
+        await feed_as_encoded(b, program_tone(1), 1.0)
+        third = tmp_path / "live" / ROOM / "aac96" / b.epoch.id / part_name(last + 1, 2)
+        for _ in range(200):  # the parts the encoder cut are handed to the store
+            if third.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert await packager.flush(10)
+        point = await Packager(settings).resume_point(ROOM)
+    finally:
+        await packager.close()
+    assert point.next_msn == last + 2
+    for rendition, pl in point.windows.items():
+        before, cut = pl.segments[-2], pl.segments[-1]
+        assert before.msn == last and before.uri.startswith(first_epoch), rendition
+        assert cut.msn == last + 1 and cut.uri.startswith(b.epoch.id), rendition
+        # A new encoder and a new init segment: the window says so.
+        assert cut.discontinuity and "#EXT-X-DISCONTINUITY" in render_media(pl), rendition
