@@ -702,6 +702,14 @@ def build_app(
     async def relay_in(room: str, request: Request) -> Response:
         """Another node of the cluster relays a speaker's audio into a room published here."""
         r = await relay_target(room)
+        if rooms.node is not None and not r.on_air:
+            # Not published here (any more): a hand-over or a lost lease came between the
+            # relaying node's question and its relay. Joined, the speaker would wait in a
+            # room nothing mixes, and nothing would drop them: a stopping node would hold
+            # the relay for as long as they talk. Refused before a byte is read; closing
+            # the connection is what tells the relaying node, which asks again.
+            return Response(f"room {room!r} is not on air on this node", status_code=503,
+                            headers={"Connection": "close"})
         remote = f"relay from {request.client.host}" if request.client else "relay"
         try:
             shown = check_speaker_name(request.query_params.get("name", "")) or None

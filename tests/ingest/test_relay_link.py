@@ -123,6 +123,31 @@ async def test_a_relay_the_owner_cannot_take_is_refused_before_audio_is_streamed
     assert not (await owner.rooms.find("quiet")).speakers
 
 
+async def test_a_relay_sent_after_the_room_stopped_here_is_refused_unread(
+        cluster: tuple[Served, Served]) -> None:
+    owner, other = cluster
+    await other.rooms.create("moved")  # in the registry, on air nowhere
+    owner.rooms.node.draining = True  # type: ignore[union-attr]  # node 1 is stopping
+    # The relaying node asked before node 1 began to stop, and its relay comes now, with a
+    # speaker who keeps talking (30 s of audio, at their pace).
+
+    async def talking() -> AsyncIterator[bytes]:
+        for _ in range(1500):
+            yield to_wire(BLOCK)
+            await asyncio.sleep(0.02)
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        try:
+            answer = await asyncio.wait_for(client.post(
+                f"{owner.url}{RELAY_PATH}moved", content=talking(),
+                headers={"Authorization": f"Bearer {TOKEN}"}), 15)
+            status: int | None = answer.status_code
+        except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+            status = None  # closed on the sender while it was still sending: refused too
+    assert status in (503, None), status
+    assert not (await owner.rooms.find("moved")).speakers
+
+
 async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_muted_and_named(
         cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
