@@ -12,8 +12,8 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,12 @@ import av
 import httpx
 import numpy as np
 
+from ingest.metrics import IngestMetrics
+from ingest.rooms import Room, RoomPolicy, Rooms
+from ingest.rtmp.server import RtmpServer
+from ingest.stream_keys import hash_key
+from tests.fuzz import seeds
+from tests.ingest.twins import RecordingPackager
 from tests.support.procs import Service, free_port, running
 
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
@@ -183,3 +189,20 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str =
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what or predicate} not true within {timeout}s (last: {last!r})")
+
+
+@asynccontextmanager
+async def golden_key_server(name: str) -> AsyncIterator[tuple[IngestMetrics, Room, RtmpServer]]:
+    """An RTMP server in this process, with room `name` taking the stream key of ffmpeg's
+    captured sessions (`tests.fuzz.seeds`); stopped, with its rooms, at the end."""
+    metrics = IngestMetrics()
+    rooms = Rooms(RecordingPackager(), None, metrics, RoomPolicy())
+    room, _ = await rooms.create(name)
+    room.key_hash = hash_key(seeds.GOLDEN_KEY)
+    server = RtmpServer(rooms, metrics, "127.0.0.1", 0)
+    await server.start()
+    try:
+        yield metrics, room, server
+    finally:
+        await server.stop()
+        await rooms.close()

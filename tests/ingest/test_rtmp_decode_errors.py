@@ -9,14 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ingest.metrics import IngestMetrics
-from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.chunk import ChunkDecoder, Message, encode_message
-from ingest.rtmp.server import RtmpServer
 from ingest.rtmp.session import MAX_CONSECUTIVE_DECODE_ERRORS
-from ingest.stream_keys import hash_key
 from tests.fuzz import seeds
-from tests.ingest.twins import RecordingPackager
+from tests.ingest.support import golden_key_server
 
 AUDIO, SET_CHUNK_SIZE = 8, 1
 FRAME_SECONDS = 1024 / 48_000
@@ -45,50 +41,43 @@ def _session_up_to_the_sequence_header() -> tuple[bytes, Message]:
 ])
 async def test_a_publisher_whose_audio_never_decodes_is_refused_and_let_go(
         payload: Callable[[bytes], bytes]) -> None:
-    metrics = IngestMetrics()
-    rooms = Rooms(RecordingPackager(), None, metrics, RoomPolicy())
-    room, _ = await rooms.create("garbled")
-    room.key_hash = hash_key(seeds.GOLDEN_KEY)
-    server = RtmpServer(rooms, metrics, "127.0.0.1", 0)
-    await server.start()
-    head, frame = _session_up_to_the_sequence_header()
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    replies = bytearray()
+    async with golden_key_server("garbled") as (metrics, _, server):
+        head, frame = _session_up_to_the_sequence_header()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        replies = bytearray()
 
-    async def read_all() -> None:
-        # The server's close ends it: EOF, or a reset when frames it never read were still
-        # arriving (TCP's answer to closing on unread data).
-        try:
-            while data := await reader.read(65_536):
-                replies.extend(data)
-        except ConnectionResetError:
-            pass
-
-    reading = asyncio.create_task(read_all())
-    most = 4 * MAX_CONSECUTIVE_DECODE_ERRORS
-    failed_after: int | None = None  # frames sent when the refusal came
-    try:
-        writer.write(head)
-        sent = 0
-        # Frames the decoder rejects, at the pace a publisher sends them, for as long as the
-        # server keeps the connection (it lingers a second after refusing).
-        while not reading.done() and sent < most:
-            if failed_after is None and b"NetStream.Publish.Failed" in replies:
-                failed_after = sent
-            garbage = Message(AUDIO, frame.stream_id, frame.timestamp + sent * 21,
-                              payload(frame.payload), frame.csid)
+        async def read_all() -> None:
+            # The server's close ends it: EOF, or a reset when frames it never read were still
+            # arriving (TCP's answer to closing on unread data).
             try:
-                writer.write(encode_message(garbage, 128))
-                await writer.drain()
-            except (ConnectionError, OSError):
-                break
-            sent += 1
-            await asyncio.sleep(FRAME_SECONDS)
-        await asyncio.wait_for(reading, 10)
-    finally:
-        writer.close()
-        await server.stop()
-        await rooms.close()
+                while data := await reader.read(65_536):
+                    replies.extend(data)
+            except ConnectionResetError:
+                pass
+
+        reading = asyncio.create_task(read_all())
+        most = 4 * MAX_CONSECUTIVE_DECODE_ERRORS
+        failed_after: int | None = None  # frames sent when the refusal came
+        try:
+            writer.write(head)
+            sent = 0
+            # Frames the decoder rejects, at the pace a publisher sends them, for as long as the
+            # server keeps the connection (it lingers a second after refusing).
+            while not reading.done() and sent < most:
+                if failed_after is None and b"NetStream.Publish.Failed" in replies:
+                    failed_after = sent
+                garbage = Message(AUDIO, frame.stream_id, frame.timestamp + sent * 21,
+                                  payload(frame.payload), frame.csid)
+                try:
+                    writer.write(encode_message(garbage, 128))
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    break
+                sent += 1
+                await asyncio.sleep(FRAME_SECONDS)
+            await asyncio.wait_for(reading, 10)
+        finally:
+            writer.close()
     assert b"NetStream.Publish.Start" in replies
     assert b"NetStream.Publish.Failed" in replies and b"audio does not decode" in replies
     # Refused once 50 in a row failed, within a part or two of the 50th; let go after.

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.metrics import IngestMetrics
-from ingest.rooms import RoomPolicy, Rooms
 from ingest.rtmp.chunk import ChunkDecoder, ChunkHeader, Message, encode_message
-from ingest.rtmp.server import RtmpServer
-from ingest.stream_keys import hash_key
 from tests.fuzz import seeds
-from tests.ingest.twins import RecordingPackager
+from tests.ingest.support import golden_key_server
 
 AUDIO, SET_CHUNK_SIZE = 8, 1
 FRAMES = 20
@@ -43,57 +39,50 @@ def _is_frame(msg: Message) -> bool:
 
 
 async def test_audio_messages_written_as_header_then_payload_cost_one_read_each() -> None:
-    metrics = IngestMetrics()
-    rooms = Rooms(RecordingPackager(), None, metrics, RoomPolicy())
-    room, _ = await rooms.create("split")
-    room.key_hash = hash_key(seeds.GOLDEN_KEY)
-    server = RtmpServer(rooms, metrics, "127.0.0.1", 0)
-    await server.start()
-    head, frames = _captured_session()
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    replies = bytearray()
+    async with golden_key_server("split") as (metrics, room, server):
+        head, frames = _captured_session()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        replies = bytearray()
 
-    async def read_replies() -> None:
-        while data := await reader.read(65_536):
-            replies.extend(data)
+        async def read_replies() -> None:
+            while data := await reader.read(65_536):
+                replies.extend(data)
 
-    reading = asyncio.create_task(read_replies())
+        reading = asyncio.create_task(read_replies())
 
-    def reads() -> float:
-        return metrics.registry.get_sample_value("townsquare_ingest_rtmp_reads_total") or 0.0
+        def reads() -> float:
+            return metrics.registry.get_sample_value("townsquare_ingest_rtmp_reads_total") or 0.0
 
-    try:
-        writer.write(head)
-        for _ in range(250):
-            if b"NetStream.Publish.Start" in replies:
-                break
-            await asyncio.sleep(0.02)
-        assert b"NetStream.Publish.Start" in replies
-        await asyncio.sleep(0.1)  # whatever came with the publish has been read
-        before = reads()
-        for i in range(FRAMES):
-            frame = frames[i % len(frames)]
-            data = encode_message(Message(AUDIO, frame.stream_id, i * 21, frame.payload,
-                                          frame.csid), 128)
-            parsed = ChunkHeader.parse(data, 0, frozenset())
-            assert parsed is not None
-            header = parsed[1]  # where the first chunk's payload starts
-            writer.write(data[:header])
-            await writer.drain()
-            await asyncio.sleep(HEADER_TO_PAYLOAD_SECONDS)
-            writer.write(data[header:])
-            await writer.drain()
-            await asyncio.sleep(FRAME_SECONDS)
-        await asyncio.sleep(0.1)
-        got = reads() - before
-        speaker = next(iter(room.speakers.values()))
-        buffer = speaker.input.buffer
-        heard = buffer.waiting + buffer.level
-    finally:
-        writer.close()
-        reading.cancel()
-        await server.stop()
-        await rooms.close()
+        try:
+            writer.write(head)
+            for _ in range(250):
+                if b"NetStream.Publish.Start" in replies:
+                    break
+                await asyncio.sleep(0.02)
+            assert b"NetStream.Publish.Start" in replies
+            await asyncio.sleep(0.1)  # whatever came with the publish has been read
+            before = reads()
+            for i in range(FRAMES):
+                frame = frames[i % len(frames)]
+                data = encode_message(Message(AUDIO, frame.stream_id, i * 21, frame.payload,
+                                              frame.csid), 128)
+                parsed = ChunkHeader.parse(data, 0, frozenset())
+                assert parsed is not None
+                header = parsed[1]  # where the first chunk's payload starts
+                writer.write(data[:header])
+                await writer.drain()
+                await asyncio.sleep(HEADER_TO_PAYLOAD_SECONDS)
+                writer.write(data[header:])
+                await writer.drain()
+                await asyncio.sleep(FRAME_SECONDS)
+            await asyncio.sleep(0.1)
+            got = reads() - before
+            speaker = next(iter(room.speakers.values()))
+            buffer = speaker.input.buffer
+            heard = buffer.waiting + buffer.level
+        finally:
+            writer.close()
+            reading.cancel()
     # One read a message (a read on a reader that wakes for any byte takes each header by
     # itself: twice as many).
     assert FRAMES - 2 <= got <= FRAMES + 2, f"{got:g} reads for {FRAMES} audio messages"

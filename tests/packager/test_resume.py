@@ -32,21 +32,32 @@ async def _suspended_epoch(data: Path) -> tuple[str, int]:
     return epoch, parse_media(text).segments[-1].msn
 
 
+def _as_the_crash_left_aac(data: Path, epoch: str, last: int, unstored: tuple[int, ...],
+                           listed_to: int) -> int:
+    """Leave the AAC renditions as a crash left them: the segments `unstored` never stored
+    whole, `last` missing its last part, their playlists listing up to `listed_to`; how
+    many of `last`'s parts are left."""
+    for rendition in ("aac96", "aac48"):
+        folder = data / "live" / ROOM / rendition
+        for msn in unstored:
+            (folder / epoch / segment_name(msn)).unlink()
+        parts = sorted(folder.glob(f"{epoch}/{part_name(last, 0).split('.')[0]}.*.m4s"))
+        assert len(parts) > 2
+        parts[-1].unlink()
+        pl = parse_media((folder / LIVE_PLAYLIST).read_text())
+        kept = tuple(s for s in pl.segments if s.msn <= listed_to)
+        (folder / LIVE_PLAYLIST).write_text(
+            render_media(replace(pl, segments=kept, next_msn=listed_to + 1)))
+    return len(parts) - 1
+
+
 async def test_a_segment_cut_short_in_one_rendition_and_whole_in_another_is_made_whole(
         tmp_path: Path) -> None:
     epoch, last = await _suspended_epoch(tmp_path)
     # The crash came while the Opus encoder had finished segment `last` and the AAC ones had
     # not (they finish a segment some milliseconds apart): the AAC renditions' playlists list
     # the segment before it, and only the first parts of `last` reached the store.
-    for rendition in ("aac96", "aac48"):
-        folder = tmp_path / "live" / ROOM / rendition
-        (folder / epoch / segment_name(last)).unlink()
-        parts = sorted(folder.glob(f"{epoch}/{part_name(last, 0).split('.')[0]}.*.m4s"))
-        assert len(parts) > 2
-        parts[-1].unlink()
-        pl = parse_media((folder / LIVE_PLAYLIST).read_text())
-        pl = replace(pl, segments=pl.segments[:-1], next_msn=last)
-        (folder / LIVE_PLAYLIST).write_text(render_media(pl))
+    stored = _as_the_crash_left_aac(tmp_path, epoch, last, (last,), last - 1)
 
     packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
     point = await packager.resume_point(ROOM)
@@ -57,7 +68,7 @@ async def test_a_segment_cut_short_in_one_rendition_and_whole_in_another_is_made
     for rendition, pl in point.windows.items():
         assert pl.segments[-1].msn == last and pl.next_msn == last + 1, rendition
     short = point.windows["aac96"].segments[-1]
-    assert len(short.parts) == len(parts) - 1 and short.duration < 1.92
+    assert len(short.parts) == stored and short.duration < 1.92
 
 
 @pytest.mark.parametrize("listed", [True, False], ids=["listed", "not-listed"])
@@ -68,18 +79,10 @@ async def test_segments_that_never_landed_whole_are_made_from_their_parts(
     # edge's objects (a slow store): neither reached the store, but all of `last - 1`'s
     # parts did, and the first of `last`'s. Their playlists, which go out with the live
     # edge, list `last - 1` already, or not yet.
-    for rendition in ("aac96", "aac48"):
-        folder = tmp_path / "live" / ROOM / rendition
-        for msn in (last - 1, last):
-            (folder / epoch / segment_name(msn)).unlink()
-        parts = sorted(folder.glob(f"{epoch}/{part_name(last, 0).split('.')[0]}.*.m4s"))
-        assert len(parts) > 2
-        parts[-1].unlink()
-        whole = len(list(folder.glob(f"{epoch}/{part_name(last - 1, 0).split('.')[0]}.*.m4s")))
-        pl = parse_media((folder / LIVE_PLAYLIST).read_text())
-        keep = -1 if listed else -2
-        pl = replace(pl, segments=pl.segments[:keep], next_msn=last + keep + 1)
-        (folder / LIVE_PLAYLIST).write_text(render_media(pl))
+    whole = len(list((tmp_path / "live" / ROOM / "aac96" / epoch).glob(
+        f"{part_name(last - 1, 0).split('.')[0]}.*.m4s")))
+    stored = _as_the_crash_left_aac(tmp_path, epoch, last, (last - 1, last),
+                                    last - 1 if listed else last - 2)
 
     packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
     point = await packager.resume_point(ROOM)
@@ -91,7 +94,7 @@ async def test_segments_that_never_landed_whole_are_made_from_their_parts(
         assert [s.msn for s in pl.segments][-2:] == [last - 1, last], rendition
     aac = point.windows["aac96"].segments
     assert len(aac[-2].parts) == whole and abs(aac[-2].duration - 1.92) < 0.01
-    assert len(aac[-1].parts) == len(parts) - 1
+    assert len(aac[-1].parts) == stored
     folder = tmp_path / "live" / ROOM / "aac96" / epoch
     assert (folder / segment_name(last - 1)).exists() and (folder / segment_name(last)).exists()
 
