@@ -201,19 +201,25 @@ def townsquare_live(m4a: Path, rooms: int, window: float, work: Path,
         _wait(on_air, f"{rooms} rooms on air", [svc.proc, *pubs])
         time.sleep(settle)
 
-        def probe() -> dict[str, float]:
-            return {**_samples(control + "/metrics"), **_samples(origin + "/metrics")}
+        def probe() -> tuple[dict[str, float], float]:
+            """Both servers' metrics, and when they were read (the middle of the reading: on
+            a busy machine a scrape can take a good part of a short window)."""
+            start = time.monotonic()
+            got = {**_samples(control + "/metrics"), **_samples(origin + "/metrics")}
+            return got, (start + time.monotonic()) / 2
 
-        before, cpu0, t0 = probe(), cpu_seconds(pid), time.monotonic()
+        (before, read0), cpu0, t0 = probe(), cpu_seconds(pid), time.monotonic()
         time.sleep(window)
-        after, cpu1, t1 = probe(), cpu_seconds(pid), time.monotonic()
+        (after, read1), cpu1, t1 = probe(), cpu_seconds(pid), time.monotonic()
         if any(p.poll() is not None for p in [svc.proc, *pubs]):
             raise RuntimeError("a publisher or the ingest exited during the window")
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    wall, cpu = t1 - t0, cpu1 - cpu0
+    # The process's CPU is read right after each scrape; what its metrics count, between the
+    # two scrapes.
+    wall, cpu, scraped = t1 - t0, cpu1 - cpu0, read1 - read0
     fed = delta("townsquare_ingest_program_seconds_total") / rooms
     parts = delta("townsquare_packager_parts_total") / rooms
     queued = after.get("townsquare_packager_pcm_queued_seconds", 0.0)
@@ -224,12 +230,12 @@ def townsquare_live(m4a: Path, rooms: int, window: float, work: Path,
         # Where it went: the event loop (RTMP, decode, mix, playlists, the store's calls),
         # the encoders' thread, the store's writers.
         "by_thread_s_per_broadcast_minute": {
-            kind: round(delta(f"{THREAD_CPU}:{kind}") / wall * 60 / rooms, 3)
+            kind: round(delta(f"{THREAD_CPU}:{kind}") / scraped * 60 / rooms, 3)
             for kind in THREAD_KINDS},
         # Real time: each room's program clock fed its broadcast at the wall clock's pace,
         # its parts were cut as due, and nothing waits for the encoder.
-        "program_fed_over_wall": round(fed / wall, 3),
-        "parts_cut_over_due": round(parts / (wall * PARTS_PER_SECOND), 3),
+        "program_fed_over_wall": round(fed / scraped, 3),
+        "parts_cut_over_due": round(parts / (scraped * PARTS_PER_SECOND), 3),
         "encoder_queue_s": round(max(queued, 0.0), 3),
         "late_blocks": delta("townsquare_ingest_program_late_blocks_total"),
         "jitter_underruns": delta("townsquare_ingest_jitter_underruns_total"),

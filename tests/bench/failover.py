@@ -179,6 +179,8 @@ def cluster(work: Path, nodes: int, lease: float) -> Iterator[Cluster]:
         stack.callback(edge.stop)
         edge_url = f"http://127.0.0.1:{edge_port}"
         wait_http(f"{edge_url}/healthz", 30, edge.proc)
+        for node in members:  # started with the rest, they answer once they have met
+            node.ready()
         yield Cluster(members, edge_url, {"tier": tier, "edge": edge}, pg, "failover")
 
 

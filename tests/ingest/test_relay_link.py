@@ -31,7 +31,9 @@ from tests.support.procs import free_port
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LEASE = 3.0
+# Short, so that a hand-over's adoption is quick, and long enough that a renewal stalled by
+# a busy machine (SQLite, three test workers) does not stop the owner's room mid-test.
+LEASE = 6.0
 BLOCK = np.full((2, 960), 0.25, dtype=np.float32)  # 20 ms
 
 
