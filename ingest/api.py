@@ -272,6 +272,12 @@ async def _plain(send: Send, status: int, text: str,
     await send({"type": "http.response.body", "body": body})
 
 
+# How a relay is refused or let go: the relaying node is still sending and reads no answer
+# before its body ends, so the connection is closed; it asks again at once (the relay's own
+# check), and anything else that sends there may too.
+_LET_GO = {"Connection": "close", "Retry-After": "1"}
+
+
 def build_app(
     rooms: Rooms,
     whip: WhipEndpoint,
@@ -709,7 +715,7 @@ def build_app(
             # the relay for as long as they talk. Refused before a byte is read; closing
             # the connection is what tells the relaying node, which asks again.
             return Response(f"room {room!r} is not on air on this node", status_code=503,
-                            headers={"Connection": "close"})
+                            headers=_LET_GO)
         remote = f"relay from {request.client.host}" if request.client else "relay"
         try:
             shown = check_speaker_name(request.query_params.get("name", "")) or None
@@ -747,7 +753,7 @@ def build_app(
             # (it reads no answer before its body ends).
             return Response(f"relayed speaker {speaker.id} let go: removed, or room {room!r} "
                             "stopped on this node", status_code=503,
-                            headers={"Connection": "close"})
+                            headers=_LET_GO)
         samples = reading.result()  # its error, if the relay failed, goes on up
         log.info("room %s: relayed speaker %s ended after %.1f s", room, speaker.id,
                  samples / 48_000)

@@ -144,6 +144,7 @@ async def test_a_relay_sent_after_the_room_stopped_here_is_refused_unread(
                 f"{owner.url}{RELAY_PATH}moved", content=talking(),
                 headers={"Authorization": f"Bearer {TOKEN}"}), 15)
             status: int | None = answer.status_code
+            assert "retry-after" in answer.headers  # a refusal that says when to ask again
         except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
             status = None  # closed on the sender while it was still sending: refused too
     assert status in (503, None), status
