@@ -679,6 +679,11 @@ def build_app(
                         headers={**_CORS, "Allow": "DELETE, OPTIONS"})
 
     # --- page, health, metrics -------------------------------------------------------
+    def elsewhere(r: Room) -> bool:
+        """Whether a relay into `r` cannot be taken here: a node of a cluster that does not
+        publish the room (now)."""
+        return rooms.node is not None and not r.on_air
+
     async def relay_target(room: str) -> Room:
         """The room a relay is for, once this node publishes it. The relaying node found this
         node in the registry: a room it has just adopted may still be resuming, so it is
@@ -699,7 +704,7 @@ def build_app(
         r = await relay_target(room)
         if r.state == "ended":
             raise HTTPException(410, f"room {room!r} has ended")
-        if rooms.node is not None and not r.on_air:
+        if elsewhere(r):
             raise HTTPException(503, f"room {room!r} is not on air on this node")
         return Response(status_code=204)
 
@@ -708,7 +713,7 @@ def build_app(
     async def relay_in(room: str, request: Request) -> Response:
         """Another node of the cluster relays a speaker's audio into a room published here."""
         r = await relay_target(room)
-        if rooms.node is not None and not r.on_air:
+        if elsewhere(r):
             # Not published here (any more): a hand-over or a lost lease came between the
             # relaying node's question and its relay. Joined, the speaker would wait in a
             # room nothing mixes, and nothing would drop them: a stopping node would hold
