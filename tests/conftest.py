@@ -1,9 +1,11 @@
 """Fixtures shared by every test package: an S3-compatible server (moto in server mode).
 
 Also where tests are sorted for `./dev test`: the fault drills and the listener drills measure
-gaps in seconds while they kill and restart processes, so they are marked `serial` and run on
-their own after everything else has run side by side (pytest-xdist); a busy neighbour would
-only measure the machine.
+gaps in seconds while they kill and restart processes, so they are marked `serial` and run
+after everything else has run side by side (pytest-xdist); a busy neighbour would only measure
+the machine. `./dev test` runs them in two lanes, each one drill at a time: the drills marked
+`browser` (and those marked `first_lane`, in FIRST_LANE below) in one, the others beside
+it; then those marked `alone` (in ALONE below) by themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/t
           # A minute of encoding on a core; beside the others it lengthened the side-by-side
           # phase by as much as it saved here (at 20 minutes: 96 s there, 64 s here).
           "tests/packager/test_long_broadcast.py")
+# Drills that run by themselves even after the rest: the listener page's recoveries, timed
+# against hls.js's own restarts, failed beside another drill's load (a step up that never
+# played, 27 November) as they had beside the side-by-side phase's.
+ALONE = ("tests/edge/test_listener_recovery.py",)
+# Drills without a browser that run in the browser lane, to even the lanes: with the long
+# broadcast in the other one, that lane took 344 s against the browser lane's 258 s.
+FIRST_LANE = ("tests/packager/test_long_broadcast.py",)
 # Fault drills that time no listener and load nothing (one in-process service or one
 # `townsquare up`, checked for answers, not for gaps): they run side by side with the rest.
 NOT_SERIAL = ("tests/faults/test_status_outage.py", "tests/faults/test_database_outage.py",
@@ -60,6 +69,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         where = item.nodeid  # the path from the repository, then ::test
         if where.startswith(SERIAL) and not where.startswith(NOT_SERIAL):
             item.add_marker(pytest.mark.serial)
+            if where.startswith(ALONE):
+                item.add_marker(pytest.mark.alone)
+            if where.startswith(FIRST_LANE):
+                item.add_marker(pytest.mark.first_lane)
 
 
 @dataclass

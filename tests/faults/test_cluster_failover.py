@@ -27,7 +27,7 @@ from tests.support.browser import chromium
 from tests.support.postgres import PostgresServer
 from tests.support.procs import Service, free_port, wait_http
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE = 3.0
 
@@ -164,6 +164,7 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
             "old_owner_gone_s": round(exited_in, 2), "old_owner_log": one.svc.output()}
 
 
+@pytest.mark.browser
 def test_a_killed_node_s_room_is_adopted_and_heard_again(
         tmp_path: Path, own_postgres: PostgresServer) -> None:
     figures = _move_the_room(tmp_path, own_postgres, "kill")
@@ -171,6 +172,7 @@ def test_a_killed_node_s_room_is_adopted_and_heard_again(
     print(f"failover (kill -9, lease {LEASE} s):", figures)
 
 
+@pytest.mark.browser
 def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: PostgresServer) -> None:
     figures = _move_the_room(tmp_path, own_postgres, "term")
     log = str(figures.pop("old_owner_log"))

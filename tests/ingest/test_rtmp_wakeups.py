@@ -79,7 +79,9 @@ async def test_audio_messages_written_as_header_then_payload_cost_one_read_each(
             got = reads() - before
             speaker = next(iter(room.speakers.values()))
             buffer = speaker.input.buffer
-            heard = buffer.waiting + buffer.level
+            # Waiting, buffered, or skipped as late by a program clock that ran behind on a
+            # busy machine (then caught up): each way, the audio reached the buffer.
+            heard = buffer.waiting + buffer.level + buffer.stats.dropped_samples
         finally:
             writer.close()
             reading.cancel()
