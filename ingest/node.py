@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ingest.metrics import IngestMetrics
@@ -42,6 +42,7 @@ class LeasedRoom(Protocol):
 
 
 R = TypeVar("R", bound=LeasedRoom)
+T = TypeVar("T")
 
 
 class RoomKeeper(Protocol[R]):
@@ -78,6 +79,9 @@ class Node:
         self._fence_reason: str | None = None
         self._renewed_at: float | None = None  # monotonic start of the last renewal that worked
         self._task: asyncio.Task[None] | None = None
+        # The keeper's call to the database in flight, at most one: a call past its deadline
+        # is cancelled and left to let go in its own time (see `_ask`).
+        self._asking: asyncio.Task[Any] | None = None
         self._fence: asyncio.Task[None] | None = None
         # Adopting a room reads the store and the database and can take longer than a third
         # of a lease on a loaded machine: it runs beside the keeper, never in its way.
@@ -113,6 +117,17 @@ class Node:
         self.draining = True
         await cancel_and_wait(self._task, self._fence, self._adopting)
         self._task = self._fence = self._adopting = None
+        if self._asking is not None and not self._asking.done():
+            # A call given up on (see `_ask`) is let go by the driver within the registry's
+            # own timeouts. Waited for, not cancelled again: a second cancellation lands in
+            # SQLAlchemy's shielded close of the connection and can leave it waiting forever
+            # on an aiosqlite thread that has stopped.
+            bound = self.registry.longest_call + 1.0
+            done, _ = await asyncio.wait({self._asking}, timeout=bound)
+            if not done:
+                log.warning("node %s: a call to the rooms database did not let go within "
+                            "%g s of stopping; left behind", self.id, bound)
+        self._asking = None
 
     async def release(self, room: LeasedRoom) -> None:
         try:
@@ -144,14 +159,14 @@ class Node:
             try:
                 # No call may outlast the leases: a database that stops answering (a silent
                 # partition) must not hold the keeper past the moment the fence acts.
-                renewed = await asyncio.wait_for(
+                renewed = await self._ask(
                     self.registry.renew_leases(self.id, [r.name for r in owned], self.ttl),
                     max(0.1, self._safe_until - started + self.ttl / 3))
                 self._safe_until = started + self.ttl * 2 / 3
                 self._renewed_at, self._fence_reason = started, None
                 self.metrics.lease_renewal_seconds.set(time.monotonic() - started)
                 self.metrics.leases_held.set(len(renewed))
-                await asyncio.wait_for(
+                await self._ask(
                     self.registry.heartbeat(self.id, len(owned), self._load(), self.draining),
                     self.ttl / 3)
             except (RegistryUnavailable, TimeoutError) as exc:
@@ -170,6 +185,28 @@ class Node:
                     await rooms.lose(room)
             if not self.draining:
                 self._adopt_beside(len(renewed))
+
+    async def _ask(self, call: Coroutine[Any, Any, T], seconds: float) -> T:
+        """The keeper's call to the database, answered within `seconds` or TimeoutError.
+
+        Not `asyncio.wait_for`: that waits for a cancelled call to finish, and a call stuck
+        on a socket that stopped answering (a silent partition) may only let go once the
+        network heals or the driver's own timeout fires, holding the keeper, and every
+        failure it would count, until then. A late call here is cancelled once (so that a
+        renewal still queued behind a lock does not commit late) and left to finish on its
+        own; while it has not, no other call is made beside it, and each renewal due is
+        counted as timed out."""
+        if self._asking is not None and not self._asking.done():
+            call.close()
+            raise TimeoutError("the rooms database has not answered the last call yet")
+        task = asyncio.get_running_loop().create_task(call, name="node-registry-call")
+        self._asking = task
+        task.add_done_callback(_retrieve)
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            task.cancel()
+            raise TimeoutError(f"the rooms database did not answer within {seconds:.1f} s")
+        return task.result()
 
     async def _watch(self) -> None:
         """The fence: stop publishing every room before the last lease renewed can expire
@@ -235,6 +272,14 @@ class Node:
             log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
             self.metrics.rooms_adopted.inc()
             await self.rooms.adopt(rec, lease)
+
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A call the keeper left behind fails unseen: what it raised was already counted as a
+    timeout, and asyncio would otherwise log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

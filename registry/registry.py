@@ -47,9 +47,12 @@ from registry.tables import epochs, rooms
 class Registry:
     """The room registry on one database. Open with `await Registry.open(url)`."""
 
-    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+    def __init__(self, engine: AsyncEngine, url: URL, longest_call: float) -> None:
         self._engine = engine
         self._describe = describe(url)
+        # How long one call can take before it fails whatever the database does: a bound
+        # for whoever gave up on a call and waits for it to let go.
+        self.longest_call = longest_call
 
     @classmethod
     async def open(
@@ -70,7 +73,7 @@ class Registry:
         engine = make_engine(
             parsed, connect_timeout=connect_timeout, command_timeout=command_timeout
         )
-        registry = cls(engine, parsed)
+        registry = cls(engine, parsed, connect_timeout + command_timeout)
         try:
             with translated(f"cannot open registry {redact(parsed)}"):
                 if migrate:

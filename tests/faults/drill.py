@@ -19,6 +19,7 @@ from tests.support.procs import Service, free_port, wait_http
 
 TOKEN = "drill-admin-token-0123456789"
 ROOM = "drill"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 PLAIN_HLS = """<!doctype html><html><body><audio id="a"></audio>
 <script src="/static/hls.min.js"></script>
@@ -247,3 +248,29 @@ def playlist_position(base: str, room: str = ROOM, rendition: str = "aac96") -> 
     seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", text)[1])  # type: ignore[index]
     segments = len([ln for ln in text.splitlines() if ln and not ln.startswith("#")])
     return text, seq + segments - 1
+
+
+class ClusterNode:
+    """One `townsquare ingest` node of a cluster (its database and store in `env`), answering
+    once this returns. Its process runs with `env` on top of the node's own settings."""
+
+    def __init__(self, n: int, tmp: Path, env: dict[str, str]) -> None:
+        self.id = f"node-{n}"
+        self.control, self.origin, self.rtmp = free_port(), free_port(), free_port()
+        env = {**env, "TOWNSQUARE_NODE_ID": self.id,
+               "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
+        args = ["ingest", "--data", str(tmp / "data"), "--control-port", str(self.control),
+                "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
+        self.log = tmp / f"{self.id}.log"
+        self.svc = Service(args, self.log, env)
+        wait_http(f"{self.api}/healthz", 60, self.svc.proc)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.control}"
+
+    def room(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json())
+
+    def output(self) -> str:
+        return self.svc.output()

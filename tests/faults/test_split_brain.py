@@ -26,13 +26,11 @@ import httpx
 import pytest
 
 from tests.conftest import S3Server, start_moto
-from tests.faults.drill import ROOM, TOKEN, Speaker
+from tests.faults.drill import AUTH, ROOM, TOKEN, ClusterNode, Speaker
 from tests.support.postgres import PostgresServer
-from tests.support.procs import Service, free_port, wait_http
 from tests.support.tcpproxy import CutMode, TcpProxy
 
 pytestmark = [pytest.mark.slow]
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LEASE = 3.0
 STOP_WITHIN = LEASE * 2 / 3  # the node stops its rooms this long after its last renewal
 SLACK = 0.75  # a renewal tick (0.25 s), the part being cut, the store's write, a poll
@@ -40,29 +38,6 @@ RENDITION = "aac96"
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 PART_RE = re.compile(rf"^live/{ROOM}/{RENDITION}/(?P<epoch>e(?P<n>\d+)-[0-9a-f]{{6}})/"
                      r"p(?P<msn>\d+)\.(?P<i>\d+)\.m4s$")
-
-
-class Node:
-    def __init__(self, n: int, tmp: Path, env: dict[str, str]) -> None:
-        self.id = f"node-{n}"
-        self.control, self.origin, self.rtmp = free_port(), free_port(), free_port()
-        env = {**env, "TOWNSQUARE_NODE_ID": self.id,
-               "TOWNSQUARE_STORE_SPILL_DIR": str(tmp / f"spill-{n}")}
-        args = ["ingest", "--data", str(tmp / "data"), "--control-port", str(self.control),
-                "--origin-port", str(self.origin), "--rtmp-port", str(self.rtmp)]
-        self.log = tmp / f"{self.id}.log"
-        self.svc = Service(args, self.log, env)
-        wait_http(f"{self.api}/healthz", 60, self.svc.proc)
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.control}"
-
-    def room(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json())
-
-    def output(self) -> str:
-        return self.svc.output()
 
 
 @dataclass(frozen=True)
@@ -141,7 +116,7 @@ class StoreWatch:
 
 @contextmanager
 def two_nodes(tmp: Path, postgres: PostgresServer
-              ) -> Iterator[tuple[Node, Node, TcpProxy, S3Server]]:
+              ) -> Iterator[tuple[ClusterNode, ClusterNode, TcpProxy, S3Server]]:
     """Node 1 reaches PostgreSQL through a proxy the test can cut, node 2 directly."""
     s3 = start_moto(f"split-brain-{time.time_ns()}")  # moto's objects outlive a server
     url = postgres.create_database("split")
@@ -151,11 +126,11 @@ def two_nodes(tmp: Path, postgres: PostgresServer
     assert direct in url, url
     env = {**s3.env(), "TOWNSQUARE_ADMIN_TOKEN": TOKEN,
            "TOWNSQUARE_LEASE_SECONDS": str(LEASE), "TOWNSQUARE_PUBLISH_STATE": "false"}
-    nodes: list[Node] = []
+    nodes: list[ClusterNode] = []
     try:
-        nodes.append(Node(1, tmp, {**env, "TOWNSQUARE_DATABASE_URL":
-                                   url.replace(direct, f"{proxy.address}/")}))
-        nodes.append(Node(2, tmp, {**env, "TOWNSQUARE_DATABASE_URL": url}))
+        nodes.append(ClusterNode(1, tmp, {**env, "TOWNSQUARE_DATABASE_URL":
+                                          url.replace(direct, f"{proxy.address}/")}))
+        nodes.append(ClusterNode(2, tmp, {**env, "TOWNSQUARE_DATABASE_URL": url}))
         yield nodes[0], nodes[1], proxy, s3
     finally:
         proxy.heal()  # so that node 1 can hand its state over as it stops
@@ -272,6 +247,13 @@ def test_a_node_cut_from_the_database_stops_before_another_takes_its_room(
             if new_first.n <= old_n:
                 problems.append(f"the new epoch {new[0]} does not fence {old}")
 
+            # What node 1's dashboard shows while it is still cut off: its renewals failing,
+            # counted as they fall due (a renewal stuck on the silent link must not hold the
+            # keeper until the heal).
+            during = _metrics(one.api)
+            if _failed_renewals(during) < 1:
+                problems.append(f"node 1's metrics during the cut show no failed renewal: {during}")
+
             # The link heals: node 1 must leave the room to node 2.
             healed = time.time()
             at_heal_1 = one.output()
@@ -299,8 +281,7 @@ def test_a_node_cut_from_the_database_stops_before_another_takes_its_room(
             m1, m2 = _metrics(one.api), _metrics(two.api)
             if m1.get('townsquare_ingest_lease_losses_total{reason="fence"}', 0) < 1:
                 problems.append(f"node 1's metrics show no lease lost to the fence: {m1}")
-            if sum(v for k, v in m1.items()
-                   if k.startswith("townsquare_ingest_lease_renewal_failures_total")) < 1:
+            if _failed_renewals(m1) < 1:
                 problems.append(f"node 1's metrics show no failed renewal: {m1}")
             if m1.get("townsquare_ingest_leases_held") != 0:
                 problems.append(f"node 1's metrics say it holds leases: {m1}")
@@ -313,6 +294,11 @@ def test_a_node_cut_from_the_database_stops_before_another_takes_its_room(
         finally:
             speaker.stop()
             watch.stop()
+
+
+def _failed_renewals(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items()
+               if k.startswith("townsquare_ingest_lease_renewal_failures_total"))
 
 
 def _metrics(api: str) -> dict[str, float]:

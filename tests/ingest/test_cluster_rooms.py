@@ -125,6 +125,9 @@ async def test_a_node_whose_renewals_stall_stops_its_rooms_and_says_why(
             await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
             with caplog.at_level(logging.ERROR, "townsquare.ingest.node"):
                 await _until(lambda: _on_air(rooms, "stalled"), False, within=4.0)
+            # While the call is stuck, each renewal due is counted as timed out: the keeper
+            # does not wait for the stuck call to let go, nor make a second one beside it.
+            await _until(lambda: _timed_out(rooms, 3), True, within=3.0)
         finally:
             await asyncio.to_thread(other.execute, "ROLLBACK")
             other.close()
@@ -134,6 +137,13 @@ async def test_a_node_whose_renewals_stall_stops_its_rooms_and_says_why(
     finally:
         await rooms.close()
         await registry.close()
+
+
+async def _timed_out(rooms: Rooms, times: int) -> bool:
+    """The node's renewals have timed out at least `times` times."""
+    assert rooms.node is not None
+    return bool(rooms.node.metrics.lease_renewal_failures.labels("timeout")._value.get()
+                >= times)
 
 
 async def _reported_rooms(registry: Registry, node: str) -> object:
