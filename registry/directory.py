@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from registry.clock import Time
 from registry.errors import NoSuchNode
 from registry.records import NodeInfo
 from registry.tables import nodes
@@ -37,7 +38,7 @@ async def upsert(conn: AsyncConnection, node: NodeInfo) -> None:
 
 
 async def heartbeat(
-    conn: AsyncConnection, node: str, rooms: int, cpu: float, draining: bool, now: float
+    conn: AsyncConnection, node: str, rooms: int, cpu: float, draining: bool, now: Time
 ) -> None:
     beat = await conn.execute(
         sa.update(nodes)
@@ -48,7 +49,7 @@ async def heartbeat(
         raise NoSuchNode(f"no node {node!r} in the directory; register it first")
 
 
-async def alive(conn: AsyncConnection, since: float) -> list[NodeInfo]:
+async def alive(conn: AsyncConnection, since: Time) -> list[NodeInfo]:
     """Nodes heard from at `since` or later: accepting ones first, then by load, cpu and id."""
     rows = await conn.execute(sa.select(nodes).where(nodes.c.heartbeat_at >= since))
     found = [_node_info(row) for row in rows]

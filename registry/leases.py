@@ -5,8 +5,9 @@ conditional UPDATEs, so the database decides between nodes racing for a room: a 
 (PostgreSQL) or the write lock (SQLite) serializes them, and the loser's WHERE no longer matches.
 Taking a room bumps its epoch in the same UPDATE; the owner's later writes carry that epoch
 (`Registry.advance`), so a node that lost its lease during a partition is fenced off even when
-its writes arrive late. Expiries are compared with the caller's clock (`now`): the nodes' clocks
-must agree to well within a lease's ttl.
+its writes arrive late. Expiries are set by and compared with the database's clock
+(`registry.clock`, read by the statement that sets or compares one), so the nodes' own clocks
+need not agree; a node times its own margin of safety on its monotonic clock (`ingest.node`).
 
 These functions run inside a transaction that `Registry` opened, and raise driver errors.
 """
@@ -16,35 +17,36 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from registry.clock import Time
 from registry.errors import NoSuchRoom
 from registry.records import Lease, Owner
 from registry.tables import epochs, nodes, rooms
 
 
-def held(now: float) -> sa.ColumnElement[bool]:
+def held(now: Time) -> sa.ColumnElement[bool]:
     """The room's lease is live at `now`: its owner may publish."""
     return sa.and_(rooms.c.owner.is_not(None), rooms.c.lease_expires >= now)
 
 
-def lapsed(now: float) -> sa.ColumnElement[bool]:
+def lapsed(now: Time) -> sa.ColumnElement[bool]:
     """Nobody holds the room at `now`. Spelled out rather than NOT held(): NULLs stay false."""
     return sa.or_(
         rooms.c.owner.is_(None), rooms.c.lease_expires.is_(None), rooms.c.lease_expires < now
     )
 
 
-def free(node: str, now: float) -> sa.ColumnElement[bool]:
+def free(node: str, now: Time) -> sa.ColumnElement[bool]:
     """`node` may take the room at `now`: it holds it already, or nobody does."""
     return sa.or_(rooms.c.owner == node, lapsed(now))
 
 
-def orphaned(now: float) -> sa.ColumnElement[bool]:
+def orphaned(now: Time) -> sa.ColumnElement[bool]:
     """A live room nobody holds: its owner crashed or lost the database."""
     return sa.and_(rooms.c.state == "live", lapsed(now))
 
 
 async def take(
-    conn: AsyncConnection, name: str, node: str, expires: float, now: float,
+    conn: AsyncConnection, name: str, node: str, expires: Time, now: Time,
     go_live: str | None = None,
 ) -> Lease | None:
     values: dict[str, object] = {"owner": node, "lease_expires": expires,
@@ -61,7 +63,8 @@ async def take(
             sa.update(rooms)
             .where(rooms.c.name == name, rooms.c.state != "ended", free(node, now))
             .values(**values)
-            .returning(rooms.c.epoch, rooms.c.next_msn, rooms.c.broadcast_id, rooms.c.state)
+            .returning(rooms.c.epoch, rooms.c.next_msn, rooms.c.broadcast_id, rooms.c.state,
+                       rooms.c.lease_expires)
         )
     ).first()
     if row is None:
@@ -69,7 +72,7 @@ async def take(
             raise NoSuchRoom(f"no room named {name!r}")
         return None
     lease = Lease(
-        room=name, node=node, epoch=int(row.epoch), expires=expires,
+        room=name, node=node, epoch=int(row.epoch), expires=float(row.lease_expires),
         next_msn=int(row.next_msn), broadcast_id=row.broadcast_id,
     )
     if row.state == "live" and lease.broadcast_id is not None:
@@ -84,15 +87,15 @@ async def take(
 
 
 async def renew(
-    conn: AsyncConnection, node: str, names: list[str], expires: float, now: float
+    conn: AsyncConnection, node: str, names: list[str], expires: Time, now: Time
 ) -> dict[str, float]:
     renewed = await conn.execute(
         sa.update(rooms)
         .where(rooms.c.name.in_(names), rooms.c.owner == node, rooms.c.lease_expires >= now)
         .values(lease_expires=expires)
-        .returning(rooms.c.name)
+        .returning(rooms.c.name, rooms.c.lease_expires)
     )
-    return {row.name: expires for row in renewed}
+    return {row.name: float(row.lease_expires) for row in renewed}
 
 
 async def release(conn: AsyncConnection, name: str, node: str, epoch: int) -> bool:
@@ -104,7 +107,7 @@ async def release(conn: AsyncConnection, name: str, node: str, epoch: int) -> bo
     return released.rowcount == 1
 
 
-async def owner(conn: AsyncConnection, name: str, now: float) -> Owner | None:
+async def owner(conn: AsyncConnection, name: str, now: Time) -> Owner | None:
     row = (
         await conn.execute(
             sa.select(rooms.c.owner, rooms.c.epoch, rooms.c.lease_expires, nodes.c.internal_url)

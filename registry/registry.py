@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import registry.directory as directory
 import registry.leases as leases
+from registry.clock import DatabaseClock, Time
 from registry.engine import READ_ONLY, describe, make_engine, parse_url, redact, translated
 from registry.errors import NoSuchRoom, RegistryError, RoomClosed, RoomTaken
 from registry.legacy import IMPORTED_SUFFIX, parse_rooms_json
@@ -354,9 +354,9 @@ class Registry:
         With `go_live`, a waiting room goes live with that broadcast id in the same write.
         An ended room cannot be taken. Raises NoSuchRoom for an unknown room.
         """
-        now = _now(now)
+        ttl, clock = _ttl(ttl), _now(now)
         async with self._write(f"node {node!r} take room {name!r}") as conn:
-            return await leases.take(conn, name, node, now + _ttl(ttl), now, go_live)
+            return await leases.take(conn, name, node, clock + ttl, clock, go_live)
 
     async def renew_leases(
         self, node: str, rooms: list[str], ttl: float, now: float | None = None
@@ -367,12 +367,11 @@ class Registry:
         released, or expired): stop publishing it. When this raises (RegistryUnavailable), the
         leases run out at the expiry of the last renewal that succeeded.
         """
-        now = _now(now)
-        expires = now + _ttl(ttl)
+        ttl, clock = _ttl(ttl), _now(now)
         if not rooms:
             return {}
         async with self._write(f"node {node!r} renew {len(rooms)} leases") as conn:
-            return await leases.renew(conn, node, rooms, expires, now)
+            return await leases.renew(conn, node, rooms, clock + ttl, clock)
 
     async def release_room(self, name: str, node: str, epoch: int) -> bool:
         """Give the room up, if `node` still holds it at `epoch`; False, changing nothing,
@@ -383,9 +382,8 @@ class Registry:
     async def owner_of(self, name: str, now: float | None = None) -> Owner | None:
         """The holder of the room's live lease and its internal URL; None when the room is
         unknown, unowned or its lease expired."""
-        now = _now(now)
         async with self._read(f"owner of room {name!r}") as conn:
-            return await leases.owner(conn, name, now)
+            return await leases.owner(conn, name, _now(now))
 
     async def rooms_to_adopt(self, now: float | None = None) -> list[RoomRecord]:
         """Live rooms without a live lease (their owner crashed or was cut off), longest live
@@ -409,16 +407,14 @@ class Registry:
     ) -> None:
         """Report the node alive at `now` with its load. Raises NoSuchNode when it is not
         registered (forgotten meanwhile): register it again."""
-        now = _now(now)
         async with self._write(f"heartbeat of node {node!r}") as conn:
-            await directory.heartbeat(conn, node, rooms, cpu, draining, now)
+            await directory.heartbeat(conn, node, rooms, cpu, draining, _now(now))
 
     async def nodes(self, now: float | None = None, alive_within: float = 10.0) -> list[NodeInfo]:
         """Nodes whose last heartbeat is at most `alive_within` seconds old: the ones accepting
         rooms first, least loaded first (rooms/capacity, then cpu), draining ones last."""
-        since = _now(now) - alive_within
         async with self._read("list nodes") as conn:
-            return await directory.alive(conn, since)
+            return await directory.alive(conn, _now(now) - alive_within)
 
     async def forget_node(self, node: str) -> None:
         """Remove the node from the directory (nothing if absent); its leases run out alone."""
@@ -557,8 +553,10 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _now(now: float | None) -> float:
-    return time.time() if now is None else now
+def _now(now: float | None) -> Time:
+    """`now` when the caller gave one (tests), else the database's clock (`registry.clock`),
+    read by the statement that compares or sets a time."""
+    return DatabaseClock() if now is None else now
 
 
 def _ttl(ttl: float) -> float:
