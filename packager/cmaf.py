@@ -190,3 +190,15 @@ class LadderEncoder:
 
     def finish(self) -> list[LadderEvent]:
         return [(name, ev) for name, enc in self.encoders.items() for ev in enc.finish()]
+
+
+def silent_segment(rendition: Rendition, segment_units: int, msn: int,
+                   samples: int) -> tuple[bytes, list[bytes]]:
+    """Segment `msn` of a rendition, as parts, holding at least `samples` of silence (whole
+    frames; the codec's own delay comes out as silence too): what stands in for audio
+    that never reached the store in one rendition while another kept it, so that their
+    timelines stay the same length. Returns (segment, parts)."""
+    enc = RenditionEncoder(rendition, segment_units, msn)
+    events = enc.push(np.zeros((2, max(1, samples)), dtype=np.float32)) + enc.finish()
+    parts = [e.data for e in events if isinstance(e, PartReady) and e.msn == msn]
+    return b"".join(parts), parts

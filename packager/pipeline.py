@@ -55,7 +55,7 @@ from hls.names import (
     segment_name,
 )
 from packager.boxes import read_fragment
-from packager.cmaf import LadderEncoder, LadderEvent, PartReady
+from packager.cmaf import LadderEncoder, LadderEvent, PartReady, silent_segment
 from packager.errors import BroadcastClosed, StoreError
 from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
 from packager.live import Hub, LiveRoom, dumps_state
@@ -677,8 +677,8 @@ class Packager:
         """Bring every rendition's stored window up to what the store holds of the epoch a
         stop or a crash ended, segment by segment: each one stored whole, or else made whole
         from its stored parts (the segment the crash cut short, or one whose upload had not
-        landed). Returns the next media sequence number; the windows are completed in place
-        (a rendition that cannot reach the others is dropped)."""
+        landed). A rendition left short of the others is made as long with silence. Returns
+        the next media sequence number; the windows are completed in place."""
         time_base = (epoch.first_msn - 1) * self.segment_samples
         folder = f"{epoch.id}/"
 
@@ -691,6 +691,12 @@ class Packager:
                           # The epoch's first segment after the window of the one before.
                           discontinuity=msn == epoch.first_msn and bool(pl.segments))
             return replace(pl, segments=pl.segments + (seg,), next_msn=msn + 1)
+
+        def made(pl: MediaPlaylist, msn: int, segment: bytes, parts: list[bytes]) -> MediaPlaylist:
+            """`pl` with segment `msn`, made of `parts` (each listed, as at the live edge)."""
+            listed = tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
+                                f"{folder}{part_name(msn, i)}") for i, p in enumerate(parts))
+            return extended(pl, msn, segment, listed)
 
         async def stored(name: str, msn: int) -> bytes | None:
             return await self.store.get(self._epoch_key(room, name, epoch, segment_name(msn)))
@@ -715,16 +721,41 @@ class Packager:
                 found = await finish_cut_segment(self.store, room, name, epoch.id, msn)
                 if found is None:
                     break
-                segment, parts = found
-                listed = tuple(Part(sum(read_fragment(p).durations) / SAMPLE_RATE,
-                                    f"{folder}{part_name(msn, i)}")
-                               for i, p in enumerate(parts))
-                pl = extended(pl, msn, segment, listed)
+                pl = made(pl, msn, *found)
             windows[name] = pl
         # Parts of a segment were heard: its number is taken even where it was lost.
-        reached = max(pl.next_msn for pl in windows.values())
-        for name in [n for n, pl in windows.items() if pl.next_msn != reached]:
-            del windows[name]  # not contiguous with the others: it starts afresh
+        longest = max(windows.values(), key=lambda pl: pl.next_msn)
+        reached = longest.next_msn
+        for name, pl in list(windows.items()):
+            if pl.next_msn == reached:
+                continue
+            missing = [seg for seg in longest.segments if seg.msn >= pl.next_msn]
+            if pl.next_msn < epoch.first_msn or len(missing) != reached - pl.next_msn:
+                log.warning("room %s: the store holds %s of epoch %s up to segment %d, the "
+                            "other renditions up to %d: its window starts afresh", room, name,
+                            epoch.id, pl.next_msn - 1, reached - 1)
+                del windows[name]  # not contiguous with the others
+                continue
+            # A rendition can stand a segment short of another: a lagging store sends the
+            # live edge's objects in the order they were cut, and one rendition's part can
+            # be cut, and land, before the crash while another's is not. The segments it
+            # lacks are silence as long as the others' (its window stays contiguous with
+            # theirs and with the epoch that follows), where it would otherwise start again
+            # without its window, which its listeners would hear as a jump.
+            rendition = next(r for r in self.settings.renditions() if r.name == name)
+            for seg in missing:
+                segment, parts = silent_segment(rendition, self.settings.segment_units,
+                                                seg.msn, round(seg.duration * SAMPLE_RATE))
+                for i, part in enumerate(parts):
+                    await self.store.put(self._epoch_key(room, name, epoch, part_name(seg.msn, i)),
+                                         part, IMMUTABLE)
+                await self.store.put(self._epoch_key(room, name, epoch, segment_name(seg.msn)),
+                                     segment, IMMUTABLE)
+                pl = made(pl, seg.msn, segment, parts)
+                log.warning("room %s: no audio of %s segment %d (epoch %s) reached the store "
+                            "while other renditions' did: it is %.2f s of silence", room, name,
+                            seg.msn, epoch.id, pl.segments[-1].duration)
+            windows[name] = pl
         return max(reached, next_msn)
 
     @staticmethod

@@ -4,9 +4,12 @@ real packager writing to a folder store: the store is then left as a crash leave
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import replace
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from hls.names import LIVE_PLAYLIST, part_name, segment_name
@@ -126,3 +129,43 @@ async def test_a_crash_in_an_epoch_s_first_segment_resumes_after_a_discontinuity
         assert cut.msn == last + 1 and cut.uri.startswith(b.epoch.id), rendition
         # A new encoder and a new init segment: the window says so.
         assert cut.discontinuity and "#EXT-X-DISCONTINUITY" in render_media(pl), rendition
+
+
+async def test_a_rendition_with_nothing_of_the_last_segment_goes_on_with_silence_as_long(
+        tmp_path: Path) -> None:
+    epoch, last = await _suspended_epoch(tmp_path)
+    # The crash came while a slow store had Opus's parts of segment `last` and none of the
+    # AAC renditions' (cut some milliseconds later, queued behind them).
+    for rendition in ("aac96", "aac48"):
+        folder = tmp_path / "live" / ROOM / rendition
+        for f in folder.glob(f"{epoch}/{part_name(last, 0).split('.')[0]}.*.m4s"):
+            f.unlink()
+        (folder / epoch / segment_name(last)).unlink()
+        pl = parse_media((folder / LIVE_PLAYLIST).read_text())
+        kept = tuple(s for s in pl.segments if s.msn < last)
+        (folder / LIVE_PLAYLIST).write_text(
+            render_media(replace(pl, segments=kept, next_msn=last)))
+
+    packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
+    point = await packager.resume_point(ROOM)
+    # Every window goes on to `last`, so every playlist goes on after a discontinuity; the
+    # AAC renditions' `last` is silence as long as Opus's (to within a frame and the
+    # encoder's delay), in parts, stored where a player asks for them.
+    assert point.next_msn == last + 1
+    assert sorted(point.windows) == ["aac48", "aac96", "opus64"], sorted(point.windows)
+    opus = point.windows["opus64"].segments[-1]
+    for rendition in ("aac96", "aac48"):
+        seg = point.windows[rendition].segments[-1]
+        assert seg.msn == last and seg.parts, rendition
+        assert opus.duration <= seg.duration <= opus.duration + 2 * 1024 / 48_000, (seg, opus)
+        folder = tmp_path / "live" / ROOM / rendition / epoch
+        data = (folder / "init.mp4").read_bytes() + (folder / segment_name(last)).read_bytes()
+        pcm = _decoded(data)
+        assert pcm.size and float(np.abs(pcm).max()) < 1e-3, rendition
+        assert all((folder / part_name(last, i)).exists() for i in range(len(seg.parts)))
+
+
+def _decoded(mp4: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(mp4), mode="r") as container:
+        frames = [f.to_ndarray() for f in container.decode(audio=0)]
+    return np.concatenate(frames, axis=1)
