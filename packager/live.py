@@ -81,12 +81,15 @@ class LiveRoom:
         self.stopped = True
         self.touch()
 
-    async def changed(self, name: str) -> None:
-        """Return at the next change of rendition `name`."""
+    def changed(self, name: str) -> asyncio.Future[None]:
+        """The future the next change of rendition `name` resolves. The wait begins at this
+        call, not when the caller's task first runs: a change in between (a `stop` in the
+        same turn of the loop, before `asyncio.wait_for`'s task has run) is not missed, and
+        no later change may ever come. Every reader shares it: shield it from cancellation."""
         lr = self.renditions[name]
         if lr._changed is None:
             lr._changed = asyncio.get_running_loop().create_future()
-        await asyncio.shield(lr._changed)
+        return lr._changed
 
     def release(self) -> None:
         """Drop the bytes this epoch held (it has stopped and the store has them)."""

@@ -266,7 +266,7 @@ class Origin:
                 if remaining <= 0:
                     return False
                 try:
-                    await asyncio.wait_for(live.changed(name), remaining)
+                    await asyncio.wait_for(asyncio.shield(live.changed(name)), remaining)
                 except TimeoutError:
                     return False
             return True
