@@ -681,8 +681,8 @@ def build_app(
     # --- page, health, metrics -------------------------------------------------------
     def elsewhere(r: Room) -> bool:
         """Whether a relay into `r` cannot be taken here: a node of a cluster that does not
-        publish the room (now)."""
-        return rooms.node is not None and not r.on_air
+        publish the room (now), or is stopping it."""
+        return rooms.node is not None and (not r.on_air or r.stopping)
 
     async def relay_target(room: str) -> Room:
         """The room a relay is for, once this node publishes it. The relaying node found this

@@ -165,6 +165,9 @@ class Room:
     description: str = ""
     speakers: dict[str, Speaker] = field(default_factory=dict)
     relayed: dict[str, Speaker] = field(default_factory=dict)  # heard on another node
+    # Set once the stop of its epoch here (an end, a hand-over, a lost lease) is over; None
+    # when no stop is under way (`stopping`).
+    _stopped: asyncio.Event | None = None
     _mixer: Mixer | None = None
     _clock: ProgramClock | None = None
     _broadcast: BroadcastSink | None = None
@@ -176,6 +179,13 @@ class Room:
     def on_air(self) -> bool:
         """This process publishes the room now."""
         return self._broadcast is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Its epoch here is being stopped: still on air until the encoders' last part, but
+        taking no speakers (relays are refused; a speaker who reaches this node waits for
+        the stop, `Rooms.speak`)."""
+        return self._stopped is not None
 
     def describe(self) -> dict[str, Any]:
         now = time.time()
@@ -587,6 +597,8 @@ class Rooms:
         listeners read, a numbered default when None or empty."""
         if room.state == "ended":
             raise RoomEnded(f"room {room.name!r} has ended")
+        if room.stopping:  # `speak` waits for the stop; a caller straight here is refused
+            raise Unavailable(f"room {room.name!r} is being stopped here; try again")
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
         if self.node is not None and not room.on_air:
@@ -628,6 +640,15 @@ class Rooms:
                 await asyncio.wait_for(resuming.wait(), RESUME_WAIT_SECONDS)
             except TimeoutError:
                 raise Unavailable(f"room {room.name!r} is still being resumed; try again") \
+                    from None
+        # Its epoch here is being stopped (a lost lease, a hand-over): joined now, the speaker
+        # would stay behind in a room nothing mixes. Once stopped, the room is taken again
+        # or the speaker relayed to where it went.
+        if room._stopped is not None:
+            try:
+                await asyncio.wait_for(room._stopped.wait(), RESUME_WAIT_SECONDS)
+            except TimeoutError:
+                raise Unavailable(f"room {room.name!r} is still being stopped; try again") \
                     from None
         try:
             await self.admit(room)
@@ -950,13 +971,20 @@ class Rooms:
                 log.exception("room %s: disconnecting %s failed", room.name, speaker.id)
 
     async def _stop_room(self, room: Room, end: bool) -> None:
-        for speaker in list(room.speakers.values()):
-            await self._drop(room, speaker)
-        if room._clock is not None:
-            await room._clock.stop()
-            room._clock = None
-        room._mixer = None
-        broadcast, room._broadcast = room._broadcast, None
+        # Marked first: a relaying node whose speaker is let go below asks this node at once
+        # whether it still takes relays, and a yes would tell it the speaker was removed.
+        stopped = room._stopped = asyncio.Event()
+        try:
+            for speaker in list(room.speakers.values()):
+                await self._drop(room, speaker)
+            if room._clock is not None:
+                await room._clock.stop()
+                room._clock = None
+            room._mixer = None
+            broadcast, room._broadcast = room._broadcast, None
+        finally:
+            room._stopped = None
+            stopped.set()
         if broadcast is not None:
             try:
                 await (broadcast.close() if end else broadcast.suspend())

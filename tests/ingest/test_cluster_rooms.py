@@ -167,3 +167,33 @@ async def _until(read: Callable[[], Awaitable[object]], *wanted: object,
         assert asyncio.get_running_loop().time() < deadline, f"still {got!r}, not {wanted}"
         await asyncio.sleep(0.05)
     return got
+
+
+async def test_a_speaker_who_arrives_while_the_room_is_being_stopped_is_not_left_behind(
+        tmp_path: Path) -> None:
+    registry = await Registry.open(default_url(tmp_path))
+    node = await _node(registry, 1, lease=LONG_LEASE)
+    try:
+        room, _ = await node.create("hall")
+        await node.admit(room)
+        closing = asyncio.Event()
+
+        async def slow_hang_up() -> None:  # the connection of a speaker already there
+            closing.set()
+            await asyncio.sleep(1.0)
+
+        node.join(room, "rtmp", "host", slow_hang_up)
+        first = room._broadcast
+        # The node stops the room (its lease judged lost); a speaker arrives mid-way.
+        stopping = asyncio.create_task(node.lose(room))
+        await closing.wait()
+        assert room.stopping and room.on_air
+        arrived = await node.speak(room, "rtmp", "late")
+        await stopping
+        # The stop was waited for: the room was taken again here (the lease is still this
+        # node's), the speaker mixed in it, not seated in the epoch that stopped.
+        assert room.on_air and room._broadcast is not first
+        assert arrived.id in room.speakers and arrived.relay is None
+    finally:
+        await node.close()
+        await registry.close()

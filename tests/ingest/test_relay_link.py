@@ -151,9 +151,11 @@ async def test_a_relay_sent_after_the_room_stopped_here_is_refused_unread(
     assert not (await owner.rooms.find("moved")).speakers
 
 
-async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_muted_and_named(
-        cluster: tuple[Served, Served]) -> None:
-    owner, other = cluster
+async def _guest(owner: Served, other: Served) -> tuple[Room, Room, Speaker, Speaker,
+                                                         asyncio.Event]:
+    """Room "hall" on air on `owner` and a guest who reached `other`, relayed and mixed: (the
+    room at the owner, the room at the guest's node, the guest there, the guest as mixed at
+    the owner, set when the guest's connection is closed)."""
     room, _ = await owner.rooms.create("hall")
     await owner.rooms.admit(room)
     here = await other.rooms.find("hall")
@@ -164,6 +166,13 @@ async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_
 
     speaker = await other.rooms.speak(here, "rtmp", "test", disconnect, name="Guest")
     mixed = await _relayed(room, lambda: speaker.push(BLOCK))
+    return room, here, speaker, mixed, dropped
+
+
+async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_muted_and_named(
+        cluster: tuple[Served, Served]) -> None:
+    owner, other = cluster
+    _, here, speaker, mixed, dropped = await _guest(owner, other)
 
     # The host mutes and renames them at the owner (through its API, as any node forwards
     # it): the owner tells the node holding their connection.
@@ -201,6 +210,38 @@ async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_
         assert r.status_code == 200 and not r.json()["muted"], r.text
     assert await a_second_of_voice() > 0.1, "unmuted, the speaker is in the mix here"
     assert not dropped.is_set(), "the speaker's connection was kept"
+
+
+async def test_a_relayed_speaker_is_carried_on_when_the_owner_is_asked_in_the_midst_of_its_stop(
+        cluster: tuple[Served, Served]) -> None:
+    owner, other = cluster
+    room, here, speaker, _, dropped = await _guest(owner, other)
+    # A speaker of the owner's own whose connection takes its time to close: the owner's stop
+    # lets the relay go first, and is still on its way (the room on air) when the relaying
+    # node asks whether the owner takes relays.
+    closing = asyncio.Event()
+
+    async def slow_hang_up() -> None:
+        closing.set()
+        await asyncio.sleep(3.0)
+
+    owner.rooms.join(room, "rtmp", "host", slow_hang_up, name="Host")
+    stopping = asyncio.create_task(owner.rooms.close())
+    await closing.wait()
+    async with httpx.AsyncClient(timeout=10) as client:
+        asked = await client.get(f"{owner.url}{RELAY_PATH}hall", headers=AUTH)
+    assert asked.status_code == 503, "a room being stopped takes no relays"
+    while not stopping.done():
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    await stopping
+    deadline = time.monotonic() + 4 * LEASE
+    while speaker.id not in here.speakers:
+        assert not dropped.is_set(), "the relaying node took the stop for a removal"
+        assert time.monotonic() < deadline, "the speaker was never mixed on their own node"
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    assert not dropped.is_set()
 
 
 async def test_a_relay_says_who_it_carries_and_a_change_its_node_cannot_hear_still_holds(
