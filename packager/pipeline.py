@@ -105,6 +105,10 @@ PCM_HELD = Gauge("townsquare_packager_pcm_held_seconds",
 MAX_QUEUED_SECONDS = 30.0
 # An epoch that has stopped is dropped from memory this long after (its objects are stored).
 RELEASE_AFTER_SECONDS = 5.0
+# A resume first waits this long for what an earlier run left on disk to be stored (the
+# parts a crash caught on their way to the store): a store that has not taken them by then is
+# down, and the resume goes on with what the store holds.
+RECOVERED_WAIT_SECONDS = 5.0
 # Segments a broadcast remembers whose parts wait for the segment to be stored before they
 # expire (`Broadcast._expire_parts`); beyond that (the store far behind) the oldest parts
 # are left where they are, counted.
@@ -404,7 +408,8 @@ class Broadcast:
         for r in self.renditions:
             enc = self._encoder.encoders[r.name]
             self.live.renditions[r.name].init = enc.init
-            self.writer.put(self._key(r.name, INIT), enc.init, IMMUTABLE, live=True)
+            self.writer.put(self._key(r.name, INIT), enc.init, IMMUTABLE, live=True,
+                            durable=True)
         self._write_room_info()
         self.writer.put(epochs_key(self.room, self.broadcast_id), self.info.dumps(), SHORT)
         BROADCASTS_LIVE.inc()
@@ -485,7 +490,10 @@ class Broadcast:
                 pl = b.add_part(Part(ev.samples / SAMPLE_RATE, self._uri(uri)),
                                 self.started_at + ev.start_sample / SAMPLE_RATE, self._uri(nxt))
                 lr.remember(uri, ev.data)
-                self.writer.put(self._key(name, uri), ev.data, IMMUTABLE, live=True)
+                # Listed for listeners in this same step: on disk before that, so that a
+                # crash cannot lose what they were told of.
+                self.writer.put(self._key(name, uri), ev.data, IMMUTABLE, live=True,
+                                durable=True)
                 PARTS_CUT.labels(name).inc()
             else:
                 uri = segment_name(ev.msn)
@@ -637,6 +645,10 @@ class Packager:
     async def resume_point(self, room: str) -> ResumePoint:
         """What the store says about `room`: where its timeline stands and, when its last
         broadcast is still open (a crash or a restart), the window and epochs to carry on."""
+        if not await self.writer.recovered(RECOVERED_WAIT_SECONDS):
+            log.warning("room %s: resumed before the store took what the last run left on "
+                        "disk (%s); its last parts may be missing", room,
+                        self.writer.limits.spill_dir)
         store = self.store
         try:
             raw = await store.get(room_key(room, ROOM_INFO))

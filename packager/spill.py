@@ -126,6 +126,8 @@ class SpillFolder:
                 continue
             try:
                 found.append(self._describe(path))
+            except FileNotFoundError:
+                continue  # stored and removed by this run's writer since the listing
             except SpillCorrupt as exc:
                 log.error("%s; moved aside as %s.bad", exc, name)
                 path.replace(path.with_name(name + ".bad"))
@@ -136,6 +138,8 @@ class SpillFolder:
             with open(path, "rb") as f:
                 head = f.read(_HEAD.size + _MAX_HEADER)
                 total = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise  # gone since it was listed: stored by the writer meanwhile, not corrupt
         except OSError as exc:
             raise SpillCorrupt(f"spilled object {path.name} unreadable: {exc}") from exc
         header = _parse_header(head, path)

@@ -10,9 +10,10 @@ What it promises, and how:
   an outage the newest live objects (those of the last `LIVE_EDGE_SECONDS`) go first, then
   the backlog oldest first; objects spilled by an earlier run are the oldest backlog of all.
   While live objects keep every upload busy the backlog waits.
-- **A key is one object.** A newer `put` of a key still waiting replaces the older one
-  (playlists are rewritten often). A key is never uploaded twice at once, so an older
-  version can never land after a newer one.
+- **A key is one object.** A newer `put` of a key still waiting replaces the older one in
+  its place in the queues (playlists are rewritten often: at the tail, a lagging store would
+  never reach them). A key is never uploaded twice at once, so an older version can never
+  land after a newer one.
 - **Bounded memory, nothing lost.** Bytes held in memory (waiting or being uploaded) stay
   within `memory_bytes`; an object that does not fit is spilled to `spill_dir` on the
   spot (see `packager.spill`: one self-describing file per object, renamed into place).
@@ -23,6 +24,11 @@ What it promises, and how:
   audio is worse than exceeding the bound. Parts past the live edge are let go first then
   (their audio is in their segments), so an outage with a full disk grows memory by the
   segments alone, half of what is put.
+- **Nothing listed is lost to a crash.** A `durable` put (parts and init segments: the
+  origin lists them the moment they are cut) is appended to the write-ahead journal
+  (`packager.journal`) before `put` returns, and let go there once stored or spilled. The
+  next start hands what a dead run left to the spill folder; `recovered()` waits for it to
+  be stored, and a resume calls it before it reads the store.
 - **Shutdown never hangs.** `drain(deadline)` waits for everything put before it was
   called; when the deadline passes it spills whatever of that is not stored yet and returns
   False. `start()` of the next run uploads it.
@@ -74,6 +80,7 @@ from packager.errors import (
     StoreFull,
     StoreMisconfigured,
 )
+from packager.journal import ROLL_BYTES, Journal, Record
 from packager.settings import StoreSettings
 from packager.spill import SpilledObject, SpillFolder
 from serving.tasks import cancel_and_wait
@@ -95,6 +102,11 @@ MEMORY_BOUND = Gauge("townsquare_store_memory_bound_bytes",
                      "Most bytes the store writer holds in memory before spilling")
 SPILLED = Gauge("townsquare_store_spilled_objects", "Objects waiting on local disk")
 SPILLED_BYTES = Gauge("townsquare_store_spilled_bytes", "Bytes waiting on local disk")
+JOURNALED = Gauge("townsquare_store_journal_objects",
+                  "Parts and init segments on their way to the store with a copy in the "
+                  "write-ahead journal (what a crash leaves for the next start)")
+JOURNAL_BYTES = Gauge("townsquare_store_journal_bytes",
+                      "Bytes of write-ahead journal files on local disk")
 HEALTHY = Gauge("townsquare_store_healthy", "1 while the store takes writes, 0 while it fails")
 FULL = Gauge("townsquare_store_full",
              "1 while the store's local filesystem has no space left, else 0")
@@ -106,8 +118,9 @@ LAST_OK = Gauge("townsquare_store_last_success_timestamp_seconds",
 LIVE_EDGE_SECONDS = 6.0
 # First retry delay; doubles up to `retry_max_seconds`.
 RETRY_MIN_SECONDS = 0.1
-# Replaced versions stay in the queues until popped; in a long outage, where playlists are
-# rewritten many times a second, the queues are rebuilt once they are mostly such leftovers.
+# Replaced versions stay in the queues, each pointing to the newer one in its place, until
+# popped; in a long outage, where playlists are rewritten many times a second, the queues are
+# rebuilt (each place holding the newest version) once such leftovers outnumber them.
 _COMPACT_AFTER = 4096
 
 
@@ -150,6 +163,16 @@ class _Entry:
     data: bytes | None  # None while only on disk
     spill: SpilledObject | None = None
     state: _State = _State.WAITING
+    # The newer version of the key that took this one's place in its queue.
+    newer: _Entry | None = None
+    # Its copy in the write-ahead journal (a durable put), until stored or spilled.
+    journal: Record | None = None
+
+
+def _newest(e: _Entry) -> _Entry:
+    while e.newer is not None:
+        e = e.newer
+    return e
 
 
 class StoreWriter:
@@ -170,6 +193,13 @@ class StoreWriter:
         self.shed = 0      # parts let go past the live edge while over the bound (see put)
         self._over_bound_said = False
         self._spill = SpillFolder(limits.spill_dir)
+        self._journal = Journal(limits.spill_dir / "journal")
+        self._journal_broken = False
+        # Journaled objects are held in memory too, so what the journal must keep is bounded
+        # by `memory_bytes`; its files also hold objects already done, until each file's
+        # last one is. Past this, nothing more is written ahead until it shrinks.
+        self._journal_bound = 2 * limits.memory_bytes + 2 * ROLL_BYTES
+        self._journal_over = False
         self._io = ThreadPoolExecutor(1, thread_name_prefix="townsquare-spill")
         self._seq = 0
         self._tiebreak = itertools.count()
@@ -180,11 +210,11 @@ class StoreWriter:
         self._backlog: list[tuple[int, int, _Entry]] = []
         self._in_memory: dict[_Entry, None] = {}  # waiting entries holding data, oldest first
         self._unstored: list[tuple[int, int, _Entry]] = []  # by first_seq, for drain()
-        self._stale = 0  # replaced entries still in the queues
+        self._stale = 0  # replaced or let-go entries left in the queues
         self._memory = 0
         self._spilled_objects = 0
         self._spilled_bytes = 0
-        self._published = (0, 0, 0, 0)
+        self._published = (0, 0, 0, 0, 0, 0)
         self._failing = False
         self._backoff = min(RETRY_MIN_SECONDS, limits.retry_max_seconds)
         self._spill_broken = False
@@ -234,7 +264,12 @@ class StoreWriter:
         self._dispatcher = loop.create_task(self._dispatch(), name="store-writer")
         HEALTHY.set(1)
 
-    def put(self, key: str, data: bytes, cache_control: str, *, live: bool = False) -> None:
+    def put(self, key: str, data: bytes, cache_control: str, *, live: bool = False,
+            durable: bool = False) -> None:
+        """Queue `data` for the store under `key`. `durable`: on local disk when this
+        returns (the write-ahead journal, or spilled), so that a crash before it is stored
+        leaves it to the next start: for what listeners are told of at once (parts, init
+        segments), whose loss would be audio heard and never kept."""
         if self._closed:
             self._spill_after_close(key, data, cache_control)
             return
@@ -243,19 +278,30 @@ class StoreWriter:
         old = self._waiting.pop(key, None)
         if old is not None:
             first = old.first_seq
-            self._discard(old)
         e = _Entry(key, cache_control, len(data), self._seq, first, live, time.monotonic(), data)
         self._waiting[key] = e
         heapq.heappush(self._unstored, (first, next(self._tiebreak), e))
+        if old is not None:
+            # The newer version takes the older one's place in the queues. At its tail, a
+            # key rewritten more often than a lagging store reaches the tail (a live
+            # playlist, every part) would never be sent until the lag was gone.
+            if self._parked.get(key) is old:
+                self._parked[key] = e
+            else:
+                old.newer = e
+            self._discard(old)
         if self._recovering is not None:
             self._recovering.add(key)
         if self._memory + e.size > self.limits.memory_bytes and self._spill_now(e):
             e.data = None
         else:
             self._hold(e)
+            if durable:
+                self._write_ahead(e)
             if self._memory > self.limits.memory_bytes:
                 self._shed_parts()
-        self._enqueue(e)
+        if old is None:
+            self._enqueue(e)
         self._publish()
         self._wake.set()
 
@@ -266,10 +312,30 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         limit = self.limits.drain_seconds if deadline is None else deadline
         end = math.inf if math.isinf(limit) else loop.time() + max(0.0, limit)
-        if self._recovery is not None and not self._recovery.done():
-            # Objects found on disk at start count as put before this drain.
-            await asyncio.wait([self._recovery], timeout=_remaining(loop, end))
         upto = self._seq
+        if await self._stored_upto(upto, end):
+            return True
+        await self._spill_unstored(upto)
+        log.warning("store %s: drain gave up after %.1f s; %d objects wait in %s for the store "
+                    "(uploaded when it answers, or by the next start)", self.store.describe(),
+                    limit, self._spilled_objects + self._journal.pending,
+                    self.limits.spill_dir)
+        return False
+
+    async def recovered(self, deadline: float) -> bool:
+        """Wait until what an earlier run left on disk (spilled, or in the journal of a
+        crash) is stored: a room resumed from the store finds its last parts there. False
+        when `deadline` seconds pass first (it stays queued)."""
+        end = asyncio.get_running_loop().time() + max(0.0, deadline)
+        stored = await self._stored_upto(0, end)  # what was read from disk: sequence <= 0
+        return stored and (self._recovery is None or self._recovery.done())
+
+    async def _stored_upto(self, upto: int, end: float) -> bool:
+        """Wait until everything put up to sequence `upto` is stored (or `end` passes).
+        Objects found on disk at start count as put before anything this run puts."""
+        loop = asyncio.get_running_loop()
+        if self._recovery is not None and not self._recovery.done():
+            await asyncio.wait([self._recovery], timeout=_remaining(loop, end))
         while not self._drained(upto):
             remaining = _remaining(loop, end)
             if remaining is not None and remaining <= 0:
@@ -278,13 +344,7 @@ class StoreWriter:
                 await asyncio.wait_for(self._progress.wait(), remaining)
             except TimeoutError:
                 break
-        if self._drained(upto):
-            return True
-        await self._spill_unstored(upto)
-        log.warning("store %s: drain gave up after %.1f s; %d objects wait in %s for the store "
-                    "(uploaded when it answers, or by the next start)", self.store.describe(),
-                    limit, self._spilled_objects, self.limits.spill_dir)
-        return False
+        return self._drained(upto)
 
     async def close(self, deadline: float | None = None) -> None:
         """Drain with `deadline`, then stop; whatever is still unstored stays spilled."""
@@ -295,6 +355,7 @@ class StoreWriter:
         self._closed = True
         await cancel_and_wait(self._dispatcher, self._recovery, *self._uploads)
         await self._spill_unstored(None)
+        self._journal.close()  # what is neither stored nor spilled stays in it
         self._io.shutdown(wait=False)
         self._publish()
 
@@ -312,7 +373,7 @@ class StoreWriter:
         """The next entry to send, live first; None if nothing can be sent now."""
         now = time.monotonic()
         while self._live:
-            e = self._live.popleft()
+            e = _newest(self._live.popleft())
             if not self._is_waiting(e):
                 continue
             if now - e.queued_at > LIVE_EDGE_SECONDS:
@@ -323,7 +384,7 @@ class StoreWriter:
             else:
                 return e
         while self._backlog:
-            e = heapq.heappop(self._backlog)[2]
+            e = _newest(heapq.heappop(self._backlog)[2])
             if not self._is_waiting(e):
                 continue
             if e.key in self._sending:
@@ -353,8 +414,9 @@ class StoreWriter:
             self._compact()
 
     def _compact(self) -> None:
-        self._live = deque(e for e in self._live if self._is_waiting(e))
-        self._backlog = [t for t in self._backlog if self._is_waiting(t[2])]
+        self._live = deque(e for e in map(_newest, self._live) if self._is_waiting(e))
+        self._backlog = [(seq, tie, e) for seq, tie, old in self._backlog
+                         if self._is_waiting(e := _newest(old))]
         heapq.heapify(self._backlog)
         self._unstored = [t for t in self._unstored if t[2].state is not _State.DONE]
         heapq.heapify(self._unstored)
@@ -394,6 +456,13 @@ class StoreWriter:
             del self._in_memory[e]
             self._memory -= e.size
         e.data = None
+        self._unjournal(e)
+
+    def _unjournal(self, e: _Entry) -> None:
+        """The journal's copy is needed no more: stored, spilled, or replaced."""
+        if e.journal is not None:
+            self._journal.done(e.journal)
+            e.journal = None
 
     def _forget_spill(self, e: _Entry) -> None:
         if e.spill is not None:
@@ -504,6 +573,7 @@ class StoreWriter:
         e.data = None
         self._memory -= e.size
         self._forget_spill(e)
+        self._unjournal(e)
         self._unpark(e.key)
         self._prune_unstored()
 
@@ -536,6 +606,7 @@ class StoreWriter:
             self._memory -= e.size
             e.data = None
             self._forget_spill(e)
+            self._unjournal(e)
         else:
             e.state = _State.WAITING
             e.live = False
@@ -543,6 +614,7 @@ class StoreWriter:
             if e.spill is not None:
                 self._memory -= e.size
                 e.data = None
+                self._unjournal(e)
             else:
                 self._in_memory[e] = None  # its bytes are counted already
             self._enqueue(e)
@@ -623,6 +695,33 @@ class StoreWriter:
         WRITES.labels("spilled").inc()
         return True
 
+    def _write_ahead(self, e: _Entry) -> None:
+        """Append a durable entry to the journal; its data stays in memory for the upload.
+        Where the disk refuses, the entry goes on in memory alone (as every object did
+        before the journal), said once."""
+        assert e.data is not None
+        if self._spill_blocked:
+            return
+        if self._journal.disk_bytes > self._journal_bound:
+            if not self._journal_over:
+                self._journal_over = True
+                log.error("write-ahead journal %s holds %d bytes, over its bound of %d: parts "
+                          "are not written ahead until the store takes what holds it",
+                          self._journal.root, self._journal.disk_bytes, self._journal_bound)
+            return
+        self._journal_over = False
+        try:
+            e.journal = self._journal.append(e.key, e.data, e.cache_control)
+        except OSError as exc:
+            if not self._journal_broken:
+                self._journal_broken = True
+                log.error("cannot write ahead to %s (%s): a crash now loses the parts on "
+                          "their way to the store", self._journal.root, exc)
+            return
+        if self._journal_broken:
+            self._journal_broken = False
+            log.warning("parts are written ahead to %s again", self._journal.root)
+
     async def _spill_unstored(self, upto: int | None) -> None:
         """Spill every unstored entry put up to `upto` (all if None) not yet on disk."""
         entries = [e for e in itertools.chain(self._waiting.values(), self._sending.values())
@@ -660,7 +759,7 @@ class StoreWriter:
     async def _recover(self) -> None:
         """Queue what an earlier run left on disk: the oldest backlog, behind live objects."""
         try:
-            found = await asyncio.get_running_loop().run_in_executor(self._io, self._spill.scan)
+            found = await asyncio.get_running_loop().run_in_executor(self._io, self._scan)
         except OSError as exc:
             log.error("cannot read spill folder %s: %s", self.limits.spill_dir, exc)
             found = []
@@ -694,12 +793,23 @@ class StoreWriter:
         self._publish()
         self._wake.set()
 
+    def _scan(self) -> list[SpilledObject]:
+        """What an earlier run left: its journal's undone objects, moved into the spill
+        folder, and everything there (on the writer's thread)."""
+        moved = self._journal.recover(self._spill)
+        if moved:
+            log.warning("store %s: %d objects in the journal of a run that ended without "
+                        "storing them (a crash) are queued for upload", self.store.describe(),
+                        moved)
+        return self._spill.scan()
+
     # --- metrics ----------------------------------------------------------------------
     def _publish(self) -> None:
-        now = ((0, 0, 0, 0) if self._closed else
-               (self.pending_objects, self._memory, self._spilled_objects, self._spilled_bytes))
-        for gauge, new, old in zip((PENDING, PENDING_BYTES, SPILLED, SPILLED_BYTES), now,
-                                   self._published):
+        now = ((0, 0, 0, 0, 0, 0) if self._closed else
+               (self.pending_objects, self._memory, self._spilled_objects, self._spilled_bytes,
+                self._journal.pending, self._journal.disk_bytes))
+        for gauge, new, old in zip((PENDING, PENDING_BYTES, SPILLED, SPILLED_BYTES, JOURNALED,
+                                    JOURNAL_BYTES), now, self._published):
             if new != old:
                 gauge.inc(new - old)
         self._published = now

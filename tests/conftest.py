@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.disk import mounted_small_disk
 from tests.support.procs import free_port
 
-# Paths (relative to the repository) whose tests run alone: they time what a listener heard,
-# or they load the machine.
+# Paths (relative to the repository) whose tests are drills, run after the rest in the two
+# lanes: they time what a listener heard, or they load the machine.
 SERIAL = ("tests/faults/", "tests/edge/test_listener_recovery.py", "tests/edge/test_outage.py",
           "tests/players/",
           # A load generator: its processes would take the CPU a browser test beside them
@@ -119,3 +121,10 @@ def s3_server() -> Iterator[S3Server]:
         yield s3
     finally:
         s3.server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs that the test may fill (`tests.support.disk`)."""
+    with mounted_small_disk(tmp_path) as mount:
+        yield mount

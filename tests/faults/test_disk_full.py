@@ -9,58 +9,20 @@ container); where mounting is not permitted the test is skipped and says so.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.disk import fill
 from tests.support.procs import Service, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 TOKEN = "disk-full-admin-token-0123456789"
-DISK_BYTES = 16 * 1024 * 1024
 FULL_SECONDS = 5.0
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs",
-                            str(mount)], capture_output=True, text=True, check=False)
-    if tried.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {tried.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the filesystem says ENOSPC; return it."""
-    filler = folder / "filler"
-    block = bytes(64 * 1024)
-    with open(filler, "wb", buffering=0) as f:
-        while True:
-            try:
-                f.write(block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                break
-        # Whatever fits below a block fills the rest.
-        for size in (16_384, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(bytes(size))
-            except OSError:
-                continue
-    return filler
 
 
 def origin_metric(origin: str, name: str) -> float:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,9 +18,10 @@ from prometheus_client import REGISTRY
 
 from packager.settings import StoreSettings
 from packager.spill import SpillFolder
-from packager.store import S3Store
+from packager.store import LocalStore, S3Store
 from packager.writer import StoreWriter, WriterLimits
 from tests.conftest import S3Server
+from tests.support.procs import free_port
 
 
 class RecordingS3Store(S3Store):
@@ -367,3 +371,130 @@ async def test_with_nowhere_to_spill_parts_past_the_live_edge_go_first_and_segme
     assert len(shed) == writer.shed and all(int(k.split("/p")[1].split(".")[0]) <= 6
                                             for k in shed), "only parts of the older half"
     store.close()
+
+
+class DistantStore(LocalStore):
+    """The real folder store, each write taking `latency` seconds first: a bucket far away."""
+
+    def __init__(self, root: Path, latency: float) -> None:
+        super().__init__(root)
+        self.latency = latency
+
+    async def put(self, key: str, data: bytes, cache_control: str) -> None:
+        await asyncio.sleep(self.latency)
+        await super().put(key, data, cache_control)
+
+
+async def test_a_playlist_rewritten_every_part_lands_while_the_store_lags(tmp_path: Path) -> None:
+    # One write at a time, 40 ms each: 25 a second, while the room puts 80 (three parts
+    # and their playlist every 50 ms). The store falls behind by more every cycle.
+    store = DistantStore(tmp_path / "store", latency=0.04)
+    writer = StoreWriter(store, limits(tmp_path, concurrency=1))
+    writer.start()
+    stored_versions: list[int] = []
+    playlist = tmp_path / "store" / "live" / "live.m3u8"
+    for cycle in range(60):
+        for r in range(3):
+            writer.put(f"live/r{r}/p{cycle}.m4s", b"part", "immutable", live=True)
+        writer.put("live/live.m3u8", f"playlist {cycle}".encode(), "max-age=1", live=True)
+        await asyncio.sleep(0.05)
+        if playlist.exists():
+            stored_versions.append(int(playlist.read_text().split()[1]))
+    lag = writer.pending_objects
+    await writer.close()
+    store.close()
+    assert lag > 60, "the store was meant to lag"
+    # Each time the store comes to the playlist's place in the queue it takes the newest
+    # version: the playlist keeps landing, as often as the store gets through the queue
+    # (here versions 2, 10 and 30). At the queue's tail, each version replaced before the
+    # store reached it, it never landed in these 3 s.
+    assert len(set(stored_versions)) >= 3, stored_versions
+    assert stored_versions[-1] >= 25, stored_versions
+
+
+def journal_files(folder: Path) -> list[Path]:
+    return sorted((folder / "journal").glob("*.journal")) if (folder / "journal").exists() \
+        else []
+
+
+def journaled() -> float:
+    return REGISTRY.get_sample_value("townsquare_store_journal_objects") or 0.0
+
+
+async def test_a_durable_put_is_in_the_journal_until_stored_and_is_no_spill(
+    s3_server: S3Server, outage: Outage, tmp_path: Path
+) -> None:
+    pre = prefix()
+    writer = StoreWriter(RecordingS3Store(s3_server, pre), limits(tmp_path))
+    writer.start()
+    outage.begin()
+    before = journaled()
+    keys = [f"live/r/aac96/e1-x/p1.{i}.m4s" for i in range(5)]
+    for i, key in enumerate(keys):
+        writer.put(key, b"part %d" % i, "immutable", live=True, durable=True)
+        # In the journal when `put` returns: the origin lists the part right after.
+        (journal,) = journal_files(tmp_path / "spill")
+        assert b"part %d" % i in journal.read_bytes()
+        assert journaled() - before == i + 1
+    writer.put("live/r/aac96/live.m3u8", b"#EXTM3U\n", "no-cache", live=True)  # not durable
+    assert journaled() - before == 5
+    assert writer.spilled_objects == 0 and spill_files(tmp_path / "spill") == []
+    outage.end()
+    assert await writer.drain(20)
+    assert journaled() == before, "each object leaves the journal once stored"
+    assert stored(s3_server, f"{pre}/{keys[3]}") == b"part 3"
+    await writer.close(5)
+    assert journal_files(tmp_path / "spill") == [], "a journal with nothing undone goes"
+
+
+_CRASHING_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from packager.store import S3Store
+from packager.writer import StoreWriter, WriterLimits
+
+async def main() -> None:
+    bucket, pre, endpoint, spill = sys.argv[1:5]
+    store = S3Store(bucket, pre, endpoint, "us-east-1")
+    writer = StoreWriter(store, WriterLimits(1 << 20, Path(spill), 0.3, 4, 20))
+    writer.start()
+    for i in range(9):
+        writer.put(f"live/r/aac96/e1-x/p4.{i}.m4s", b"part %d" % i, "immutable", live=True,
+                   durable=True)
+    print("listed", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _killed_writer(s3: S3Server, pre: str, spill: Path) -> None:
+    """A process whose store does not answer (nothing listens at the port) puts nine parts
+    and is killed while they wait: its memory goes with it."""
+    crashing = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_WRITER, s3.bucket, pre,
+         f"http://127.0.0.1:{free_port()}", str(spill)],
+        stdout=subprocess.PIPE, env={**os.environ, **s3.env()},
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert crashing.stdout is not None
+        assert crashing.stdout.readline() == b"listed\n"
+    finally:
+        crashing.kill()  # SIGKILL, by the pid this test started
+        crashing.wait(10)
+
+
+async def test_durable_puts_a_kill_caught_on_their_way_are_stored_before_a_resume_reads(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    pre = prefix()
+    _killed_writer(s3_server, pre, tmp_path / "spill")
+    assert len(journal_files(tmp_path / "spill")) == 1
+    # The next run, with the store answering: a resume waits for them before it reads.
+    writer = StoreWriter(RecordingS3Store(s3_server, pre), limits(tmp_path))
+    writer.start()
+    assert await writer.recovered(20)
+    for i in range(9):
+        assert stored(s3_server, f"{pre}/live/r/aac96/e1-x/p4.{i}.m4s") == b"part %d" % i
+    assert spill_files(tmp_path / "spill") == [] and journal_files(tmp_path / "spill") == []
+    await writer.close(5)
