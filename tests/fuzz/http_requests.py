@@ -68,6 +68,8 @@ def connection_bytes(draw: st.DrawFn) -> bytes:
 class Exchange:
     statuses: list[int] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    # Whether each response said when to ask again (`Retry-After`).
+    retry_after: list[bool] = field(default_factory=list)
     malformed: str | None = None
 
 
@@ -75,10 +77,16 @@ class _Responses:
     def __init__(self, out: Exchange) -> None:
         self.out = out
         self.body = b""
+        self.retry = False
         self.parser = httptools.HttpResponseParser(self)
 
     def on_message_begin(self) -> None:
         self.body = b""
+        self.retry = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"retry-after":
+            self.retry = True
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -86,6 +94,7 @@ class _Responses:
     def on_message_complete(self) -> None:
         self.out.statuses.append(self.parser.get_status_code())
         self.out.bodies.append(self.body[:200])
+        self.out.retry_after.append(self.retry)
 
 
 async def exchange(port: int, data: bytes, deadline: float, quiet: float = 0.3) -> Exchange:
@@ -144,4 +153,6 @@ async def _head(port: int, data: bytes, deadline: float, out: Exchange) -> Excha
         else:
             out.statuses.append(int(m[1]))
             out.bodies.append(b"")
+            head = received.split(b"\r\n\r\n", 1)[0].lower()
+            out.retry_after.append(b"\r\nretry-after:" in head)
     return out
