@@ -52,7 +52,7 @@ class RoomKeeper(Protocol[R]):
 
     async def lose(self, room: R) -> None: ...
 
-    async def adopt(self, rec: RoomRecord, lease: Lease) -> None: ...
+    async def adopt(self, rec: RoomRecord) -> Lease | None: ...
 
 log = logging.getLogger("townsquare.ingest.node")
 ADOPT_EVERY = 0.25  # seconds between looks for rooms nobody holds
@@ -263,16 +263,15 @@ class Node:
             if owning >= self.info.capacity:
                 return
             try:
-                lease = await self.take(rec.name)
+                # The rooms take the lease: one taking of a room at a time on this node.
+                lease = await self.rooms.adopt(rec)
             except RegistryError:
                 return
             if lease is None:
-                continue  # another node was quicker
+                continue  # another node was quicker, or a speaker's admission here
             owning += 1
             log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
             self.metrics.rooms_adopted.inc()
-            await self.rooms.adopt(rec, lease)
-
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

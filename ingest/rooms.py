@@ -92,7 +92,7 @@ class BroadcastSink(Protocol):
 class BroadcastStarter(Protocol):
     """What rooms need from the packager (`packager.pipeline.Packager`)."""
 
-    async def resume_point(self, room: str) -> ResumePoint: ...
+    async def resume_point(self, room: str, recovery_wait: float = ...) -> ResumePoint: ...
 
     def start_broadcast(self, room: str, plan: EpochPlan | None = None,
                         on_segment: Callable[[int], None] | None = None) -> BroadcastSink: ...
@@ -168,6 +168,11 @@ class Room:
     # Set once the stop of its epoch here (an end, a hand-over, a lost lease) is over; None
     # when no stop is under way (`stopping`).
     _stopped: asyncio.Event | None = None
+    # Held from taking the room's lease to putting it on air (`Rooms.admit`, `Rooms.adopt`):
+    # one taking at a time, or a speaker's admission and the keeper's adoption both take
+    # the lease (the second bumping its epoch past the one put on air) and both try to put
+    # the room on air.
+    _taking: asyncio.Lock = field(default_factory=asyncio.Lock)
     _mixer: Mixer | None = None
     _clock: ProgramClock | None = None
     _broadcast: BroadcastSink | None = None
@@ -429,41 +434,52 @@ class Rooms:
         another node holds it. Nothing to do outside cluster mode."""
         if self.node is None or room.on_air:
             return
-        if room.state == "ended":
-            raise RoomEnded(f"room {room.name!r} has ended")
-        owning = sum(r.on_air for r in self._rooms.values())
-        if not self.node.has_room(owning):
-            raise RoomFull(f"node {self.node.id} publishes {owning} rooms, its capacity; "
-                           "this room can go on air on another node")
-        bid = new_broadcast_id(time.time()) if room.state == "waiting" else None
-        # Before the lease, not between it and going on air: a second admission must find
-        # the room on air once the first has its lease.
-        await self._read_info(room)
-        try:
-            lease = await self.node.take(room.name, go_live=bid)
-        except RegistryError as exc:
-            raise Unavailable(f"room {room.name!r} cannot be taken now: {exc}") from exc
-        if room.on_air:
-            return  # another speaker's admission put it on air meanwhile
-        if lease is None:
-            owner = await self.registry.owner_of(room.name) if self.registry else None
-            raise RoomElsewhere(f"room {room.name!r} is on air on node "
-                                f"{owner.node if owner else 'another node'}")
-        await self._on_air_leased(room, lease)
-
-    async def adopt(self, rec: RoomRecord, lease: Lease) -> None:
-        """Put a room whose node went away on air here, on its timeline."""
-        room = self._rooms.get(rec.name) or self._remember(rec)
-        room.state = "live"
-        room.title, room.description = rec.title, rec.description
-        if not room.on_air:
+        async with room._taking:
+            if room.on_air:
+                return  # another admission, or an adoption, put it on air meanwhile
+            if room.state == "ended":
+                raise RoomEnded(f"room {room.name!r} has ended")
+            owning = sum(r.on_air for r in self._rooms.values())
+            if not self.node.has_room(owning):
+                raise RoomFull(f"node {self.node.id} publishes {owning} rooms, its capacity; "
+                               "this room can go on air on another node")
+            bid = new_broadcast_id(time.time()) if room.state == "waiting" else None
+            await self._read_info(room)
+            try:
+                lease = await self.node.take(room.name, go_live=bid)
+            except RegistryError as exc:
+                raise Unavailable(f"room {room.name!r} cannot be taken now: {exc}") from exc
+            if lease is None:
+                owner = await self.registry.owner_of(room.name) if self.registry else None
+                raise RoomElsewhere(f"room {room.name!r} is on air on node "
+                                    f"{owner.node if owner else 'another node'}")
             await self._on_air_leased(room, lease)
+
+    async def adopt(self, rec: RoomRecord) -> Lease | None:
+        """Take the lease of a room whose node went away and put it on air here, on its
+        timeline. None, changing nothing, when another node was quicker or this node
+        publishes it already (a speaker's admission took it meanwhile). Raises
+        RegistryError when the lease cannot be asked for."""
+        assert self.node is not None
+        room = self._rooms.get(rec.name) or self._remember(rec)
+        async with room._taking:
+            if room.on_air:
+                return None
+            lease = await self.node.take(rec.name)
+            if lease is None:
+                return None
+            room.state = "live"
+            room.title, room.description = rec.title, rec.description
+            await self._on_air_leased(room, lease)
+            return lease
 
     async def _on_air_leased(self, room: Room, lease: Lease) -> None:
         assert self.node is not None
         resumed = room.state == "live"
         if resumed:
-            point = await self.packager.resume_point(room.name)
+            # Not on air yet, the lease is not renewed: the store's recovery is waited for
+            # a third of it at most, like one renewal's round.
+            point = await self.packager.resume_point(room.name, self.node.ttl / 3)
             prior = await self._prior_epochs(room.name, lease.broadcast_id, lease.epoch)
         else:
             point, prior = ResumePoint(), ()

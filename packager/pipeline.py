@@ -642,10 +642,13 @@ class Packager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def resume_point(self, room: str) -> ResumePoint:
+    async def resume_point(self, room: str,
+                           recovery_wait: float = RECOVERED_WAIT_SECONDS) -> ResumePoint:
         """What the store says about `room`: where its timeline stands and, when its last
-        broadcast is still open (a crash or a restart), the window and epochs to carry on."""
-        if not await self.writer.recovered(RECOVERED_WAIT_SECONDS):
+        broadcast is still open (a crash or a restart), the window and epochs to carry on.
+        What the last run left on disk is given `recovery_wait` seconds to reach the store
+        first."""
+        if not await self.writer.recovered(recovery_wait):
             log.warning("room %s: resumed before the store took what the last run left on "
                         "disk (%s); its last parts may be missing", room,
                         self.writer.limits.spill_dir)

@@ -66,6 +66,18 @@ class Node:
         return dict(httpx.get(f"{self.api}/rooms/{ROOM}", headers=AUTH, timeout=10).json())
 
 
+def _rooms_told(nodes: list[Node]) -> str:
+    """What each node's log says of rooms, speakers, relays and leases: the story of a
+    failed drill, which CI prints and then throws away with the logs."""
+    told = []
+    for node in nodes:
+        lines = [line for line in node.svc.output().splitlines()
+                 if "townsquare.ingest." in line and " GET " not in line
+                 or line.startswith(("Traceback", "  File", "packager.", "ingest."))]
+        told.append(f"--- node-{node.n}\n" + "\n".join(lines[-60:]))
+    return "\n".join(told)
+
+
 @contextmanager
 def cluster(tmp: Path, postgres: PostgresServer) -> Iterator[tuple[list[Node], str, str]]:
     """Three nodes, the origin tier and an edge; yields (the nodes, edge URL, tier URL)."""
@@ -237,13 +249,18 @@ def test_a_speaker_on_another_node_is_relayed_into_the_room_and_through_its_hand
             deadline = time.monotonic() + 30
             while (room := two.room())["node"] not in ("node-2", "node-3") \
                     or not room["live"]:
-                assert time.monotonic() < deadline, f"nobody took the room: {room}"
+                assert time.monotonic() < deadline, \
+                    f"nobody took the room: {room}\n{_rooms_told(nodes)}"
                 time.sleep(0.2)
             owner, other = (two, three) if room["node"] == "node-2" else (three, two)
             while not owner.room()["speakers"]:
-                assert time.monotonic() < deadline, "the guest is not heard on the new owner"
+                assert time.monotonic() < deadline, \
+                    f"the guest is not heard on the new owner:\n{_rooms_told(nodes)}"
                 time.sleep(0.2)
-            assert guest.connects == 2, "the guest was carried on, not made to reconnect"
+            assert guest.connects == 2, \
+                f"the guest was made to reconnect, not carried on:\n{_rooms_told(nodes)}"
+            assert not any("adopting rooms failed" in n.svc.output() for n in nodes), \
+                f"a room was taken twice:\n{_rooms_told(nodes)}"
             (speaker,) = owner.room()["speakers"]
             assert speaker["muted"], f"the guest's mute was lost in the hand-over: {speaker}"
             # The node that does not publish the room acts on its speakers through the owner.

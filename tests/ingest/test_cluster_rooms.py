@@ -17,6 +17,7 @@ from ingest.errors import RoomElsewhere, RoomFull
 from ingest.metrics import IngestMetrics
 from ingest.node import Node
 from ingest.rooms import Rooms
+from packager.pipeline import ResumePoint
 from registry import DB_FILE, Registry, default_url
 from tests.ingest.twins import RecordingPackager
 
@@ -29,8 +30,8 @@ LONG_LEASE = 10.0
 
 
 async def _node(registry: Registry, n: int, capacity: int = 100,
-                lease: float = LEASE) -> Rooms:
-    rooms = Rooms(RecordingPackager(), registry, IngestMetrics())
+                lease: float = LEASE, packager: RecordingPackager | None = None) -> Rooms:
+    rooms = Rooms(packager or RecordingPackager(), registry, IngestMetrics())
     rooms.node = Node(registry, f"node-{n}", f"http://node-{n}:8001", f"http://node-{n}:8000",
                       1935 + n, capacity, lease)
     await rooms.node.start(rooms)
@@ -196,4 +197,39 @@ async def test_a_speaker_who_arrives_while_the_room_is_being_stopped_is_not_left
         assert arrived.id in room.speakers and arrived.relay is None
     finally:
         await node.close()
+        await registry.close()
+
+
+class SlowToResume(RecordingPackager):
+    """A store that takes a moment to read: putting a room back on air waits in it."""
+
+    async def resume_point(self, room: str, recovery_wait: float = 0.0) -> ResumePoint:
+        await asyncio.sleep(0.2)
+        return ResumePoint()
+
+
+async def test_a_room_adopted_and_admitted_at_once_on_one_node_is_taken_once(
+        tmp_path: Path) -> None:
+    registry = await Registry.open(default_url(tmp_path))
+    one = await _node(registry, 1, lease=LONG_LEASE)
+    packager = SlowToResume()
+    two = await _node(registry, 2, lease=LONG_LEASE, packager=packager)
+    try:
+        room, _ = await one.create("hall")
+        await one.admit(room)
+        await one.close()  # handed over: live, its lease released
+        rec = await registry.get_room("hall")
+        assert rec is not None and rec.owner is None and rec.epoch == 1
+        # The keeper adopts the room while a speaker relayed from here is carried on into
+        # it (`Rooms._rehome` admits it): both wait for the same resume.
+        here = await two.find("hall")
+        adopted, admitted = await asyncio.gather(two.adopt(rec), two.admit(here))
+        assert adopted is not None and adopted.epoch == 2 and admitted is None
+        assert here.on_air and here.epoch == 2 and len(packager.broadcasts) == 1
+        after = await registry.get_room("hall")
+        assert after is not None and (after.owner, after.epoch) == ("node-2", 2), \
+            "the lease was taken twice: its epoch is past the one on air"
+    finally:
+        await one.close()
+        await two.close()
         await registry.close()
