@@ -109,9 +109,9 @@ RELEASE_AFTER_SECONDS = 5.0
 # parts a crash caught on their way to the store): a store that has not taken them by then is
 # down, and the resume goes on with what the store holds.
 RECOVERED_WAIT_SECONDS = 5.0
-# Segments a broadcast remembers whose parts wait for the segment to be stored before they
-# expire (`Broadcast._expire_parts`); beyond that (the store far behind) the oldest parts
-# are left where they are, counted.
+# Segments a broadcast remembers per rendition whose parts wait for the segment to be
+# stored before they expire (`Broadcast._expire_parts`); beyond that (the store far behind)
+# the oldest parts are left where they are, counted.
 MAX_EXPIRING_SEGMENTS = 4096
 AWAITING_EXPIRY = Gauge("townsquare_packager_segments_awaiting_part_expiry",
                        "Segments (one per rendition) whose parts wait to leave the live window "
@@ -325,7 +325,11 @@ class Broadcast:
         # Each stored-to-be segment's key and its parts' keys, oldest first, per rendition.
         # No playlist lists a part once its segment has left the live window: the store may
         # then drop the part, once the segment (the same audio) is stored.
-        self._expiring: deque[tuple[str, list[str]]] = deque()
+        # Counted per rendition: the renditions' encoders run apart (threads) and can be
+        # segments out of step on a busy machine, and one count over all of them let a
+        # lagging rendition's parts go while its window still held their segment.
+        self._expiring: dict[str, deque[tuple[str, list[str]]]] = {
+            r.name: deque() for r in self.renditions}
         self._window = s.live_window_segments
 
     @property
@@ -448,8 +452,9 @@ class Broadcast:
             self._encoder = self._lane = None  # the codecs' memory goes with them
             # The window's last segments keep their parts (the next epoch's window starts
             # with them): a few hundred files an epoch at most.
-            AWAITING_EXPIRY.dec(len(self._expiring))
-            self._expiring.clear()
+            AWAITING_EXPIRY.dec(sum(map(len, self._expiring.values())))
+            for waiting in self._expiring.values():
+                waiting.clear()
             self.closed = True
             BROADCASTS_LIVE.dec()
             self.packager.stopped(self)
@@ -505,8 +510,8 @@ class Broadcast:
                 key, chunk = self._index[name].add(entry)
                 self.writer.put(key, chunk, SHORT)
                 parts = range(len(pl.segments[-1].parts))
-                self._expiring.append((self._key(name, uri),
-                                       [self._key(name, part_name(ev.msn, i)) for i in parts]))
+                self._expiring[name].append(
+                    (self._key(name, uri), [self._key(name, part_name(ev.msn, i)) for i in parts]))
                 AWAITING_EXPIRY.inc()
                 # A plain live playlist for anyone serving the bucket directly, and the
                 # window a restart of the room carries on from.
@@ -529,18 +534,18 @@ class Broadcast:
         """Hand the store the parts of segments that have left the live window, once the
         segment and its parts are stored (a part dropped while its own write waits would
         only come back)."""
-        keep = self._window * len(self.renditions)
         ready: list[str] = []
-        while len(self._expiring) > keep:
-            segment, parts = self._expiring[0]
-            if not (self.writer.stored(segment) and all(map(self.writer.stored, parts))):
-                break
-            self._expiring.popleft()
-            AWAITING_EXPIRY.dec()
-            ready.extend(parts)
-        while len(self._expiring) > MAX_EXPIRING_SEGMENTS:
-            PARTS_EXPIRED.labels("left").inc(len(self._expiring.popleft()[1]))
-            AWAITING_EXPIRY.dec()
+        for waiting in self._expiring.values():
+            while len(waiting) > self._window:
+                segment, parts = waiting[0]
+                if not (self.writer.stored(segment) and all(map(self.writer.stored, parts))):
+                    break
+                waiting.popleft()
+                AWAITING_EXPIRY.dec()
+                ready.extend(parts)
+            while len(waiting) > MAX_EXPIRING_SEGMENTS:
+                PARTS_EXPIRED.labels("left").inc(len(waiting.popleft()[1]))
+                AWAITING_EXPIRY.dec()
         if ready:
             self.packager.expire(ready)
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hls.http import NO_STORE, SHORT
+from packager.cmaf import LadderEncoder
 from packager.origin import ELSEWHERE, HubLive, build_app
 from packager.pipeline import Packager
 from packager.recording import RecordingComposer
@@ -177,11 +178,14 @@ async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_w
         assert newest >= 15
         left = parted()
         assert left[0] > newest - window - 3, f"parts of old segments stay: {left}"
-        # Every part a live playlist lists is there. (Not every part of the window's
-        # segments: expiry counts the window over all renditions' segments as they are cut,
-        # and renditions cut out of step on a busy machine; playlists list parts only for
-        # the last few segments, well inside it.)
+        # In every rendition, the segments its window holds keep their parts, and every part
+        # its playlist lists is there. (Renditions are cut out of step by a block or more;
+        # each keeps its own window's parts.)
         for name in b.live.renditions:
+            own = folder.parent.parent / name / b.epoch.id
+            window_msns = [seg.msn for seg in b.live.renditions[name].playlist.segments]
+            kept = {int(f.name[1:].split(".")[0]) for f in own.glob("p*.m4s")}
+            assert set(window_msns) <= kept, f"{name}: window {window_msns}, parts of {kept}"
             listed = re.findall(r'^#EXT-X-PART:.*URI="([^"]+)"', b.live.render(name, False)
                                 .decode(), re.MULTILINE)
             assert listed, name
@@ -192,6 +196,51 @@ async def test_a_folder_store_drops_parts_once_their_segment_has_left_the_live_w
         assert after is not None and after - before >= 3 * 8 * (left[0] - 1)
         text = await RecordingComposer(packager.store).compose("long", b.broadcast_id, "aac96")
         assert text is not None and text.count(b"#EXTINF") == newest, "the recording is whole"
+    finally:
+        await packager.close()
+
+
+
+async def test_a_rendition_cut_behind_the_others_keeps_the_parts_of_its_window(
+        tmp_path: Path) -> None:
+    """The renditions' segments are cut out of step (a block or more on a busy machine):
+    here Opus runs twelve segments ahead, then the AAC renditions catch up. Each keeps the
+    parts of the segments its own window holds."""
+    window = 7
+    settings = PackagerSettings(data_dir=tmp_path, live_window_segments=window)
+    packager = Packager(settings)
+    try:
+        b = packager.start_broadcast("apart")
+        # The events the broadcast's encoder lane would hand it, made by the same encoders.
+        encoder = LadderEncoder(b.renditions, settings.segment_units)
+        events = encoder.push(program_tone(12 * 1.92 + 0.5))
+        ahead = [ev for ev in events if ev[0] == "opus64"]
+        behind = [ev for ev in events if ev[0] != "opus64"]
+        b._on_events(ahead)
+        await packager.flush(10)
+        b._on_events(behind)
+        await packager.flush(10)
+        b._expire_parts()  # as after the next part: everything is stored now
+        base = tmp_path / "live" / "apart"
+
+        def kept(name: str) -> set[int]:
+            return {int(f.name[1:].split(".")[0])
+                    for f in (base / name / b.epoch.id).glob("p*.m4s")}
+
+        def oldest(name: str) -> int:
+            return b.live.renditions[name].playlist.segments[0].msn
+
+        deadline = time.monotonic() + 10  # parts are removed in the background
+        while any(min(kept(n)) < oldest(n) for n in b.live.renditions) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        windows = {name: [seg.msn for seg in lr.playlist.segments]
+                   for name, lr in b.live.renditions.items()}
+        for name, msns in windows.items():
+            assert len(msns) == window and msns[-1] >= 12, msns
+            assert set(msns) <= kept(name), f"{name}: window {msns}, parts of {sorted(kept(name))}"
+        for name, msns in windows.items():
+            assert min(kept(name)) == msns[0], f"{name}: older parts stay: {sorted(kept(name))}"
     finally:
         await packager.close()
 
