@@ -92,7 +92,7 @@ class BroadcastSink(Protocol):
 class BroadcastStarter(Protocol):
     """What rooms need from the packager (`packager.pipeline.Packager`)."""
 
-    async def resume_point(self, room: str, recovery_wait: float = ...) -> ResumePoint: ...
+    async def resume_point(self, room: str, wait: float = ...) -> ResumePoint: ...
 
     def start_broadcast(self, room: str, plan: EpochPlan | None = None,
                         on_segment: Callable[[int], None] | None = None) -> BroadcastSink: ...
@@ -477,8 +477,8 @@ class Rooms:
         assert self.node is not None
         resumed = room.state == "live"
         if resumed:
-            # Not on air yet, the lease is not renewed: the store's recovery is waited for
-            # a third of it at most, like one renewal's round.
+            # Not on air yet, the lease is not renewed: the store (its recovery, a read it
+            # fails) is waited for a third of it at most, like one renewal's round.
             point = await self.packager.resume_point(room.name, self.node.ttl / 3)
             prior = await self._prior_epochs(room.name, lease.broadcast_id, lease.epoch)
         else:

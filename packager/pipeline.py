@@ -56,7 +56,7 @@ from hls.names import (
 )
 from packager.boxes import read_fragment
 from packager.cmaf import LadderEncoder, LadderEvent, PartReady, silent_segment
-from packager.errors import BroadcastClosed, StoreError
+from packager.errors import BroadcastClosed, StoreError, StoreUnavailable
 from packager.ladder import GRID_SAMPLES, PART_TARGET_SECONDS, SAMPLE_RATE, Rendition
 from packager.live import Hub, LiveRoom, dumps_state
 from packager.playlist import (
@@ -109,6 +109,9 @@ RELEASE_AFTER_SECONDS = 5.0
 # parts a crash caught on their way to the store): a store that has not taken them by then is
 # down, and the resume goes on with what the store holds.
 RECOVERED_WAIT_SECONDS = 5.0
+# A resume's read that the store failed is tried again after this long, then twice as long
+# each time up to a second, within the same wait.
+RESUME_RETRY_SECONDS = 0.1
 # Segments a broadcast remembers per rendition whose parts wait for the segment to be
 # stored before they expire (`Broadcast._expire_parts`); beyond that (the store far behind)
 # the oldest parts are left where they are, counted.
@@ -647,50 +650,68 @@ class Packager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def resume_point(self, room: str,
-                           recovery_wait: float = RECOVERED_WAIT_SECONDS) -> ResumePoint:
+    async def resume_point(self, room: str, wait: float = RECOVERED_WAIT_SECONDS) -> ResumePoint:
         """What the store says about `room`: where its timeline stands and, when its last
         broadcast is still open (a crash or a restart), the window and epochs to carry on.
-        What the last run left on disk is given `recovery_wait` seconds to reach the store
-        first."""
-        if not await self.writer.recovered(recovery_wait):
+        Within `wait` seconds: what the last run left on disk is first given that long to
+        reach the store, and a read the store fails meanwhile (a connection reset, a 503) is
+        tried again. A store still failing then, or holding what cannot be read, gives a new
+        timeline (logged): the room goes on air, without its window."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        if not await self.writer.recovered(wait):
             log.warning("room %s: resumed before the store took what the last run left on "
                         "disk (%s); its last parts may be missing", room,
                         self.writer.limits.spill_dir)
-        store = self.store
-        try:
-            raw = await store.get(room_key(room, ROOM_INFO))
-            if raw is None:
+        delay = RESUME_RETRY_SECONDS
+        while True:
+            try:
+                return await self._read_resume_point(room)
+            except StoreUnavailable as exc:
+                if loop.time() + delay >= deadline:
+                    log.warning("room %s: cannot read where its timeline stands (%s); "
+                                "starting a new one", room, exc)
+                    return ResumePoint()
+                log.info("room %s: reading where its timeline stands failed (%s); again in "
+                         "%.1f s", room, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+            except (StoreError, ValueError, KeyError, TypeError) as exc:
+                log.warning("room %s: cannot read where its timeline stands (%s); "
+                            "starting a new one", room, exc)
                 return ResumePoint()
-            info = json.loads(raw)
-            number = epoch_number(str(info["epoch"]))
-            windows: dict[str, MediaPlaylist] = {}
-            next_msn = 1
-            for r in self.settings.renditions():
-                text = await store.get(room_key(room, r.name, LIVE_PLAYLIST))
-                if text is None:
-                    continue
-                try:
-                    pl = parse_media(text.decode())
-                except PlaylistParseError as exc:
-                    log.warning("room %s: stored %s playlist unreadable: %s", room, r.name, exc)
-                    continue
-                next_msn = max(next_msn, pl.next_msn)
-                if not pl.ended:
-                    windows[r.name] = pl
-            if info.get("ended"):
-                return ResumePoint(next_msn, number)
-            bid = str(info["broadcast"])
-            epochs_raw = await store.get(epochs_key(room, bid))
-            epochs = tuple(BroadcastInfo.loads(epochs_raw).epochs) if epochs_raw else ()
-            last = next((e for e in epochs if e.id == info["epoch"]), None)
-            if last is not None and windows:
-                next_msn = await self._complete_windows(room, last, windows, next_msn)
-            return ResumePoint(next_msn, number, bid, windows, epochs)
-        except (StoreError, ValueError, KeyError, TypeError) as exc:
-            log.warning("room %s: cannot read where its timeline stands (%s); "
-                        "starting a new one", room, exc)
+
+    async def _read_resume_point(self, room: str) -> ResumePoint:
+        """`resume_point`'s reading of the store, once; raises what the store raises."""
+        store = self.store
+        raw = await store.get(room_key(room, ROOM_INFO))
+        if raw is None:
             return ResumePoint()
+        info = json.loads(raw)
+        number = epoch_number(str(info["epoch"]))
+        windows: dict[str, MediaPlaylist] = {}
+        next_msn = 1
+        for r in self.settings.renditions():
+            text = await store.get(room_key(room, r.name, LIVE_PLAYLIST))
+            if text is None:
+                continue
+            try:
+                pl = parse_media(text.decode())
+            except PlaylistParseError as exc:
+                log.warning("room %s: stored %s playlist unreadable: %s", room, r.name, exc)
+                continue
+            next_msn = max(next_msn, pl.next_msn)
+            if not pl.ended:
+                windows[r.name] = pl
+        if info.get("ended"):
+            return ResumePoint(next_msn, number)
+        bid = str(info["broadcast"])
+        epochs_raw = await store.get(epochs_key(room, bid))
+        epochs = tuple(BroadcastInfo.loads(epochs_raw).epochs) if epochs_raw else ()
+        last = next((e for e in epochs if e.id == info["epoch"]), None)
+        if last is not None and windows:
+            next_msn = await self._complete_windows(room, last, windows, next_msn)
+        return ResumePoint(next_msn, number, bid, windows, epochs)
 
     async def _complete_windows(self, room: str, epoch: EpochInfo,
                                 windows: dict[str, MediaPlaylist], next_msn: int) -> int:

@@ -203,7 +203,7 @@ async def test_a_speaker_who_arrives_while_the_room_is_being_stopped_is_not_left
 class SlowToResume(RecordingPackager):
     """A store that takes a moment to read: putting a room back on air waits in it."""
 
-    async def resume_point(self, room: str, recovery_wait: float = 0.0) -> ResumePoint:
+    async def resume_point(self, room: str, wait: float = 0.0) -> ResumePoint:
         await asyncio.sleep(0.2)
         return ResumePoint()
 

@@ -357,9 +357,9 @@ class GatedResume(RecordingPackager):
         super().__init__()
         self.opened = asyncio.Event()
 
-    async def resume_point(self, room: str, recovery_wait: float = 0.0) -> ResumePoint:
+    async def resume_point(self, room: str, wait: float = 0.0) -> ResumePoint:
         await self.opened.wait()
-        return await super().resume_point(room, recovery_wait)
+        return await super().resume_point(room, wait)
 
 
 async def test_a_speaker_back_before_their_room_has_resumed_joins_its_broadcast(

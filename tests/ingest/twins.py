@@ -67,7 +67,7 @@ class RecordingPackager:
     def __init__(self) -> None:
         self.broadcasts: list[RecordedBroadcast] = []
 
-    async def resume_point(self, room: str, recovery_wait: float = 0.0) -> ResumePoint:
+    async def resume_point(self, room: str, wait: float = 0.0) -> ResumePoint:
         return ResumePoint()
 
     async def repair(self, room: str, broadcast: str, epochs: tuple[EpochInfo, ...]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from hls.names import LIVE_PLAYLIST, part_name, segment_name
 from packager.pipeline import Packager, plan_epoch
 from packager.playlist import parse_media, render_media
 from packager.settings import PackagerSettings
+from tests.conftest import S3Server
 from tests.support.audio import feed_as_encoded, program_tone
+from tests.support.tcpproxy import TcpProxy
 
 ROOM = "resumes"
 
@@ -169,3 +172,30 @@ def _decoded(mp4: bytes) -> np.ndarray:
     with av.open(io.BytesIO(mp4), mode="r") as container:
         frames = [f.to_ndarray() for f in container.decode(audio=0)]
     return np.concatenate(frames, axis=1)
+
+
+async def test_a_store_that_fails_a_read_for_a_moment_is_read_again_within_the_wait(
+        tmp_path: Path, s3_server: S3Server) -> None:
+    with TcpProxy("127.0.0.1", s3_server.port) as link:
+        settings = PackagerSettings(
+            data_dir=tmp_path, publish_state=False, s3_bucket=s3_server.bucket,
+            s3_prefix=f"resume-{uuid.uuid4().hex[:8]}", s3_endpoint_url=f"http://{link.address}",
+            s3_region="us-east-1")
+        packager = Packager(settings)
+        await packager.start()
+        b = packager.start_broadcast(ROOM)
+        await feed_as_encoded(b, program_tone(1), 9)
+        await b.suspend()
+        await packager.close()
+        # The restarted process finds the store refusing connections (a reset, a restart of
+        # an S3 gateway) for its first reads; it answers again 0.5 s later.
+        link.cut()
+        asyncio.get_running_loop().call_later(0.5, link.heal)
+        point = await Packager(settings).resume_point(ROOM, wait=5.0)
+        assert sorted(point.windows) == ["aac48", "aac96", "opus64"], point
+        assert point.next_msn >= 5
+        # A store that stays away past the wait: a new timeline, at the wait's end.
+        link.cut()
+        started = asyncio.get_running_loop().time()
+        point = await Packager(settings).resume_point(ROOM, wait=1.0)
+        assert point.windows == {} and asyncio.get_running_loop().time() - started < 3.0
