@@ -709,7 +709,10 @@ class StoreWriter:
                           "are not written ahead until the store takes what holds it",
                           self._journal.root, self._journal.disk_bytes, self._journal_bound)
             return
-        self._journal_over = False
+        if self._journal_over:
+            self._journal_over = False
+            log.warning("write-ahead journal %s is back under its bound: parts are written "
+                        "ahead again", self._journal.root)
         try:
             e.journal = self._journal.append(e.key, e.data, e.cache_control)
         except OSError as exc:

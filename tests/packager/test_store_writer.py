@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from packager.journal import ROLL_BYTES
 from packager.settings import StoreSettings
 from packager.spill import SpillFolder
 from packager.store import LocalStore, S3Store
@@ -445,6 +446,76 @@ async def test_a_durable_put_is_in_the_journal_until_stored_and_is_no_spill(
     assert stored(s3_server, f"{pre}/{keys[3]}") == b"part 3"
     await writer.close(5)
     assert journal_files(tmp_path / "spill") == [], "a journal with nothing undone goes"
+
+
+
+class HoldingStore(LocalStore):
+    """The real folder store, where writes of keys under `held/` wait until `release` is
+    set: a store that has not answered some writes (their uploads hang)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release = asyncio.Event()
+
+    async def put(self, key: str, data: bytes, cache_control: str) -> None:
+        if "/held/" in key:
+            await self.release.wait()
+        await super().put(key, data, cache_control)
+
+
+def journal_bytes() -> float:
+    return REGISTRY.get_sample_value("townsquare_store_journal_bytes") or 0.0
+
+
+async def test_the_journal_stops_writing_ahead_past_its_bound_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A journal file goes once every object in it is done: one object the store never
+    # answers keeps its whole file, done records and all. One such object in each of three
+    # files holds three files' worth (3 x 4 MiB) where the bound is 2 x 1 MiB + 8 MiB.
+    store = HoldingStore(tmp_path / "store")
+    writer = StoreWriter(store, limits(tmp_path, concurrency=8))
+    writer.start()
+    part = os.urandom(32 << 10)
+    before = journaled()
+
+    async def settled(count: int) -> None:
+        """Until the store has taken everything but `count` objects."""
+        await until(lambda: writer.pending_objects == count)
+
+    n = 0
+    for held in range(3):
+        writer.put(f"live/r/held/p{held}.m4s", part, "immutable", live=True, durable=True)
+        # More than a file's worth after it, so that the next one is in another file; in
+        # batches the store keeps up with, as on air (nothing spilled past the memory bound).
+        for _ in range((ROLL_BYTES + (256 << 10)) // len(part) // 8):
+            for _ in range(8):
+                writer.put(f"live/r/aac96/p{n}.m4s", part, "immutable", live=True,
+                           durable=True)
+                n += 1
+            await settled(held + 1)
+    assert writer.spilled_objects == 0
+    files = journal_files(tmp_path / "spill")
+    assert len(files) >= 3 and journal_bytes() > 2 * (1 << 20) + 2 * ROLL_BYTES
+    assert journaled() - before == 3, "only the objects the store holds are undone"
+    with caplog.at_level(logging.WARNING, "packager.writer"):
+        writer.put("live/r/aac96/past.m4s", part, "immutable", live=True, durable=True)
+        writer.put("live/r/aac96/past2.m4s", part, "immutable", live=True, durable=True)
+        assert journaled() - before == 3, "nothing written ahead past the bound"
+        said = [r.getMessage() for r in caplog.records if "over its bound" in r.getMessage()]
+        assert len(said) == 1, "said once"
+        # The store answers: the files the held objects kept go (the one appended to now
+        # stays), and the next durable put is written ahead again.
+        store.release.set()
+        await until(lambda: writer.pending_objects == 0
+                    and len(journal_files(tmp_path / "spill")) == 1)
+        assert journal_bytes() <= ROLL_BYTES + len(part)
+        writer.put("live/r/aac96/after.m4s", part, "immutable", live=True, durable=True)
+        assert journaled() - before == 1
+        assert any("back under its bound" in r.getMessage() for r in caplog.records)
+    await writer.close(5)
+    store.close()
+    assert (tmp_path / "store" / "live/r/aac96/past.m4s").read_bytes() == part
 
 
 _CRASHING_WRITER = """
