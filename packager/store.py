@@ -303,9 +303,12 @@ class S3Store:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        # Short timeouts and no botocore retries: the writer retries with its own backoff,
-        # and reads on the origin's request path must fail fast rather than hang. One
-        # pooled connection per thread.
+        # Short timeouts and one botocore retry (the client config's `max_attempts` counts
+        # retries, not attempts): a request whose connection the server closed as it went
+        # out (S3 lets idle keep-alive connections go) is sent once more, after botocore's
+        # standard-mode backoff. Anything more is the writer's to retry, with its own
+        # backoff, and reads on the origin's request path must fail fast rather than hang.
+        # One pooled connection per thread.
         cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2,
                      read_timeout=5, max_pool_connections=threads)
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)

@@ -24,6 +24,7 @@ from packager.store import LocalStore, S3Store
 from packager.writer import StoreWriter, WriterLimits
 from tests.conftest import S3Server
 from tests.support.procs import free_port, running
+from tests.support.tcpproxy import TcpProxy
 
 
 async def test_objects_keep_content_type_and_cache_control(s3_server: S3Server) -> None:
@@ -133,6 +134,26 @@ async def test_local_store_writes_whole_readable_files(tmp_path: Path) -> None:
         with pytest.raises(StoreError):
             await store.put(bad, b"x", "no-cache")
 
+
+
+
+async def test_a_connection_closed_as_the_request_goes_out_is_asked_again_once(
+        s3_server: S3Server) -> None:
+    with TcpProxy("127.0.0.1", s3_server.port) as link:
+        store = S3Store(s3_server.bucket, f"again-{uuid.uuid4().hex[:8]}",
+                        f"http://{link.address}", "us-east-1")
+        # The server lets the connection go as the request arrives (what S3 does to an idle
+        # keep-alive connection): botocore's one retry sends it again, and it lands.
+        link.close_next(1)
+        await store.put("live/r/aac96/e1-abcdef/p1.0.m4s", b"part", "immutable")
+        link.close_next(1)
+        assert await store.get("live/r/aac96/e1-abcdef/p1.0.m4s") == b"part"
+        # Twice in a row: unavailable, said as such (the writer retries with its backoff; a
+        # resume reads again within its wait).
+        link.close_next(2)
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            await store.get("live/r/aac96/e1-abcdef/p1.0.m4s")
+        store.close()
 
 async def test_s3_list_returns_every_key_below_a_prefix_across_pages(s3_server: S3Server) -> None:
     prefix = f"list-{uuid.uuid4().hex[:8]}"

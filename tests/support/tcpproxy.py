@@ -5,6 +5,7 @@
         proxy.cut()                # open connections reset, new ones refused
         proxy.cut("blackhole")     # open connections and new ones go silent (a partition)
         proxy.heal()               # new connections are relayed again
+        proxy.close_next(2)        # the next 2 connections close as their request arrives
 
 `refuse` closes every open connection (with a reset) and stops listening, so connecting fails
 at once with "connection refused": the server is plainly gone. `blackhole` is the harder
@@ -12,6 +13,8 @@ fault, a network partition: nothing is closed, but no byte goes through any more
 direction, and new connections are accepted and then left silent, so the client learns of it
 only through its own timeouts. `heal` closes the connections a black hole held (their streams
 lost bytes and cannot be trusted) and relays new connections as before, on the same port.
+`close_next` is the smallest fault: a server that lets a connection go (a FIN, nothing sent)
+just as a request goes out on it, as S3 does with idle keep-alive connections.
 
 Threads only, no event loop: the test that runs it stays synchronous.
 """
@@ -67,6 +70,9 @@ class _Pipe:
             _reset(self.upstream)
 
     def _run(self) -> None:
+        if self.proxy._take_close():
+            self._close_on_first_bytes()
+            return
         try:
             self.upstream = socket.create_connection(self.proxy.target, timeout=5)
             self.upstream.setblocking(True)
@@ -100,6 +106,20 @@ class _Pipe:
             self.close()
             self.proxy._forget(self)
 
+    def _close_on_first_bytes(self) -> None:
+        try:
+            readable, _, _ = select.select([self.client], [], [], 5.0)
+            if readable:
+                self.client.recv(65536)
+            self.client.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            self.closed.set()
+            with contextlib.suppress(OSError):
+                self.client.close()
+            self.proxy._forget(self)
+
 
 class TcpProxy:
     """Relays TCP connections from 127.0.0.1:`port` to `host`:`target_port`."""
@@ -111,6 +131,7 @@ class TcpProxy:
         self.accepted = 0  # connections accepted since start, relayed or not
         self._pipes: set[_Pipe] = set()
         self._held: list[socket.socket] = []  # accepted in a black hole, never relayed
+        self._to_close = 0  # connections still to close on their first bytes (close_next)
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
@@ -147,6 +168,12 @@ class TcpProxy:
                 _close_listener(listener)
             for pipe in pipes:
                 pipe.close()
+
+    def close_next(self, count: int = 1) -> None:
+        """Close the next `count` connections politely once their first bytes arrive,
+        relaying nothing (see the module's doc)."""
+        with self._lock:
+            self._to_close += count
 
     def heal(self) -> None:
         """Relay again: connections a black hole held are reset, new ones go through."""
@@ -221,6 +248,13 @@ class TcpProxy:
                 pipe = _Pipe(self, client)
                 self._pipes.add(pipe)
             pipe.thread.start()
+
+    def _take_close(self) -> bool:
+        with self._lock:
+            if self._to_close <= 0:
+                return False
+            self._to_close -= 1
+            return True
 
     def _forget(self, pipe: _Pipe) -> None:
         with self._lock:
