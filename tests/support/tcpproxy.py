@@ -84,26 +84,39 @@ class _Pipe:
             _reset(self.upstream)
             self.proxy._forget(self)
             return
-        socks = [self.client, self.upstream]
+        # The sides still sending. One that closes its end has its FIN passed on (the other
+        # side reads what was relayed, then the end), and the other direction goes on: a
+        # reset here would throw away an answer its client has not read yet (a server that
+        # closes after each answer, as moto does).
+        sending = [self.client, self.upstream]
         try:
-            while not self.closed.is_set():
+            while sending and not self.closed.is_set():
                 if self.proxy.silent():
                     # A partition: leave both sides' bytes unread, send nothing.
                     time.sleep(POLL)
                     continue
-                readable, _, _ = select.select(socks, [], [], POLL)
+                readable, _, _ = select.select(sending, [], [], POLL)
                 if self.proxy.silent():
                     continue
                 for src in readable:
                     dst = self.upstream if src is self.client else self.client
                     data = src.recv(65536)
-                    if not data:
-                        return
-                    dst.sendall(data)
+                    if data:
+                        dst.sendall(data)
+                        continue
+                    sending.remove(src)
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
         except (OSError, ValueError):
             pass
         finally:
-            self.close()
+            if sending or self.closed.is_set():
+                self.close()  # cut, or broken: reset both sides
+            else:
+                self.closed.set()  # both ends closed theirs: close ours politely
+                for sock in (self.client, self.upstream):
+                    with contextlib.suppress(OSError):
+                        sock.close()
             self.proxy._forget(self)
 
     def _close_on_first_bytes(self) -> None:
