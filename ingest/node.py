@@ -247,13 +247,16 @@ class Node:
 
     async def _adopt(self, owning: int) -> None:
         assert self.rooms is not None
+        # `asyncio.timeout`, not `wait_for`, which under Python 3.11 can drop the cancellation
+        # of a node that stops (see `ingest.presence`), and this look would go on to take rooms.
         try:
-            orphans = await asyncio.wait_for(self.registry.rooms_to_adopt(), self.ttl / 3)
+            async with asyncio.timeout(self.ttl / 3):
+                orphans = await self.registry.rooms_to_adopt()
             if not orphans:
                 return
             # Orphans go to the least loaded nodes: the others leave them a moment first.
-            alive = await asyncio.wait_for(self.registry.nodes(alive_within=self.ttl),
-                                           self.ttl / 3)
+            async with asyncio.timeout(self.ttl / 3):
+                alive = await self.registry.nodes(alive_within=self.ttl)
         except (RegistryError, TimeoutError):
             return
         rank = next((i for i, n in enumerate(alive) if n.id == self.id), len(alive))

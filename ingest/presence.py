@@ -86,8 +86,12 @@ class PresenceWriter:
         if not changed:
             return 0
         try:
-            await asyncio.wait_for(
-                self.registry.record_presence(changed, self.rooms.node_id), self.every)
+            # `asyncio.timeout`, not `wait_for`: under Python 3.11, `wait_for` cancelled in
+            # the turn its call finishes returns the result and drops the cancellation
+            # (python/cpython#86296), and this loop then never stopped: a node's shutdown
+            # hung here until it was killed.
+            async with asyncio.timeout(self.every):
+                await self.registry.record_presence(changed, self.rooms.node_id)
         except (RegistryError, TimeoutError) as exc:
             WRITES.labels("failed").inc()
             if not self._failing:
