@@ -69,8 +69,9 @@ SpeakerKind = Literal["rtmp", "whip", "local", "relay"]
 NAME_REUSE_WAIT = 5.0
 # Seconds between looks for the next owner of a room whose owner stopped taking a relay.
 REHOME_EVERY = 0.25
-# How long a speaker who arrives while their room is being resumed (after a restart) waits
-# for it to be back on air; past it they are refused, and reconnect.
+# How long a speaker who arrives while their room is being resumed (after a restart), or
+# stopped here (a hand-over, a lost lease), waits for that to be over; past it they are
+# refused, and reconnect.
 RESUME_WAIT_SECONDS = 30.0
 
 
@@ -648,24 +649,14 @@ class Rooms:
         it), relayed to the node that does otherwise (cluster mode). Call it right after the
         speaker's key was checked: the speaker is tied to the key generation of that moment."""
         generation = room.key_generation
-        resuming = self._resuming.get(room.name)
-        if resuming is not None:
-            # The room was live before this process started and is being put back on air:
-            # joined now, it would start a new broadcast under the one being resumed.
-            try:
-                await asyncio.wait_for(resuming.wait(), RESUME_WAIT_SECONDS)
-            except TimeoutError:
-                raise Unavailable(f"room {room.name!r} is still being resumed; try again") \
-                    from None
+        # The room was live before this process started and is being put back on air: joined
+        # now, the speaker would start a new broadcast under the one being resumed.
+        await _settled(self._resuming.get(room.name), f"room {room.name!r} is still being "
+                       "resumed; try again")
         # Its epoch here is being stopped (a lost lease, a hand-over): joined now, the speaker
         # would stay behind in a room nothing mixes. Once stopped, the room is taken again
         # or the speaker relayed to where it went.
-        if room._stopped is not None:
-            try:
-                await asyncio.wait_for(room._stopped.wait(), RESUME_WAIT_SECONDS)
-            except TimeoutError:
-                raise Unavailable(f"room {room.name!r} is still being stopped; try again") \
-                    from None
+        await _settled(room._stopped, f"room {room.name!r} is still being stopped; try again")
         try:
             await self.admit(room)
             joined = self.join(room, kind, remote, disconnect, name)
@@ -1121,6 +1112,19 @@ class Rooms:
             )
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
+
+
+async def _settled(event: asyncio.Event | None, refusal: str) -> None:
+    """Wait for `event` (None: nothing under way) for RESUME_WAIT_SECONDS at most, else raise
+    Unavailable(`refusal`). `asyncio.timeout`, not `wait_for`: under Python 3.11 that can drop
+    the cancellation of a speaker who hangs up meanwhile (see `ingest.presence`)."""
+    if event is None:
+        return
+    try:
+        async with asyncio.timeout(RESUME_WAIT_SECONDS):
+            await event.wait()
+    except TimeoutError:
+        raise Unavailable(refusal) from None
 
 
 def _iso(t: float | None) -> str | None:
