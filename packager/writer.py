@@ -458,6 +458,13 @@ class StoreWriter:
         e.data = None
         self._unjournal(e)
 
+    def _drop_sent(self, e: _Entry) -> None:
+        """Drop the data of an entry back from a send (stored, replaced, or on disk): counted
+        in memory while it was sent, though not among the waiting entries held."""
+        self._memory -= e.size
+        e.data = None
+        self._unjournal(e)
+
     def _unjournal(self, e: _Entry) -> None:
         """The journal's copy is needed no more: stored, spilled, or replaced."""
         if e.journal is not None:
@@ -570,10 +577,8 @@ class StoreWriter:
         """`e` is stored or dropped: forget it."""
         del self._sending[e.key]
         e.state = _State.DONE
-        e.data = None
-        self._memory -= e.size
+        self._drop_sent(e)
         self._forget_spill(e)
-        self._unjournal(e)
         self._unpark(e.key)
         self._prune_unstored()
 
@@ -603,18 +608,14 @@ class StoreWriter:
                 newer.first_seq = e.first_seq
                 heapq.heappush(self._unstored, (newer.first_seq, next(self._tiebreak), newer))
             e.state = _State.DONE
-            self._memory -= e.size
-            e.data = None
+            self._drop_sent(e)
             self._forget_spill(e)
-            self._unjournal(e)
         else:
             e.state = _State.WAITING
             e.live = False
             self._waiting[e.key] = e
             if e.spill is not None:
-                self._memory -= e.size
-                e.data = None
-                self._unjournal(e)
+                self._drop_sent(e)
             else:
                 self._in_memory[e] = None  # its bytes are counted already
             self._enqueue(e)
