@@ -328,9 +328,9 @@ class Broadcast:
         # Each stored-to-be segment's key and its parts' keys, oldest first, per rendition.
         # No playlist lists a part once its segment has left the live window: the store may
         # then drop the part, once the segment (the same audio) is stored.
-        # Counted per rendition: the renditions' encoders run apart (threads) and can be
-        # segments out of step on a busy machine, and one count over all of them let a
-        # lagging rendition's parts go while its window still held their segment.
+        # Counted per rendition: each rendition cuts its segments when its own frames end
+        # them, not all in the same step, and one count over all of them let a rendition
+        # behind the others lose parts its window still held.
         self._expiring: dict[str, deque[tuple[str, list[str]]]] = {
             r.name: deque() for r in self.renditions}
         self._window = s.live_window_segments
