@@ -84,8 +84,8 @@ class LiveRoom:
     def changed(self, name: str) -> asyncio.Future[None]:
         """The future the next change of rendition `name` resolves. The wait begins at this
         call, not when the caller's task first runs: a change in between (a `stop` in the
-        same turn of the loop, before `asyncio.wait_for`'s task has run) is not missed, and
-        no later change may ever come. Every reader shares it: shield it from cancellation."""
+        same turn of the loop) is not missed, and no later change may ever come. Every
+        reader shares it: wait on it without cancelling it (`asyncio.wait`, or shielded)."""
         lr = self.renditions[name]
         if lr._changed is None:
             lr._changed = asyncio.get_running_loop().create_future()

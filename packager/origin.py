@@ -265,9 +265,10 @@ class Origin:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                try:
-                    await asyncio.wait_for(asyncio.shield(live.changed(name)), remaining)
-                except TimeoutError:
+                # `asyncio.wait` on the shared future: no task per held request, and the
+                # future is never cancelled for the other readers when this one times out.
+                done, _ = await asyncio.wait({live.changed(name)}, timeout=remaining)
+                if not done:
                     return False
             return True
         finally:
