@@ -111,8 +111,8 @@ def test_thirty_second_broadcast_to_s3_keeps_a_complete_recording(
             assert obj["ContentType"] == "audio/mp4"
             assert "immutable" in obj["CacheControl"]
             data += obj["Body"].read()
-        with av.open(io.BytesIO(data)) as c:
-            seconds = sum(f.samples for f in c.decode(audio=0)) / 48000
+        with av.open(io.BytesIO(data), "r") as c:
+            seconds = sum(int(f.samples) for f in c.decode(audio=0)) / 48000
         assert abs(seconds - 30.0) <= 0.24, f"{variant.uri}: {seconds:.3f} s"
         assert abs(sum(s.duration for s in pl.segments) - 30.0) <= 0.24
 
