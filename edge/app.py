@@ -78,6 +78,8 @@ class EdgeApp:
             "townsquare_edge_waiters": ("Requests waiting on upstream answers", lambda: c.waiting),
             "townsquare_edge_upstream_in_flight": ("Upstream requests in flight",
                                                    lambda: len(c.flights)),
+            "townsquare_edge_upstream_holding": (
+                "Upstream requests waiting to try a failing upstream again", lambda: c.holding),
             "townsquare_edge_cache_bytes": ("Bytes held under the cache bound: LRU, pinned "
                                             "playlists and negative answers",
                                             lambda: c.lru.total + c.negative.bytes),

@@ -5,6 +5,18 @@ most `edge_room_flights` upstream requests at once, and negative answers live in
 small LRU. Requests that cannot name anything real (a part index no segment holds, a segment
 far beyond the live edge of the rendition's current epoch) are refused from what the pinned
 playlists say, without an upstream request.
+
+An upstream that fails is answered around with a stale copy where one is fit to answer (a
+plain playlist, an object cached before). A request with no such copy (the blocking reload
+and the hinted part that every listener has out at any moment, an object never cached) is not
+failed at once: its flight tries the upstream again, backing off and waiting on the room's
+breaker, for up to three target durations from when it started (as long as an origin may hold
+a blocking request anyway, and well within hls.js's 10 s to a first byte), then answers as
+before. An origin restarting within that time
+(a deploy, a crashed ingest that comes back and resumes its rooms) looks to players like parts
+arriving late, where a quick 503 sent each of them into its own retry backoff: hls.js's
+defaults wait 1, 2, 4 then 8 s between tries, so a room back after 5 s was heard again after
+up to 15 s.
 """
 
 from __future__ import annotations
@@ -61,21 +73,29 @@ def edge_refusal(status: int, message: str) -> Entry:
 OVERLOADED = edge_error(503, "edge overloaded: too many waiting requests", retry_after=1)
 ROOM_BUSY = edge_error(503, "too many upstream requests for this room", retry_after=1)
 POOL_BUSY = edge_error(503, "edge busy: no upstream connection came free", retry_after=1)
+# What `_ask` returns for an upstream that said nothing (refused, reset, timed out).
+UPSTREAM_FAILED = edge_error(503, "upstream unavailable")
 NOT_FOUND = edge_refusal(404, "not found")
 PART_TOO_FAR = edge_refusal(404, "no segment holds a part with that index")
 MEDIA_TOO_FAR = edge_refusal(404, "that segment is beyond the live edge")
+# A flight whose upstream failed tries again after this long, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.25
+RETRY_MAX = 1.0
 
 
 class Flight:
     """One upstream request in flight and the clients waiting for its answer."""
 
-    __slots__ = ("target", "waiters", "satisfied")
+    __slots__ = ("target", "waiters", "satisfied", "deadline", "waited")
 
-    def __init__(self, target: Target, first: Deliver, satisfied: bool) -> None:
+    def __init__(self, target: Target, first: Deliver, satisfied: bool, deadline: float) -> None:
         self.target = target
         self.waiters = [first]
         # A blocking request that a held (but too old) playlist already satisfies.
         self.satisfied = satisfied
+        # Until when it tries the upstream again when it fails (no stale copy to answer with).
+        self.deadline = deadline
+        self.waited = False  # whether it has waited out a failure
 
 
 class CoalescingCache:
@@ -102,6 +122,9 @@ class CoalescingCache:
             settings.edge_breaker_rooms,
         )
         self.td = settings.edge_target_duration
+        # How long a flight rides out a failing upstream: the hold a blocking request has anyway.
+        self.hold = 3 * self.td
+        self.holding = 0  # flights waiting to try a failed upstream again
         # Lifetime of an answer to a blocking request that was already satisfied when it came:
         # at most one part target (whole seconds: 0 for sub-second parts), and only copies
         # young enough that their Age stays within it are served.
@@ -239,57 +262,56 @@ class CoalescingCache:
             self.metrics.rejected["room_flights"] += 1
             deliver(self._fallback(t, ROOM_BUSY))
             return
-        if not self.breakers.allow(room):
+        allowed = self.breakers.allow(room)
+        if not allowed:
             self.metrics.upstream[(t.kind, "circuit_open")] += 1
-            deliver(self._fallback(t))
-            return
+            if self._stale(t) is not None:
+                deliver(self._fallback(t))
+                return
+            # Nothing to answer with yet: the flight waits for the circuit (see the docstring).
         satisfied = False
         if t.msn is not None:
             pinned = self.pins.get(t.path)
             satisfied = pinned is not None and pinned.answer(t) is not None
-        flight = Flight(t, deliver, satisfied)
+        flight = Flight(t, deliver, satisfied, time.monotonic() + self.hold)
         self.waiting += 1
         self.room_flights[room] += 1
         self.flights[t.key] = flight
         if t.msn is not None:
             self._blocking.setdefault(t.path, set()).add(flight)
-        task = asyncio.get_running_loop().create_task(self._run(flight))
+        task = asyncio.get_running_loop().create_task(self._run(flight, allowed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, flight: Flight) -> None:
+    async def _run(self, flight: Flight, allowed: bool) -> None:
         t = flight.target
         room = t.room
         entry: Entry
         try:
-            try:
-                report = self.report
-                headers = report(room) if report is not None and t.kind in REPORTED_KINDS \
-                    else None
-                r = await self.upstream.fetch(t.key, headers)
-            except UpstreamBusy:
-                self.metrics.upstream[(t.kind, "pool_busy")] += 1
-                self.breakers.inconclusive(room)  # our congestion says nothing of the room
-                entry = self._fallback(t, POOL_BUSY)
-            except UpstreamError as exc:
-                outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
-                self.metrics.upstream[(t.kind, outcome)] += 1
-                self.breakers.failure(room)
-                entry = self._fallback(t)
-            else:
-                self.metrics.upstream[(t.kind, str(r.status))] += 1
-                if r.status >= 500 and not _stalled(t, r.status):
-                    self.breakers.failure(room)
-                    entry = self._fallback(t, self._entry(t, r))
-                else:
-                    # A held request the origin gave up on (503: the part never came) is the
-                    # stream stalling, not the upstream failing: it answered, so it is alive.
-                    self.breakers.success(room)
-                    self._detach(flight)  # its own waiters get this answer, not a local copy
-                    entry = self._store(t, r)
-                    if flight.satisfied and entry.status == 200 and entry.expires - entry.born \
-                            > self.satisfied_max_age and not _final(entry):
-                        entry = entry.relabelled(self.satisfied_max_age)
+            pause = RETRY_FIRST
+            failed = True
+            entry = UPSTREAM_FAILED
+            while flight.waiters:
+                if not allowed and not await self._circuit_allows(flight):
+                    break
+                failed, entry = await self._ask(flight)
+                if not failed or self._stale(t) is not None:
+                    break
+                wait = min(pause, flight.deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                flight.waited = True
+                self.holding += 1
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self.holding -= 1
+                pause = min(2 * pause, RETRY_MAX)
+                allowed = False
+            if failed:
+                if flight.waited and flight.waiters:
+                    self.metrics.outage_holds[(t.kind, "gave_up")] += 1
+                entry = self._fallback(t, entry)
         except Exception:  # never leave waiters hanging, whatever went wrong
             entry = edge_error(502, "edge failed to relay the upstream answer")
             self._finish(flight, entry)
@@ -301,6 +323,60 @@ class CoalescingCache:
             else:
                 del self.room_flights[room]
         self._finish(flight, entry)
+
+    async def _ask(self, flight: Flight) -> tuple[bool, Entry]:
+        """One upstream request for the flight: (whether the upstream failed, the answer, or
+        on a failure what it said, if anything worth passing on)."""
+        t = flight.target
+        room = t.room
+        try:
+            report = self.report
+            headers = report(room) if report is not None and t.kind in REPORTED_KINDS else None
+            r = await self.upstream.fetch(t.key, headers)
+        except UpstreamBusy:
+            self.metrics.upstream[(t.kind, "pool_busy")] += 1
+            self.breakers.inconclusive(room)  # our congestion says nothing of the room
+            return False, self._fallback(t, POOL_BUSY)
+        except UpstreamError as exc:
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
+            self.metrics.upstream[(t.kind, outcome)] += 1
+            self.breakers.failure(room)
+            return True, UPSTREAM_FAILED
+        self.metrics.upstream[(t.kind, str(r.status))] += 1
+        if r.status >= 500 and not _stalled(t, r.status):
+            self.breakers.failure(room)
+            return True, self._entry(t, r)
+        # A held request the origin gave up on (503: the part never came) is the stream
+        # stalling, not the upstream failing: it answered, so it is alive.
+        self.breakers.success(room)
+        if flight.waited:
+            self.metrics.outage_holds[(t.kind, "answered")] += 1
+        self._detach(flight)  # its own waiters get this answer, not a local copy
+        entry = self._store(t, r)
+        if flight.satisfied and entry.status == 200 and entry.expires - entry.born \
+                > self.satisfied_max_age and not _final(entry):
+            entry = entry.relabelled(self.satisfied_max_age)
+        return False, entry
+
+    async def _circuit_allows(self, flight: Flight) -> bool:
+        """Wait until the room's breaker lets the flight ask (a probe's turn, or closed
+        again); False once its hold runs out or nobody waits for it any more."""
+        room = flight.target.room
+        self.holding += 1
+        try:
+            while flight.waiters:
+                if self.breakers.allow(room):
+                    return True
+                left = flight.deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                flight.waited = True
+                # Another flight may hold the probe: look again soon, whatever the backoff.
+                await asyncio.sleep(min(max(self.breakers.retry_after(room), 0.05), RETRY_MAX,
+                                        left))
+            return False
+        finally:
+            self.holding -= 1
 
     def _detach(self, flight: Flight) -> None:
         t = flight.target
@@ -417,10 +493,21 @@ class CoalescingCache:
                     deliver(local)
 
     def _fallback(self, t: Target, failed: Entry | None = None) -> Entry:
-        """What to answer when the upstream failed: a stale copy, else the failure, else 503.
+        """What to answer when the upstream failed: a stale copy, else the failure, else 503."""
+        stale = self._stale(t)
+        if stale is not None:
+            self.metrics.stale[t.kind] += 1
+            return stale
+        if failed is not None and failed is not UPSTREAM_FAILED:
+            return failed
+        retry = max(1, math.ceil(self.breakers.retry_after(t.room)))
+        return edge_error(503, "upstream unavailable", retry_after=retry)
+
+    def _stale(self, t: Target) -> Entry | None:
+        """A copy fit to answer `t` while the upstream fails, if one is held.
 
         A blocking request gets a stale playlist only if it holds the requested part: an old
-        playlist that does not is no answer to it (players reject it), so it gets the 503.
+        playlist that does not is no answer to it (players reject it).
         """
         pinned = self.pins.get(t.path) if t.is_playlist else None
         if pinned is not None:
@@ -428,18 +515,11 @@ class CoalescingCache:
             # cached under a plain request's key may be from a listener's join, long ago;
             # hls.js, whose retries drop their directives, would jump back to it.
             last = pinned.answer(t) if t.msn is not None else pinned.current(t)
-            if last is not None:
-                self.metrics.stale[t.kind] += 1
-                return last.relabelled(None)
-        else:
-            stale = self.lru.peek(t.key)
-            if stale is not None and stale.status < 400 and t.msn is None:
-                self.metrics.stale[t.kind] += 1
-                return stale.relabelled(None) if t.is_playlist else stale
-        if failed is not None:
-            return failed
-        retry = max(1, math.ceil(self.breakers.retry_after(t.room)))
-        return edge_error(503, "upstream unavailable", retry_after=retry)
+            return last.relabelled(None) if last is not None else None
+        stale = self.lru.peek(t.key)
+        if stale is not None and stale.status < 400 and t.msn is None:
+            return stale.relabelled(None) if t.is_playlist else stale
+        return None
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class EdgeMetrics:
         self.stale: defaultdict[str, int] = defaultdict(int)
         self.negative_hits: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # Requests that waited out a failing upstream, by kind and outcome (answered once it
+        # came back, or gave up at the end of the hold).
+        self.outage_holds: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.rejected: defaultdict[str, int] = defaultdict(int)
         # Requests that name nothing (bad paths, impossible parts), answered by the edge itself:
         # not shedding, so counted apart from `rejected`.
@@ -79,6 +82,12 @@ class _Collector:
             "townsquare_edge_upstream_requests", "Requests sent upstream by kind and outcome",
             labels=["kind", "outcome"])
         for (kind, outcome), n in sorted(m.upstream.items()):
+            c.add_metric([kind, outcome], n)
+        yield c
+        c = CounterMetricFamily(
+            "townsquare_edge_outage_holds", "Upstream requests that waited out a failing "
+            "upstream instead of failing at once, by kind and outcome", labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(m.outage_holds.items()):
             c.add_metric([kind, outcome], n)
         yield c
         c = CounterMetricFamily(

@@ -6,12 +6,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 
-from tests.edge.conftest import Node, media_folder, media_path, wait_live
-from tests.support.procs import free_port, running
+from tests.edge.conftest import Node, counters, media_folder, media_path, next_part, wait_live
+from tests.support.procs import Service, free_port, running
 
 ROOM = "outage"
 UPSTREAM_TIMEOUT = 10.0
@@ -58,15 +59,25 @@ class Listener(threading.Thread):
                 self.log.append((t0, elapsed, r.status_code, last))
 
 
+def _origin(tmp_path: Path) -> tuple[list[str], str, str]:
+    """A standalone origin over the test's data folder, on a free port: its arguments, its
+    health URL and its base URL (the same for each start)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    return ["origin", "--port", str(port), "--data", str(tmp_path / "data")], \
+        f"{base}/healthz", base
+
+
+def _tone_room(tmp_path: Path) -> AbstractContextManager[Service]:
+    """The room on air, written to the data folder by an ingest of its own."""
+    return running(["ingest", "--room", ROOM, "--source", "tone", "--data",
+                    str(tmp_path / "data")], tmp_path / "ingest.log", None)
+
+
 def test_edge_rides_out_a_10_second_origin_outage(
         tmp_path: Path, edge_factory: Callable[..., Node]) -> None:
-    data = tmp_path / "data"
-    port = free_port()
-    origin_args = ["origin", "--port", str(port), "--data", str(data)]
-    health = f"http://127.0.0.1:{port}/healthz"
-    origin_url = f"http://127.0.0.1:{port}"
-    with running(["ingest", "--room", ROOM, "--source", "tone", "--data", str(data)],
-                 tmp_path / "ingest.log", None):
+    origin_args, health, origin_url = _origin(tmp_path)
+    with _tone_room(tmp_path):
         with running(origin_args, tmp_path / "origin1.log", health):
             wait_live(origin_url, ROOM)
             edge = edge_factory(origin_url)
@@ -104,3 +115,60 @@ def test_edge_rides_out_a_10_second_origin_outage(
     assert resumed[0][0] - up_at < 12, "listener took too long to resume"
     assert not listener.errors, listener.errors[:3]
     assert max(elapsed for _, elapsed, _, _ in listener.log) < UPSTREAM_TIMEOUT + 1
+
+
+def _timed_get(url: str, out: dict[str, tuple[int, bytes, float]], name: str) -> None:
+    t0 = time.monotonic()
+    r = httpx.get(url, timeout=UPSTREAM_TIMEOUT + 5)
+    out[name] = (r.status_code, r.content, time.monotonic() - t0)
+
+
+def test_requests_with_nothing_stale_to_answer_wait_out_an_origin_restart(
+        tmp_path: Path, edge_factory: Callable[..., Node]) -> None:
+    """The origin is away for 1.5 s (a deploy, a crashed ingest coming back): a listener's
+    blocking reload and its hinted part, asked while it is away, are answered once it is
+    back, not with a 503 that would send the player into its own retry backoff. An origin
+    away for longer than the hold (three target durations) gets the 503 at its end."""
+    origin_args, health, origin_url = _origin(tmp_path)
+    with _tone_room(tmp_path):
+        with running(origin_args, tmp_path / "origin1.log", health):
+            wait_live(origin_url, ROOM)
+            # Its breaker probes at least once a second, so that when the answers come
+            # depends on when the origin is back, not on where the backoff stands.
+            edge = edge_factory(origin_url, {"TOWNSQUARE_EDGE_BREAKER_BACKOFF_MAX": "1"})
+            # Target duration 0.5 s: a hold of 1.5 s, shorter than the outage.
+            short = edge_factory(origin_url, {"TOWNSQUARE_EDGE_TARGET_DURATION": "0.5"})
+            playlist = wait_live(edge.url, ROOM)
+            wait_live(short.url, ROOM)
+        # The origin is gone: ask for what comes next, as a player following the room would
+        # (the hint of the edge's own copy, pinned).
+        msn, part, part_url = next_part(edge.url, playlist)
+        got: dict[str, tuple[int, bytes, float]] = {}
+        short_msn, short_part, _ = next_part(short.url, playlist)
+        asks = {
+            "blocking": f"{edge.url}{playlist}?_HLS_msn={msn}&_HLS_part={part}",
+            "part": f"{edge.url}{part_url}",
+            "short": f"{short.url}{playlist}?_HLS_msn={short_msn}&_HLS_part={short_part}",
+        }
+        threads = [threading.Thread(target=_timed_get, args=(url, got, name))
+                   for name, url in asks.items()]
+        for th in threads:
+            th.start()
+        time.sleep(1.5)
+        with running(origin_args, tmp_path / "origin2.log", health):
+            for th in threads:
+                th.join(UPSTREAM_TIMEOUT + 10)
+            holds = counters(edge.url, "townsquare_edge_outage_holds_total")
+    status, body, waited = got["blocking"]
+    assert status == 200, body
+    # The answer holds the part asked for (listed as a part, or within its segment by now).
+    assert re.search(rf"\bp{msn}\.{part}\.m4s|\bs{msn}\.m4s", body.decode()), body.decode()
+    status, body, part_waited = got["part"]
+    assert status == 200 and len(body) > 100, (status, body[:200])
+    # They waited for the origin to come back, within the hold of 6 s.
+    assert 1.3 < waited < 6.0 and 1.3 < part_waited < 6.0, (waited, part_waited)
+    assert holds.get(("blocking_playlist", "answered"), 0) >= 1, holds
+    # The edge with a 1.5 s hold gave up before the origin came back.
+    status, body, gave_up_after = got["short"]
+    assert status == 503 and b"upstream unavailable" in body, (status, body)
+    assert 1.2 < gave_up_after < 1.5 + 1.0, gave_up_after
