@@ -12,11 +12,10 @@ and the hinted part that every listener has out at any moment, an object never c
 failed at once: its flight tries the upstream again, backing off and waiting on the room's
 breaker, for up to three target durations from when it started (as long as an origin may hold
 a blocking request anyway, and well within hls.js's 10 s to a first byte), then answers as
-before. An origin restarting within that time
-(a deploy, a crashed ingest that comes back and resumes its rooms) looks to players like parts
-arriving late, where a quick 503 sent each of them into its own retry backoff: hls.js's
-defaults wait 1, 2, 4 then 8 s between tries, so a room back after 5 s was heard again after
-up to 15 s.
+before. An origin restarting within that time (a deploy, a crashed ingest that comes back
+and resumes its rooms) looks to players like parts arriving late. A quick 503 sent each of
+them into its own retry backoff instead: hls.js's defaults wait 1, 2, 4, then 8 s between
+tries, so a room back just after a try was heard only at the next one.
 """
 
 from __future__ import annotations
