@@ -21,7 +21,7 @@ import m3u8
 import pytest
 
 from tests.conftest import start_moto
-from tests.faults.drill import ROOM, TOKEN, Listeners, Speaker
+from tests.faults.drill import ROOM, TOKEN, Listeners, Speaker, rooms_told
 from tests.ingest.support import recent_audio, tone_db
 from tests.support.browser import chromium
 from tests.support.postgres import PostgresServer
@@ -67,15 +67,7 @@ class Node:
 
 
 def _rooms_told(nodes: list[Node]) -> str:
-    """What each node's log says of rooms, speakers, relays and leases: the story of a
-    failed drill, which CI prints and then throws away with the logs."""
-    told = []
-    for node in nodes:
-        lines = [line for line in node.svc.output().splitlines()
-                 if "townsquare.ingest." in line and " GET " not in line
-                 or line.startswith(("Traceback", "  File", "packager.", "ingest."))]
-        told.append(f"--- node-{node.n}\n" + "\n".join(lines[-60:]))
-    return "\n".join(told)
+    return rooms_told({f"node-{node.n}": node.svc.output() for node in nodes})
 
 
 @contextmanager
