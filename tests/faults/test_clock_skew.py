@@ -20,10 +20,11 @@ from tests.faults.drill import AUTH, ROOM, TOKEN, ClusterNode, Speaker, rooms_to
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
-# The fence stops the owner's room when no renewal has finished for two thirds of a lease, a
-# third after the next one began: with 3 s, a renewal held up for 1 s on a busy machine did
-# that, and with 6 s one held up for over 2 s in a clean run (28 November, beside the other
-# lane's drills). That is not what this drill is about. The clocks stay two leases apart.
+# The fence stops the owner's room when no renewal has finished for two thirds of a lease, so
+# each must finish within a third of one: with 3 s, a renewal held up past 2 s on a busy
+# machine did that, and with 6 s one held up past 2 s in a clean run (28 November, beside the
+# other lane's drills). That is not what this drill is about. The clocks stay two leases
+# apart.
 LEASE = 9.0
 SKEW = LEASE  # seconds each node's clock is off, in opposite directions
 WATCH = 2 * LEASE  # seconds the room must stay with its live owner
