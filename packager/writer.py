@@ -450,18 +450,15 @@ class StoreWriter:
         self._memory += e.size
         self._in_memory[e] = None
 
-    def _release(self, e: _Entry) -> None:
-        """Drop a waiting entry's data from memory (it is on disk, or no longer needed)."""
+    def _release(self, e: _Entry, sent: bool = False) -> None:
+        """Drop an entry's data (on disk, stored, replaced, or no longer needed). Its bytes
+        count in memory while it waits among the entries held, or, `sent`, while it was out
+        being sent (taken from those held when the send began)."""
         if e in self._in_memory:
             del self._in_memory[e]
             self._memory -= e.size
-        e.data = None
-        self._unjournal(e)
-
-    def _drop_sent(self, e: _Entry) -> None:
-        """Drop the data of an entry back from a send (stored, replaced, or on disk): counted
-        in memory while it was sent, though not among the waiting entries held."""
-        self._memory -= e.size
+        elif sent:
+            self._memory -= e.size
         e.data = None
         self._unjournal(e)
 
@@ -577,7 +574,7 @@ class StoreWriter:
         """`e` is stored or dropped: forget it."""
         del self._sending[e.key]
         e.state = _State.DONE
-        self._drop_sent(e)
+        self._release(e, sent=True)
         self._forget_spill(e)
         self._unpark(e.key)
         self._prune_unstored()
@@ -608,14 +605,14 @@ class StoreWriter:
                 newer.first_seq = e.first_seq
                 heapq.heappush(self._unstored, (newer.first_seq, next(self._tiebreak), newer))
             e.state = _State.DONE
-            self._drop_sent(e)
+            self._release(e, sent=True)
             self._forget_spill(e)
         else:
             e.state = _State.WAITING
             e.live = False
             self._waiting[e.key] = e
             if e.spill is not None:
-                self._drop_sent(e)
+                self._release(e, sent=True)
             else:
                 self._in_memory[e] = None  # its bytes are counted already
             self._enqueue(e)
