@@ -264,8 +264,9 @@ class CoalescingCache:
         allowed = self.breakers.allow(room)
         if not allowed:
             self.metrics.upstream[(t.kind, "circuit_open")] += 1
-            if self._stale(t) is not None:
-                deliver(self._fallback(t))
+            stale = self._stale(t)
+            if stale is not None:
+                deliver(stale)
                 return
             # Nothing to answer with yet: the flight waits for the circuit (see the docstring).
         satisfied = False
@@ -294,7 +295,11 @@ class CoalescingCache:
                 if not allowed and not await self._circuit_allows(flight):
                     break
                 failed, entry = await self._ask(flight)
-                if not failed or self._stale(t) is not None:
+                if not failed:
+                    break
+                stale = self._stale(t)
+                if stale is not None:
+                    failed, entry = False, stale
                     break
                 wait = min(pause, flight.deadline - time.monotonic())
                 if wait <= 0:
@@ -307,8 +312,8 @@ class CoalescingCache:
                     self.holding -= 1
                 pause = min(2 * pause, RETRY_MAX)
                 allowed = False
-            if failed:
-                if flight.waited and flight.waiters:
+            if failed and flight.waiters:  # (none left: a newer playlist answered them)
+                if flight.waited:
                     self.metrics.outage_holds[(t.kind, "gave_up")] += 1
                 entry = self._fallback(t, entry)
         except Exception:  # never leave waiters hanging, whatever went wrong
@@ -495,7 +500,6 @@ class CoalescingCache:
         """What to answer when the upstream failed: a stale copy, else the failure, else 503."""
         stale = self._stale(t)
         if stale is not None:
-            self.metrics.stale[t.kind] += 1
             return stale
         if failed is not None and failed is not UPSTREAM_FAILED:
             return failed
@@ -503,7 +507,8 @@ class CoalescingCache:
         return edge_error(503, "upstream unavailable", retry_after=retry)
 
     def _stale(self, t: Target) -> Entry | None:
-        """A copy fit to answer `t` while the upstream fails, if one is held.
+        """A copy fit to answer `t` while the upstream fails, if one is held (and counted as
+        served: the caller answers with it).
 
         A blocking request gets a stale playlist only if it holds the requested part: an old
         playlist that does not is no answer to it (players reject it).
@@ -514,11 +519,16 @@ class CoalescingCache:
             # cached under a plain request's key may be from a listener's join, long ago;
             # hls.js, whose retries drop their directives, would jump back to it.
             last = pinned.answer(t) if t.msn is not None else pinned.current(t)
-            return last.relabelled(None) if last is not None else None
-        stale = self.lru.peek(t.key)
-        if stale is not None and stale.status < 400 and t.msn is None:
-            return stale.relabelled(None) if t.is_playlist else stale
-        return None
+            stale = last.relabelled(None) if last is not None else None
+        else:
+            stale = self.lru.peek(t.key)
+            if stale is None or stale.status >= 400 or t.msn is not None:
+                return None
+            if t.is_playlist:
+                stale = stale.relabelled(None)
+        if stale is not None:
+            self.metrics.stale[t.kind] += 1
+        return stale
 
     # -- housekeeping ------------------------------------------------------------------------
 
