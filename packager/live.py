@@ -52,8 +52,8 @@ class LiveRoom:
         self.room = room
         self.epoch = epoch
         self.master = master
-        # The master is announced once every rendition has a whole segment: players that
-        # ignore parts (ffmpeg, older ones) cannot start on less.
+        # The master is announced once every rendition has whole segments enough for players
+        # that ignore parts (`packager.pipeline.ANNOUNCE_SEGMENTS`).
         self.announced = False
         self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
         self.version = 0

@@ -112,6 +112,12 @@ RECOVERED_WAIT_SECONDS = 5.0
 # A resume's read that the store failed is tried again after this long, then twice as long
 # each time up to a second, within the same wait.
 RESUME_RETRY_SECONDS = 0.1
+# Whole segments every rendition holds before the room's master playlist appears. Players
+# that ignore parts cannot start on less than one; GStreamer's hlsdemux2 (1.22) that starts
+# on a playlist of one whole segment never plays: its first reload finds no segment it can
+# match with the playlist before (it compares all but the first) and it stays stuck at the
+# start. With two it plays (three joins in three at each count, `test_classic_players`).
+ANNOUNCE_SEGMENTS = 2
 # Segments a broadcast remembers per rendition whose parts wait for the segment to be
 # stored before they expire (`Broadcast._expire_parts`); beyond that (the store far behind)
 # the oldest parts are left where they are, counted.
@@ -525,9 +531,10 @@ class Broadcast:
                     self._on_segment(ev.msn + 1)
             lr.playlist = pl
         self.live.touch({name for name, _ in events})
-        if not self._announced and all(b.playlist.segments for b in self._builders.values()):
-            # The room's entry point appears once every rendition has a whole segment:
-            # players that ignore parts (ffmpeg, older ones) cannot start on less.
+        if not self._announced and all(len(b.playlist.segments) >= ANNOUNCE_SEGMENTS
+                                       for b in self._builders.values()):
+            # The room's entry point appears once every rendition has whole segments enough
+            # for players that ignore parts (ANNOUNCE_SEGMENTS).
             self._announced = self.live.announced = True
             self._write_masters()
         self._put_state()

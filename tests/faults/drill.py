@@ -151,7 +151,7 @@ class FfmpegListener:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FfmpegListener:
-        wait_http(self.url, 45)  # the room is announced once it has a whole segment
+        wait_http(self.url, 45)  # the room is announced once it has two whole segments
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-i", self.url,

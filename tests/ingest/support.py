@@ -114,7 +114,7 @@ class Playlist:
 def media_playlist(origin: str, room: str, client: httpx.Client | None = None) -> Playlist:
     c = client or httpx.Client(timeout=10.0)
     master_url = f"{origin}/live/{room}/master.m3u8"
-    # A broadcast is announced once every rendition holds a whole segment (~2 s in).
+    # A broadcast is announced once every rendition holds two whole segments (~4 s in).
     deadline = time.monotonic() + 15
     while (master := c.get(master_url)).status_code == 404 and time.monotonic() < deadline:
         time.sleep(0.2)
