@@ -23,14 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.edge.conftest import media_path, wait_live
+from tests.edge.conftest import media_path
+from tests.players.conftest import ROOM
 from tests.players.pages import serving_pages
 from tests.support.browser import chromium
-from tests.support.procs import free_port, running
 
 pytestmark = pytest.mark.browser
 
-ROOM = "playersroom"
 PLAY_SECONDS = 30
 # A look every second: at 1× the playhead moves ~1 s between looks. Looks drift by the time
 # two page evaluations take (measured ≤ 0.15 s on a loaded 2-core machine), and a player
@@ -45,20 +44,6 @@ SEGMENT_SECONDS = 1.92
 def pages() -> Iterator[str]:
     with serving_pages() as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh demo room on a real origin, behind a real edge; yields the edge's URL."""
-    d = tmp_path_factory.mktemp("players")
-    origin_port, edge_port = free_port(), free_port()
-    origin = f"http://127.0.0.1:{origin_port}"
-    with running(["origin", "--demo", ROOM, "--port", str(origin_port), "--data",
-                  str(d / "data")], d / "origin.log", f"{origin}/healthz"):
-        wait_live(origin, ROOM)
-        with running(["edge", "--upstream", origin, "--port", str(edge_port)], d / "edge.log",
-                     f"http://127.0.0.1:{edge_port}/healthz"):
-            yield f"http://127.0.0.1:{edge_port}"
 
 
 def _pdts(text: str) -> dict[int, float]:
