@@ -48,13 +48,17 @@ class LiveRoom:
     """One epoch of one room as the origin sees it."""
 
     def __init__(self, room: str, epoch: str, renditions: list[Rendition],
-                 playlists: dict[str, MediaPlaylist], master: bytes = b""):
+                 playlists: dict[str, MediaPlaylist], master: bytes = b"", local: bool = False):
         self.room = room
         self.epoch = epoch
         self.master = master
         # The master is announced once every rendition has whole segments enough for players
         # that ignore parts (`packager.pipeline.ANNOUNCE_SEGMENTS`).
         self.announced = False
+        # A packager in this process publishes the epoch, and will announce it: a request for
+        # the master may wait for that. An epoch read from the store's `state.json` is never
+        # announced here; its master comes from the store.
+        self.local = local
         self.renditions = {r.name: LiveRendition(r, playlists[r.name]) for r in renditions}
         self.version = 0
         # The epoch will not grow (suspended, handed over, lost or ended): a request held for

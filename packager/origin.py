@@ -71,7 +71,8 @@ from serving.threads import ThreadCpuCollector
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter("townsquare_origin_requests_total", "Origin requests", ["kind", "status"])
-WAITING = Gauge("townsquare_origin_blocking_waiters", "Requests held for a part or segment")
+WAITING = Gauge("townsquare_origin_blocking_waiters",
+                "Requests held for a part, a segment or a starting room's master")
 # Every process that serves an origin (ingest, `up`, the origin tier) says where its CPU goes.
 REGISTRY.register(ThreadCpuCollector())
 
@@ -274,6 +275,25 @@ class Origin:
         finally:
             WAITING.dec()
 
+    async def _announcement(self, room: str, live: LiveRoom) -> LiveRoom | None:
+        """Hold a request for the master of a room that has just gone on air until it is
+        announced (`packager.pipeline.ANNOUNCE_SEGMENTS`), for as long as a blocking request
+        may be held, and return the room's epoch then. Listeners who wait for a room to start
+        ask for it the moment it does: told 404, most players give up (hls.js, VLC,
+        GStreamer), and an edge would keep that answer for its max-age."""
+        name = next(iter(live.renditions))
+        deadline = time.monotonic() + 3 * live.renditions[name].playlist.target_duration
+        WAITING.inc()
+        try:
+            while not live.announced and not live.stopped:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait({live.changed(name)}, timeout=remaining)
+        finally:
+            WAITING.dec()
+        return await self.rooms.live(room)
+
     async def _epoch(self, room: str, rendition: str, epoch: str | None) -> LiveRoom | None:
         """The room's live epoch when it has `rendition` (and is `epoch`, when given)."""
         live = await self.rooms.live(room)
@@ -301,6 +321,8 @@ class Origin:
             return await status_answer(self.status, obj.room, method, _resp)
         if obj.kind == "master":
             live = await self.rooms.live(obj.room)
+            if live is not None and not live.announced and live.local:
+                live = await self._announcement(obj.room, live)
             if live is not None and live.announced:
                 return _resp(live.master, 200, "master", SHORT, PLAYLIST_TYPE, method)
             return await self._object(key, "master", SHORT, method)

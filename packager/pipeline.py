@@ -321,7 +321,8 @@ class Broadcast:
         master = render_multivariant([Variant(r, f"{r.name}/{LIVE_PLAYLIST}")
                                       for r in self.renditions]).encode()
         self.live = LiveRoom(room, self.epoch.id, self.renditions,
-                             {n: b.playlist for n, b in self._builders.items()}, master)
+                             {n: b.playlist for n, b in self._builders.items()}, master,
+                             local=True)
         self.writer = packager.writer
         self._lane: EncoderLane | None = None  # made by `_start`, on the running loop
         self._done: asyncio.Future[list[LadderEvent]] | None = None  # the encoder's last events

@@ -22,7 +22,7 @@ from packager.recording import RecordingComposer
 from packager.settings import PackagerSettings
 from serving.http import http_server, serve_http
 from tests.support.llhls import check_media_playlist
-from tests.support.audio import program_tone
+from tests.support.audio import feed_as_encoded, program_tone
 from tests.support.procs import free_port, running
 
 
@@ -117,6 +117,39 @@ async def test_requests_held_for_an_epoch_that_stops_are_answered_at_once(
         # What the stopped epoch has is still served from it.
         again = await c.get(url, params={"_HLS_msn": 1, "_HLS_part": 0}, timeout=10)
         assert again.status_code == 200
+
+
+async def test_a_starting_rooms_master_is_held_until_announced_not_refused(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    """Listeners waiting for a room ask for its master the moment it goes on air, before it
+    has the whole segments players that ignore parts need: they wait for it, as a blocking
+    request waits for its part, where a 404 would make most players give up."""
+    packager, base = packager_origin
+    b = packager.start_broadcast("starting")
+    url = f"{base}/live/starting/master.m3u8"
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as client:
+        waiters = [asyncio.create_task(client.get(url, timeout=20)) for _ in range(50)]
+        await feed_as_encoded(b, program_tone(0.5), 2.5)  # one whole segment, not two
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in waiters), "held while the room is not announced"
+        await feed_as_encoded(b, program_tone(0.5), 2.5)  # the second whole segment
+        responses = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert {r.status_code for r in responses} == {200}
+    assert all(r.text.count("#EXT-X-STREAM-INF") == 3 for r in responses)
+
+
+async def test_the_master_of_a_room_that_never_gets_going_is_404_after_the_hold(
+    packager_origin: tuple[Packager, str]
+) -> None:
+    packager, base = packager_origin
+    packager.start_broadcast("silent")
+    async with httpx.AsyncClient() as client:
+        started = time.monotonic()
+        r = await client.get(f"{base}/live/silent/master.m3u8", timeout=20)
+        waited = time.monotonic() - started
+    assert r.status_code == 404
+    assert waited >= 3 * 2 - 0.1, "held for three target durations"
 
 
 async def test_a_request_held_when_the_broadcast_ends_gets_the_last_playlist_at_once(
