@@ -281,15 +281,17 @@ class Origin:
         may be held, and return the room's epoch then. Listeners who wait for a room to start
         ask for it the moment it does: told 404, most players give up (hls.js, VLC,
         GStreamer), and an edge would keep that answer for its max-age."""
-        name = next(iter(live.renditions))
-        deadline = time.monotonic() + 3 * live.renditions[name].playlist.target_duration
+        td = max(lr.playlist.target_duration for lr in live.renditions.values())
+        deadline = time.monotonic() + 3 * td
         WAITING.inc()
         try:
             while not live.announced and not live.stopped:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                await asyncio.wait({live.changed(name)}, timeout=remaining)
+                # Any rendition's change: the one that completes the count may be any.
+                await asyncio.wait({live.changed(name) for name in live.renditions},
+                                   timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             WAITING.dec()
         return await self.rooms.live(room)
