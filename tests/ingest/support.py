@@ -22,6 +22,7 @@ import av
 import httpx
 import numpy as np
 
+from ingest.jitter import MAX_STEER
 from ingest.metrics import IngestMetrics
 from ingest.rooms import Room, RoomPolicy, Rooms
 from ingest.rtmp.server import RtmpServer
@@ -165,11 +166,16 @@ def rms_dbfs(pcm: np.ndarray) -> float:
     return float(20 * np.log10(max(rms, 1e-9)))
 
 
-def tone_db(pcm: np.ndarray, freq: float, width: float = 15.0) -> float:
+def tone_db(pcm: np.ndarray, freq: float, width: float | None = None) -> float:
     """The spectrum's height at `freq` relative to its strongest peak, in dB (0 = the top).
 
     A tone someone publishes sits within a few dB of the top; one nobody publishes is
-    down at the codec's noise, 60 dB or more below."""
+    down at the codec's noise, 60 dB or more below. The band looked in is ±15 Hz, or as wide
+    as the speaker's jitter buffer may shift the tone while it steers its level back to its
+    target (`ingest.jitter.MAX_STEER`, 2 %: a 3 kHz tone heard at 3 060 Hz for the 10 s after
+    a burst from a publisher with video, in a clean run of the suite)."""
+    if width is None:
+        width = max(15.0, 1.25 * MAX_STEER * freq)
     mono = pcm.mean(axis=0)
     spec = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
     freqs = np.fft.rfftfreq(len(mono), 1 / RATE)
