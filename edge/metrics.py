@@ -9,6 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from serving.lag import LAG
+
 
 class EdgeMetrics:
     """Every number /metrics shows. Gauges are read through `gauges` callbacks at scrape time."""
@@ -45,6 +47,7 @@ class EdgeMetrics:
         self.audience_gauge: Callable[[], dict[str, int]] = dict
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(self))
+        self._registry.register(LAG)  # the process's own, shown with the edge's figures
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

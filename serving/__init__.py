@@ -4,4 +4,5 @@ uvicorn beside other servers in one loop, and running a service on uvloop until 
     tasks   cancel_and_wait: one way to stop asyncio tasks
     http    uvicorn servers that leave signals to their host process
     runner  run_until_signalled: uvloop, SIGINT/SIGTERM → a stop event
+    lag     how late the event loop runs: a histogram, and stalls in the log
 """

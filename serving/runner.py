@@ -1,7 +1,8 @@
 """Running a service's main coroutine on uvloop until SIGINT or SIGTERM.
 
 SIGUSR1 writes every asyncio task's stack to the log: when a process does not stop, or
-stops answering, `kill -USR1 PID` says where each task waits.
+stops answering, `kill -USR1 PID` says where each task waits. Beside the service, a watcher
+measures how late its event loop runs (`serving.lag`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from serving.lag import watch_lag
+from serving.tasks import cancel_and_wait
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
@@ -30,7 +34,11 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        await main(stop)
+        watcher = loop.create_task(watch_lag(), name="loop-lag")
+        try:
+            await main(stop)
+        finally:
+            await cancel_and_wait(watcher)
 
     with contextlib.suppress(KeyboardInterrupt):
         runner(wrapper())
