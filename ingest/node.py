@@ -164,7 +164,13 @@ class Node:
                     max(0.1, self._safe_until - started + self.ttl / 3))
                 self._safe_until = started + self.ttl * 2 / 3
                 self._renewed_at, self._fence_reason = started, None
-                self.metrics.lease_renewal_seconds.set(time.monotonic() - started)
+                took = time.monotonic() - started
+                self.metrics.lease_renewal_seconds.set(took)
+                if took > self.ttl / 6:
+                    # Half the time a renewal has before the fence: worth a line in the log,
+                    # beside the event loop's own stalls (`serving.lag`), to tell the two apart.
+                    log.warning("node %s: a lease renewal took %.2f s (the fence acts %.1f s "
+                                "after one starts)", self.id, took, self.ttl * 2 / 3)
                 self.metrics.leases_held.set(len(renewed))
                 await self._ask(
                     self.registry.heartbeat(self.id, len(owned), self._load(), self.draining),
