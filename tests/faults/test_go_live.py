@@ -6,7 +6,8 @@ While the room waits, each page keeps trying the room's master and backs off (1,
 when its status poll sees the room live it asks again at once. That ask comes before the room
 has the whole segments players need for a start, and is held at the origin until it has them
 (`Origin._announcement`): answered 404 there, the page fell back to its back-off and heard
-the room a whole step later.
+the room a whole step later. An edge may also still hold the 404 of a page's try just before
+the start: the page's back-off starts again from its first step when it asks again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.faults.drill import ROOM, Listeners, Speaker, Stack
@@ -46,6 +48,10 @@ def test_pages_waiting_for_a_room_hear_it_within_seconds_of_going_live(tmp_path:
             listeners = Listeners(pages)
             listeners.watch(WAITING_SECONDS, interval=1.0)
             assert {s for _, got in listeners.samples for s in got.values()} == {0.0}
+            # One of a crowd's pages always tried a moment ago: the edge holds the 404 it got
+            # (for the origin's max-age, 2 s) when the room goes live.
+            master = httpx.get(f"{stack.edge_url}/live/{ROOM}/master.m3u8", timeout=10)
+            assert master.status_code == 404, master.text
             speaker = Speaker(publish_url, tmp_path / "speaker.log")
             began, began_wall = time.monotonic(), time.time()
             speaker.start()
