@@ -251,12 +251,14 @@ def playlist_position(base: str, room: str = ROOM, rendition: str = "aac96") -> 
 
 
 def rooms_told(logs: dict[str, str]) -> str:
-    """What each node's log (by name) says of rooms, speakers, relays and leases: the story
-    of a failed drill, which CI prints and then throws away with the logs."""
+    """What each node's log (by name) says of rooms, speakers, relays and leases, and of its
+    event loop's stalls: the story of a failed drill, which CI prints and then throws away
+    with the logs."""
     told = []
     for name, output in logs.items():
         lines = [line for line in output.splitlines()
-                 if "townsquare.ingest." in line and " GET " not in line
+                 if ("townsquare.ingest." in line or "townsquare.loop:" in line)
+                 and " GET " not in line
                  or line.startswith(("Traceback", "  File", "packager.", "ingest."))]
         told.append(f"--- {name}\n" + "\n".join(lines[-60:]))
     return "\n".join(told)
