@@ -100,7 +100,12 @@ def test_edge_rides_out_a_10_second_origin_outage(
             time.sleep(0.5)
         assert all(ok for ok, _, _ in served), "cached init not served during the outage"
         assert {status for _, status, _ in served} == {200}, "no last good playlist"
-        assert max(t for _, _, t in served) < 1.0, "requests waited on a dead origin"
+        # Answered from what the edge holds, none held for the origin: a held request waits
+        # out the whole hold (6 s) against an origin that stays down. The time is a bound for
+        # two requests on fresh connections (1.002 s once in a clean run, beside the drills).
+        holds = counters(edge.url, "townsquare_edge_outage_holds_total")
+        assert not any(kind in ("playlist", "init") for kind, _ in holds), holds
+        assert max(t for _, _, t in served) < 2.0, "requests waited on a dead origin"
         breaker = httpx.get(f"{edge.url}/metrics").text
         assert "townsquare_edge_stale_served_total" in breaker
         with running(origin_args, tmp_path / "origin2.log", health):
