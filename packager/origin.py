@@ -225,6 +225,31 @@ async def directory_answer(rooms: RoomList, route: str, method: str,
     return respond(body, 200, "directory", DIRECTORY_CACHE, JSON_TYPE, method)
 
 
+async def _held_until(live: LiveRoom, ready: Callable[[], bool], names: tuple[str, ...],
+                      timeout: float) -> bool:
+    """Hold a request until `ready()`, looking again at each change of the renditions in
+    `names`: False once `timeout` has passed or the epoch has stopped first (it never will
+    be). Counted in WAITING while held."""
+    deadline = time.monotonic() + timeout
+    WAITING.inc()
+    try:
+        while not ready():
+            if live.stopped:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # `asyncio.wait` on the shared futures: no task per held request, and a future
+            # is never cancelled for the other readers when this one times out.
+            done, _ = await asyncio.wait({live.changed(name) for name in names},
+                                         timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return False
+        return True
+    finally:
+        WAITING.dec()
+
+
 def _resp(body: bytes, status: int, kind: str, cache: str, ctype: str, method: str) -> Response:
     REQUESTS.labels(kind, str(status)).inc()
     return answer(body, status, cache, ctype, method)
@@ -257,23 +282,8 @@ class Origin:
                     timeout: float) -> bool:
         """Hold until `live` has the part: False once `timeout` has passed or the epoch has
         stopped without it (it never will)."""
-        deadline = time.monotonic() + timeout
-        WAITING.inc()
-        try:
-            while not live.renditions[name].playlist.has_part(msn, part):
-                if live.stopped:
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                # `asyncio.wait` on the shared future: no task per held request, and the
-                # future is never cancelled for the other readers when this one times out.
-                done, _ = await asyncio.wait({live.changed(name)}, timeout=remaining)
-                if not done:
-                    return False
-            return True
-        finally:
-            WAITING.dec()
+        lr = live.renditions[name]
+        return await _held_until(live, lambda: lr.playlist.has_part(msn, part), (name,), timeout)
 
     async def _announcement(self, room: str, live: LiveRoom) -> LiveRoom | None:
         """Hold a request for the master of a room that has just gone on air until it is
@@ -282,18 +292,8 @@ class Origin:
         ask for it the moment it does: told 404, most players give up (hls.js, VLC,
         GStreamer), and an edge would keep that answer for its max-age."""
         td = max(lr.playlist.target_duration for lr in live.renditions.values())
-        deadline = time.monotonic() + 3 * td
-        WAITING.inc()
-        try:
-            while not live.announced and not live.stopped:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Any rendition's change: the one that completes the count may be any.
-                await asyncio.wait({live.changed(name) for name in live.renditions},
-                                   timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            WAITING.dec()
+        # Any rendition's change: the one that completes the count may be any.
+        await _held_until(live, lambda: live.announced, tuple(live.renditions), 3 * td)
         return await self.rooms.live(room)
 
     async def _epoch(self, room: str, rendition: str, epoch: str | None) -> LiveRoom | None:
