@@ -55,6 +55,12 @@ class IngestMetrics:
         self.late_blocks = Counter(
             "townsquare_ingest_program_late_blocks",
             "Program blocks rendered late to catch up after the loop was held up", registry=r)
+        self.program_restarts = Counter(
+            "townsquare_ingest_program_restarts",
+            "Rooms put back on air in a new epoch here after their program stopped on its own "
+            "(the broadcast refused audio: its encoder or publishing failed), by outcome "
+            "(on_air; elsewhere: another node holds it now; stopped: it ended meanwhile; failed: tried "
+            "again)", ["outcome"], registry=r)
         self.limited_blocks = Counter(
             "townsquare_ingest_limited_blocks", "20 ms program blocks the limiter reduced",
             registry=r)

@@ -226,6 +226,7 @@ class ClockStats:
     # (a stalled loop; blocks the sink did not want yet are rendered late on purpose).
     late_blocks: int = 0
     wakeups: int = 0  # times the clock's own timer fired
+    hook_errors: int = 0  # times `on_block` raised
     started_monotonic: float = field(default=0.0)
 
 
@@ -235,7 +236,11 @@ class ProgramClock:
     `wanted`, when given, says how many more samples the sink needs before it does anything
     with them (0: it does not know); the clock then sleeps until the block that completes
     them. `sync()` renders every block already due, at once: call it before anything the
-    blocks depend on changes."""
+    blocks depend on changes.
+
+    A sink that raises refuses audio: the clock stops there and tells `on_stopped` why (the
+    owner of the program decides what comes next). `on_block` is bookkeeping after each block
+    and cannot stop the program: its failures are logged (the first) and counted."""
 
     def __init__(
         self,
@@ -247,10 +252,12 @@ class ProgramClock:
         capture_delay: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
         wanted: Callable[[], int] | None = None,
+        on_stopped: Callable[[Exception], None] | None = None,
     ) -> None:
         self._render = render
         self._sink = sink
         self._on_block = on_block
+        self._on_stopped = on_stopped
         self._clock = clock
         # Told once, before the first block, when sample 0 was captured (wall clock).
         self._anchor = anchor
@@ -303,6 +310,8 @@ class ProgramClock:
         except Exception as exc:  # noqa: BLE001 - the broadcast refused audio: stop
             log.warning("program clock stopped: the broadcast refused audio: %s", exc)
             self._halt()
+            if self._on_stopped is not None:
+                self._on_stopped(exc)
 
     def due_blocks(self) -> int:
         """Blocks the wall clock says should have been rendered and have not been."""
@@ -334,7 +343,13 @@ class ProgramClock:
             self._sink(block)
             stats.samples += BLOCK
             if self._on_block is not None:
-                self._on_block()
+                try:
+                    self._on_block()
+                except Exception:
+                    stats.hook_errors += 1
+                    if stats.hook_errors == 1:
+                        log.exception("program clock: the bookkeeping after a block failed "
+                                      "(logged once per clock; the program goes on)")
         return n
 
     def _wake(self) -> None:

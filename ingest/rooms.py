@@ -73,6 +73,11 @@ REHOME_EVERY = 0.25
 # stopped here (a hand-over, a lost lease), waits for that to be over; past it they are
 # refused, and reconnect.
 RESUME_WAIT_SECONDS = 30.0
+# A room whose program stopped on its own goes back on air at once; if the epoch that put it
+# back fails within RESTART_QUIET_SECONDS too, the next try waits, twice as long each time up
+# to RESTART_MAX_DELAY (a fault that outlives one epoch, as a store that refuses everything).
+RESTART_QUIET_SECONDS = 30.0
+RESTART_MAX_DELAY = 30.0
 
 
 class BroadcastSink(Protocol):
@@ -179,7 +184,9 @@ class Room:
     _broadcast: BroadcastSink | None = None
     _seq: int = 0
     _last_voice: float = 0.0  # monotonic time a speaker was last connected
-    _late_reported: int = 0  # late program blocks already counted in the metrics
+    _late_reported: int = 0  # late blocks of the current clock already counted in the metrics
+    _restarted_at: float = -1e9  # monotonic time its program was last put back on air here
+    _restart_delay: float = 0.0  # the wait before the last of those
 
     @property
     def on_air(self) -> bool:
@@ -287,6 +294,7 @@ class Rooms:
         # air (or failed to): a speaker who reconnects first waits for it, so the room goes on
         # with its broadcast instead of starting a new one.
         self._resuming: dict[str, asyncio.Event] = {}
+        self._closing = False  # the service is shutting down: no room goes back on air
 
     @property
     def node_id(self) -> str | None:
@@ -993,14 +1001,93 @@ class Rooms:
             room._stopped = None
             stopped.set()
         if broadcast is not None:
-            try:
-                await (broadcast.close() if end else broadcast.suspend())
-            except Exception:
-                log.exception("room %s: stopping the broadcast failed", room.name)
-            if self.registry is not None:
-                registry, epoch, now = self.registry, room.epoch, time.time()
-                self.ledger.append(f"end epoch {room.epoch} of {room.name}",
-                                   lambda: registry.end_epoch(room.name, epoch, now))
+            await self._stop_broadcast(room, broadcast, end)
+
+    async def _stop_broadcast(self, room: Room, broadcast: BroadcastSink, end: bool) -> None:
+        """Close or suspend the epoch `broadcast` carried, and tell the registry it ended."""
+        try:
+            await (broadcast.close() if end else broadcast.suspend())
+        except Exception:
+            log.exception("room %s: stopping the broadcast failed", room.name)
+        if self.registry is not None:
+            registry, epoch, now = self.registry, room.epoch, time.time()
+            self.ledger.append(f"end epoch {room.epoch} of {room.name}",
+                               lambda: registry.end_epoch(room.name, epoch, now))
+
+    # --- a program that stopped on its own ----------------------------------------------
+    def _program_stopped(self, room: Room, broadcast: BroadcastSink, exc: Exception) -> None:
+        """The clock of `room` stopped because `broadcast` refused audio while nobody was
+        stopping it: its encoder or its publishing failed, and the epoch is over. The room
+        would stay live with nothing heard, so it goes back on air here in a new epoch,
+        its speakers kept (`_restart`)."""
+        if room._broadcast is not broadcast or room.stopping or room.state != "live" \
+                or self._closing:
+            return  # a stop under way refused it, or the epoch was replaced already
+        log.error("room %s: its program stopped (%s); putting it back on air in a new epoch",
+                  room.name, exc)
+        self._spawn(self._restart(room, broadcast), f"restart-{room.name}")
+
+    async def _restart(self, room: Room, broadcast: BroadcastSink) -> None:
+        now = time.monotonic()
+        delay = 0.0
+        if now - room._restarted_at < RESTART_QUIET_SECONDS:  # the last restart failed soon
+            delay = min(RESTART_MAX_DELAY, max(1.0, room._restart_delay * 2))
+        stopped = room._stopped = asyncio.Event()  # speakers who arrive meanwhile wait
+        try:
+            if room._broadcast is broadcast:
+                room._clock = room._mixer = room._broadcast = None
+                self.metrics.rooms_live.dec()
+                await self._stop_broadcast(room, broadcast, end=False)
+            while True:
+                if delay:
+                    log.warning("room %s: back on air in %g s (its last restart here was "
+                                "%.1f s ago)", room.name, delay, now - room._restarted_at)
+                    await asyncio.sleep(delay)
+                room._restart_delay = delay
+                try:
+                    async with room._taking:
+                        outcome = await self._back_on_air(room)
+                except Exception:
+                    log.exception("room %s: putting it back on air failed", room.name)
+                    outcome = "failed"
+                self.metrics.program_restarts.labels(outcome).inc()
+                if outcome != "failed":
+                    break
+                delay = min(RESTART_MAX_DELAY, max(1.0, delay * 2))
+            room._restarted_at = time.monotonic()
+            if outcome == "on_air":
+                for speaker in list(room.speakers.values()):  # into the new mix, as they were
+                    muted = speaker.input.muted
+                    speaker.input = self._mix_input(room, speaker.id, speaker.kind)
+                    speaker.input.mute(muted)
+                log.info("room %s: back on air in epoch %d, %d speakers kept", room.name,
+                         room.epoch, len(room.speakers))
+                return
+        finally:
+            if room._stopped is stopped:
+                room._stopped = None
+            stopped.set()
+        # Not back here: the speakers reconnect and land where the room is now (another
+        # node's lease), or are refused (it ended).
+        log.warning("room %s: not back on air here (%s); its speakers are let go", room.name,
+                    outcome)
+        for speaker in list(room.speakers.values()):
+            await self._drop(room, speaker)
+
+    async def _back_on_air(self, room: Room) -> str:
+        """Put a live room that is on air nowhere back on air here: "on_air", "elsewhere"
+        when another node holds its lease now, "stopped" when it ended or the service began
+        to close meanwhile. Raises what the store or the registry raised."""
+        if room.state != "live" or self._closing or room.on_air:
+            return "on_air" if room.on_air else "stopped"
+        if self.node is None:
+            await self._resume(room)
+            return "on_air"
+        lease = await self.node.take(room.name)  # the same node taking it again: a new epoch
+        if lease is None:
+            return "elsewhere"
+        await self._on_air_leased(room, lease)
+        return "on_air"
 
     async def close(self, deadline: float = 10.0) -> None:
         """Service shutdown: stop every live room without ending it (the next start of the
@@ -1008,6 +1095,7 @@ class Rooms:
 
         `deadline` is one budget for the whole hand-over (store, registry, leases), not one
         per step: an orchestrator's stop timeout must cover it, so it cannot add up."""
+        self._closing = True
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
 
@@ -1058,7 +1146,11 @@ class Rooms:
             room._mixer.render, broadcast.feed, on_block=lambda: self._after_block(room),
             anchor=broadcast.anchor, capture_delay=room._mixer.capture_delay,
             wanted=broadcast.samples_wanted,
+            on_stopped=lambda exc: self._program_stopped(room, broadcast, exc),
         )
+        # Late blocks are counted per clock: a new one starts from none (a count carried over
+        # from the epoch before went negative, and the metric's refusal stopped the program).
+        room._late_reported = 0
         room._mixer.on_change = room._clock.sync
         broadcast.wanted_changed = room._clock.replan
         room.state = "live"

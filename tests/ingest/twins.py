@@ -12,6 +12,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from packager.errors import BroadcastClosed
 from packager.pipeline import EpochPlan, ResumePoint
 from packager.recording import EpochInfo
 
@@ -27,8 +28,16 @@ class RecordedBroadcast:
     ended: bool = False
     captured_at: float | None = None  # the timeline's anchor, as the packager would take it
     wanted_changed: Callable[[], None] | None = None
+    # Set by `fail`: what the packager's broadcast does once its encoder or publishing failed.
+    failure: str | None = None
+
+    def fail(self, why: str) -> None:
+        """From now on refuse audio, as an epoch whose encoder or publishing failed does."""
+        self.failure = why
 
     def feed(self, pcm: np.ndarray) -> None:
+        if self.failure is not None:
+            raise BroadcastClosed(f"broadcast {self.broadcast_id} failed: {self.failure}")
         assert not self.closed, "fed after close"
         assert pcm.dtype == np.float32 and pcm.ndim == 2 and pcm.shape[0] == 2
         assert np.abs(pcm).max(initial=0) <= 1.0
