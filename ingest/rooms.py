@@ -1060,8 +1060,8 @@ class Rooms:
                     muted = speaker.input.muted
                     speaker.input = self._mix_input(room, speaker.id, speaker.kind)
                     speaker.input.mute(muted)
-                log.info("room %s: back on air in epoch %d, %d speakers kept", room.name,
-                         room.epoch, len(room.speakers))
+                log.info("room %s: back on air in epoch %d, its speakers kept (%d)",
+                         room.name, room.epoch, len(room.speakers))
                 return
         finally:
             if room._stopped is stopped:

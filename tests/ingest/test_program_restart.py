@@ -14,8 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hls.names import room_key
 from ingest.node import Node
 from ingest.rooms import Room, Rooms
+from packager.cmaf import LadderEncoder, LadderEvent
+from packager.errors import EncodeError
+from packager.pipeline import Broadcast, Packager
+from packager.settings import PackagerSettings
 from registry import Registry, default_url
 from tests.ingest.twins import RecordedBroadcast, RecordingPackager
 
@@ -135,3 +140,44 @@ async def test_a_room_taken_again_on_the_node_that_lost_it_keeps_its_program_run
     finally:
         await rooms.close()
         await registry.close()
+
+
+async def test_a_room_whose_encoder_fails_is_heard_again_in_a_new_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    packager = Packager(PackagerSettings(data_dir=data, publish_state=False))
+    await packager.start()
+    rooms = Rooms(packager, None)
+    try:
+        room, _ = await rooms.create("hall")
+        host = await rooms.speak(room, "rtmp", "host")
+        host.push(tone(440, 8.0))
+        await asyncio.sleep(2.5)
+        first = room._broadcast
+        assert isinstance(first, Broadcast)
+        codec_push = LadderEncoder.push
+        given_up: list[str] = []
+
+        def gives_up_once(self: LadderEncoder, pcm: np.ndarray) -> list[LadderEvent]:
+            if not given_up:
+                given_up.append("once")
+                raise EncodeError("the codec gave up")
+            return codec_push(self, pcm)
+
+        monkeypatch.setattr(LadderEncoder, "push", gives_up_once)
+        await _until(lambda: room.on_air and room._broadcast is not first)
+        second = room._broadcast
+        assert isinstance(second, Broadcast) and second.epoch.id != first.epoch.id
+        playlist = data / room_key("hall", "aac96", "live.m3u8")
+
+        def new_epoch_listed() -> bool:
+            text = playlist.read_text() if playlist.exists() else ""
+            return text.count(f"{second.epoch.id}/p") >= 10
+
+        await _until(new_epoch_listed)
+        text = playlist.read_text()
+        assert "#EXT-X-DISCONTINUITY" in text and f"{first.epoch.id}/" in text
+        assert _restarts(rooms, "on_air") == 1 and list(room.speakers) == [host.id]
+    finally:
+        await rooms.close()
+        await packager.close()
