@@ -1003,12 +1003,17 @@ class Rooms:
         if broadcast is not None:
             await self._stop_broadcast(room, broadcast, end)
 
-    async def _stop_broadcast(self, room: Room, broadcast: BroadcastSink, end: bool) -> None:
-        """Close or suspend the epoch `broadcast` carried, and tell the registry it ended."""
+    async def _stop_broadcast(self, room: Room, broadcast: BroadcastSink, end: bool,
+                              failed: bool = False) -> None:
+        """Close or suspend the epoch `broadcast` carried, and tell the registry it ended.
+        `failed`: it ended on a failure already logged, which its stop raises again."""
         try:
             await (broadcast.close() if end else broadcast.suspend())
-        except Exception:
-            log.exception("room %s: stopping the broadcast failed", room.name)
+        except Exception as exc:
+            if failed:
+                log.info("room %s: its failed epoch %d stopped (%s)", room.name, room.epoch, exc)
+            else:
+                log.exception("room %s: stopping the broadcast failed", room.name)
         if self.registry is not None:
             registry, epoch, now = self.registry, room.epoch, time.time()
             self.ledger.append(f"end epoch {room.epoch} of {room.name}",
@@ -1037,7 +1042,7 @@ class Rooms:
             if room._broadcast is broadcast:
                 room._clock = room._mixer = room._broadcast = None
                 self.metrics.rooms_live.dec()
-                await self._stop_broadcast(room, broadcast, end=False)
+                await self._stop_broadcast(room, broadcast, end=False, failed=True)
             while True:
                 if delay:
                     log.warning("room %s: back on air in %g s (its last restart here was "

@@ -328,6 +328,7 @@ class Broadcast:
         self._done: asyncio.Future[list[LadderEvent]] | None = None  # the encoder's last events
         self._closing = False
         self._ending = False
+        self._failure: BaseException | None = None  # what ended the epoch, when it failed
         self._announced = False
         self._cut_any = False  # a part is out: the timeline's origin is fixed
         self.closed = False
@@ -356,6 +357,9 @@ class Broadcast:
     # --- public ------------------------------------------------------------------------
     def feed(self, pcm: np.ndarray) -> None:
         if self._closing:
+            if self._failure is not None:
+                raise BroadcastClosed(f"epoch {self.epoch.id} of {self.room} failed: "
+                                      f"{self._failure}")
             raise BroadcastClosed(f"broadcast {self.broadcast_id} of {self.room} has ended")
         if pcm.ndim != 2 or pcm.shape[0] != 2:
             raise ValueError(f"expected planar stereo (2, n), got shape {pcm.shape}")
@@ -488,6 +492,7 @@ class Broadcast:
     def _on_error(self, exc: BaseException) -> None:
         """Encoding or publishing failed: the epoch ends (`_run` logs it), and refuses audio."""
         self._closing = True
+        self._failure = self._failure or exc
         if self._done is not None and not self._done.done():
             self._done.set_exception(exc)
 
