@@ -85,7 +85,8 @@ class IngestMetrics:
         self.lease_losses = Counter(
             "townsquare_ingest_lease_losses",
             "Rooms stopped here because their lease was lost, by reason (taken: another node "
-            "holds it; fence: not renewed in time)", ["reason"], registry=r)
+            "holds it; fence: not renewed in time; lapsed: taken here, and ran out before the "
+            "room was on air)", ["reason"], registry=r)
         self.lease_renewal_failures = Counter(
             "townsquare_ingest_lease_renewal_failures",
             "Lease renewals that failed, by kind (unavailable, timeout, error)", ["kind"],

@@ -87,6 +87,8 @@ class Node:
         # of a lease on a loaded machine: it runs beside the keeper, never in its way.
         self._adopting: asyncio.Task[None] | None = None
         self._cpu = (time.process_time(), time.monotonic())
+        # Rooms whose lease was taken and that are not on air yet: when (monotonic) each was.
+        self._taken: dict[str, float] = {}
 
     async def start(self, rooms: RoomKeeper[Any]) -> None:
         self.rooms = rooms
@@ -103,7 +105,30 @@ class Node:
         lease = await self.registry.take_room(name, self.id, self.ttl, go_live=go_live)
         if lease is not None:  # the database answered: this lease is safe as long as a renewal
             self._safe_until = max(self._safe_until, started + self.ttl * 2 / 3)
+            self._taken[name] = started
         return lease
+
+    async def confirm(self, name: str) -> bool:
+        """Whether the lease of `name`, taken here and not yet on air, may still be published
+        under. The keeper renews only rooms on air, so a lease whose room took long to put on
+        air (store reads, the database, a loaded machine) may have lapsed meanwhile, and
+        another node adopted it: one taken more than a third of a lease ago is renewed
+        first, and False when that fails (the room is not put on air here). Raises
+        RegistryError when the database cannot say."""
+        taken = self._taken.pop(name, None)
+        started = time.monotonic()
+        if taken is None or started - taken < self.ttl / 3:
+            return True
+        renewed = await self.registry.renew_leases(self.id, [name], self.ttl)
+        if name not in renewed:
+            log.warning("room %s: its lease, taken %.1f s ago, lapsed before it was on air "
+                        "here; left to the node that holds it now", name, started - taken)
+            self.metrics.lease_losses.labels("lapsed").inc()
+            return False
+        self._safe_until = max(self._safe_until, started + self.ttl * 2 / 3)
+        log.info("room %s: lease renewed before going on air (taken %.1f s ago)", name,
+                 started - taken)
+        return True
 
     def owned(self) -> list[Any]:
         assert self.rooms is not None

@@ -462,7 +462,13 @@ class Rooms:
                 owner = await self.registry.owner_of(room.name) if self.registry else None
                 raise RoomElsewhere(f"room {room.name!r} is on air on node "
                                     f"{owner.node if owner else 'another node'}")
-            await self._on_air_leased(room, lease)
+            try:
+                on_air = await self._on_air_leased(room, lease)
+            except RegistryError as exc:
+                raise Unavailable(f"room {room.name!r} cannot be taken now: {exc}") from exc
+            if not on_air:
+                raise RoomElsewhere(f"room {room.name!r} went to another node while it was "
+                                    "being put on air here")
 
     async def adopt(self, rec: RoomRecord) -> Lease | None:
         """Take the lease of a room whose node went away and put it on air here, on its
@@ -479,10 +485,11 @@ class Rooms:
                 return None
             room.state = "live"
             room.title, room.description = rec.title, rec.description
-            await self._on_air_leased(room, lease)
-            return lease
+            return lease if await self._on_air_leased(room, lease) else None
 
-    async def _on_air_leased(self, room: Room, lease: Lease) -> None:
+    async def _on_air_leased(self, room: Room, lease: Lease) -> bool:
+        """Put `room` on air under `lease`, just taken; False when the lease ran out before
+        it was (`Node.confirm`): another node takes it, or has."""
         assert self.node is not None
         resumed = room.state == "live"
         if resumed:
@@ -495,9 +502,12 @@ class Rooms:
         plan = plan_epoch(point, lease.broadcast_id, lease.epoch, lease.next_msn, prior)
         # The lease's epoch is the fencing number: the epoch folder must carry it.
         plan = replace(plan, number=lease.epoch)
+        if not await self.node.confirm(room.name):
+            return False
         room.owner = self.node.id
         self._go_live(room, plan, resumed=resumed, recorded=True)
         self._repair(room, plan)
+        return True
 
     async def _read_info(self, room: Room) -> None:
         """The room's title and description as the registry has them now (another node may
@@ -1089,9 +1099,8 @@ class Rooms:
             await self._resume(room)
             return "on_air"
         lease = await self.node.take(room.name)  # the same node taking it again: a new epoch
-        if lease is None:
+        if lease is None or not await self._on_air_leased(room, lease):
             return "elsewhere"
-        await self._on_air_leased(room, lease)
         return "on_air"
 
     async def close(self, deadline: float = 10.0) -> None:

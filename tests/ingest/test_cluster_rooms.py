@@ -233,3 +233,43 @@ async def test_a_room_adopted_and_admitted_at_once_on_one_node_is_taken_once(
         await one.close()
         await two.close()
         await registry.close()
+
+
+class StuckInResume(RecordingPackager):
+    """Putting a room back on air takes longer than a lease here (a store, a database or a
+    machine that slow), whatever the caller is willing to wait."""
+
+    async def resume_point(self, room: str, wait: float = 0.0) -> ResumePoint:
+        await asyncio.sleep(LEASE + 0.5)
+        return ResumePoint()
+
+
+async def test_a_lease_that_runs_out_while_its_room_is_put_on_air_is_left_to_the_next_node(
+        tmp_path: Path) -> None:
+    registry = await Registry.open(default_url(tmp_path))
+    one = await _node(registry, 1, lease=LONG_LEASE)
+    stuck = StuckInResume()
+    two = await _node(registry, 2, packager=stuck)
+    three: Rooms | None = None
+    try:
+        room, _ = await one.create("hall")
+        await one.admit(room)
+        await one.close()  # handed over: live, its lease released
+        rec = await registry.get_room("hall")
+        assert rec is not None
+        adopting = asyncio.create_task(two.adopt(rec))
+        await _until(lambda: _owner(registry, "hall"), "node-2")
+        # Node 2 holds the lease and is still reading where the room stopped when the lease
+        # runs out: node 3 adopts it then.
+        three = await _node(registry, 3)
+        await _until(lambda: _owner(registry, "hall"), "node-3")
+        assert await adopting is None, "node 2 must not put on air a room it no longer holds"
+        assert not stuck.broadcasts and not two.get("hall").on_air
+        await _until(lambda: _on_air(three, "hall"), True)
+        assert two.node is not None
+        assert two.node.metrics.lease_losses.labels("lapsed")._value.get() == 1
+    finally:
+        for rooms in (one, two, three):
+            if rooms is not None:
+                await rooms.close()
+        await registry.close()
