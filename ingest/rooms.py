@@ -1141,6 +1141,10 @@ class Rooms:
             except TimeoutError:
                 log.warning("leases of %d rooms not released in time; they expire on their own",
                             len(stopped))
+            else:
+                # When the next node may adopt them: the hand-over's length, as seen from here.
+                log.info("leases of %d rooms released, %.2f s after the stop began",
+                         len(stopped), deadline - left())
         await self.ledger.close(left())
 
     # --- internals --------------------------------------------------------------------
