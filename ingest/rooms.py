@@ -364,8 +364,12 @@ class Rooms:
         if self.node is None or self.registry is None or room.on_air:
             return
         try:
-            rec = await self.registry.get_room(room.name)
+            # The owner first: a lease taken after this read shows in neither, and one taken
+            # before it has its new epoch in the record read next (one UPDATE writes both).
+            # The other way round, a take between the reads showed its node with the epoch
+            # before it (a clean run's clock-skew drill read that).
             owner = await self.registry.owner_of(room.name)
+            rec = await self.registry.get_room(room.name)
         except RegistryError:
             return  # what was last read stands
         if room.on_air:
@@ -1043,16 +1047,17 @@ class Rooms:
         self._spawn(self._restart(room, broadcast), f"restart-{room.name}")
 
     async def _restart(self, room: Room, broadcast: BroadcastSink) -> None:
+        if room._broadcast is not broadcast or room.stopping:
+            return  # stopped meanwhile (an end, a lost lease, a shutdown): theirs to finish
         now = time.monotonic()
         delay = 0.0
         if now - room._restarted_at < RESTART_QUIET_SECONDS:  # the last restart failed soon
             delay = min(RESTART_MAX_DELAY, max(1.0, room._restart_delay * 2))
         stopped = room._stopped = asyncio.Event()  # speakers who arrive meanwhile wait
         try:
-            if room._broadcast is broadcast:
-                room._clock = room._mixer = room._broadcast = None
-                self.metrics.rooms_live.dec()
-                await self._stop_broadcast(room, broadcast, end=False, failed=True)
+            room._clock = room._mixer = room._broadcast = None
+            self.metrics.rooms_live.dec()
+            await self._stop_broadcast(room, broadcast, end=False, failed=True)
             while True:
                 if delay:
                     log.warning("room %s: back on air in %g s (its last restart here was "
