@@ -153,6 +153,14 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                 exited_in = time.monotonic() - stopped_at
                 # The load balancer now sends the speaker to the node that is left.
                 speaker.url = f"rtmp://127.0.0.1:{two.rtmp}/live/{key}"
+                # Another node has it first: a page behind the live edge plays what it holds
+                # for a while (a clean run's page played its 3 s while the lease ran out).
+                deadline = time.monotonic() + 30
+                while two.room()["node"] == "node-1":
+                    assert time.monotonic() < deadline, \
+                        f"nobody took the room:\n{_rooms_told(nodes)}"
+                    listeners.sample()
+                    time.sleep(0.2)
                 listeners.wait_playing(60, advance=3.0)
                 assert listeners.state("listen") == "playing"
                 told = page.evaluate("({errors: window.townsquare.errors.slice(-15), "
