@@ -174,6 +174,37 @@ class FfmpegListener:
             proc.wait(10)
 
 
+# Installed in a listener page: its playhead, readyState and buffered ranges every 0.1 s,
+# for a drill's failure message (the player's side of a stall the servers did not cause).
+BUFFER_SAMPLER = """() => { const a = document.querySelector('audio'); window.tsBuffer = [];
+  setInterval(() => {
+    const b = [];
+    for (let i = 0; i < a.buffered.length; i++)
+      b.push(a.buffered.start(i).toFixed(3) + '-' + a.buffered.end(i).toFixed(3));
+    window.tsBuffer.push([Date.now() / 1000, a.currentTime.toFixed(3), a.readyState, b.join(' ')]);
+    if (window.tsBuffer.length > 1200) window.tsBuffer.shift();
+  }, 100); }"""
+
+
+def buffer_story(page: Any, since_wall: float, until: float = 15.0) -> list[str]:
+    """What `BUFFER_SAMPLER` saw from a second before `since_wall` (wall clock) to `until`
+    seconds after it: a line whenever the playhead stops or moves again, readyState or the
+    number of buffered ranges changes, and at least one a second."""
+    lines: list[str] = []
+    prev_ct, prev_key, last_line = None, None, -1e9
+    for t, ct, ready, ranges in page.evaluate("window.tsBuffer || []"):
+        at = t - since_wall
+        if not -1.0 <= at <= until:
+            continue
+        key = (ct == prev_ct, ready, ranges.count(" "))
+        if key != prev_key or at - last_line >= 1.0:
+            still = " (still)" if ct == prev_ct else ""
+            lines.append(f"{at:+.2f} t={ct}{still} ready={ready} buffered={ranges}")
+            last_line = at
+        prev_ct, prev_key = ct, key
+    return lines
+
+
 @dataclass
 class Listeners:
     """Pages in one Chromium whose audio playheads are sampled from the test's thread."""

@@ -21,7 +21,15 @@ import m3u8
 import pytest
 
 from tests.conftest import start_moto
-from tests.faults.drill import ROOM, TOKEN, Listeners, Speaker, rooms_told
+from tests.faults.drill import (
+    BUFFER_SAMPLER,
+    ROOM,
+    TOKEN,
+    Listeners,
+    Speaker,
+    buffer_story,
+    rooms_told,
+)
 from tests.ingest.support import recent_audio, tone_db
 from tests.support.browser import chromium
 from tests.support.postgres import PostgresServer
@@ -144,7 +152,8 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                 page.goto(f"{edge}/listen/{ROOM}")
                 listeners = Listeners({"listen": page})
                 listeners.wait_playing(45, advance=3.0)
-                stopped_at = time.monotonic()
+                page.evaluate(BUFFER_SAMPLER)
+                stopped_at, stopped_wall = time.monotonic(), time.time()
                 if stop_owner == "kill":
                     one.svc.proc.kill()  # SIGKILL, by the pid this test started
                 else:
@@ -166,6 +175,7 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                 told = page.evaluate("({errors: window.townsquare.errors.slice(-15), "
                                      "recoveries: window.townsquare.recoveries})")
                 silent_from, back_at = listeners.stall("listen", stopped_at)
+                buffer = buffer_story(page, stopped_wall)
                 if back_at == 0.0:  # it never stopped playing
                     silent_from = back_at = stopped_at
             room = two.room()
@@ -183,15 +193,16 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
             "silence_heard_s": round(back_at - silent_from, 2), "new_owner": str(room["node"]),
             "old_owner_gone_s": round(exited_in, 2), "old_owner_log": one.svc.output(),
             "page": told, "asked": [f"{t - stopped_at:+.2f} {status} {url}"
-                                    for t, status, url in asked if t >= stopped_at - 1][:200]}
+                                    for t, status, url in asked if t >= stopped_at - 1][:200],
+            "buffer": buffer}
 
 
 @pytest.mark.browser
 def test_a_killed_node_s_room_is_adopted_and_heard_again(
         tmp_path: Path, own_postgres: PostgresServer) -> None:
     figures = _move_the_room(tmp_path, own_postgres, "kill")
-    figures.pop("old_owner_log")
-    figures.pop("asked")
+    for kept in ("old_owner_log", "asked", "buffer"):
+        figures.pop(kept)
     print(f"failover (kill -9, lease {LEASE} s):", figures)
 
 
@@ -199,10 +210,14 @@ def test_a_killed_node_s_room_is_adopted_and_heard_again(
 def test_a_stopping_node_hands_its_room_over(tmp_path: Path, own_postgres: PostgresServer) -> None:
     figures = _move_the_room(tmp_path, own_postgres, "term")
     log = str(figures.pop("old_owner_log"))
-    asked = figures.pop("asked")
+    asked, buffer = figures.pop("asked"), figures.pop("buffer")
+    assert isinstance(asked, list) and isinstance(buffer, list)
     print("hand-over (SIGTERM):", figures)
-    assert float(str(figures["silence_heard_s"])) <= 1.92 + 1.0, \
-        ("one segment of silence at most", asked)
+    # One string, not a tuple: pytest shortens the repr of a long tuple, and these lines are
+    # what a failure has to tell (requests and answers, then what the player held).
+    story = "\n".join(["one segment of silence at most; the page's responses:", *map(str, asked),
+                       "its playhead and buffer (wall seconds from the signal):", *buffer])
+    assert float(str(figures["silence_heard_s"])) <= 1.92 + 1.0, story
     # The requests it held for the room were let go when its epoch stopped (the tier took
     # them to the new owner), not cut off when its server's shutdown grace ran out.
     assert "graceful shutdown exceeded" not in log, log[-3000:]
