@@ -228,6 +228,12 @@ class ClockStats:
     wakeups: int = 0  # times the clock's own timer fired
     hook_errors: int = 0  # times `on_block` raised
     started_monotonic: float = field(default=0.0)
+    late_taken: int = 0  # late blocks already handed out by `take_late`
+
+    def take_late(self) -> int:
+        """Late blocks since the last call: each one handed out once, to a counter."""
+        new, self.late_taken = self.late_blocks - self.late_taken, self.late_blocks
+        return new
 
 
 class ProgramClock:

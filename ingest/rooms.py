@@ -184,7 +184,6 @@ class Room:
     _broadcast: BroadcastSink | None = None
     _seq: int = 0
     _last_voice: float = 0.0  # monotonic time a speaker was last connected
-    _late_reported: int = 0  # late blocks of the current clock already counted in the metrics
     _restarted_at: float = -1e9  # monotonic time its program was last put back on air here
     _restart_delay: float = 0.0  # the wait before the last of those
 
@@ -658,6 +657,12 @@ class Rooms:
         assert room._mixer is not None
         return room._mixer.add(sid, JitterBuffer(target_ms=self.policy.jitter_ms.get(kind, 120.0)))
 
+    def _remix(self, room: Room, speaker: Speaker) -> None:
+        """Give `speaker` a place in the room's current mix, muted or not as before."""
+        muted = speaker.input.muted
+        speaker.input = self._mix_input(room, speaker.id, speaker.kind)
+        speaker.input.mute(muted)
+
     def _seat(self, room: Room, speaker: Speaker) -> None:
         """Count a speaker mixed here among the room's speakers."""
         room.speakers[speaker.id] = speaker
@@ -767,9 +772,7 @@ class Rooms:
         if len(room.speakers) >= self.policy.max_speakers:
             raise RoomFull(f"room {room.name!r} has {self.policy.max_speakers} speakers already")
         del room.relayed[speaker.id]
-        muted = speaker.input.muted  # as the last owner told it
-        speaker.input = self._mix_input(room, speaker.id, speaker.kind)
-        speaker.input.mute(muted)
+        self._remix(room, speaker)  # muted as the last owner told it
         speaker.relay = None
         self._seat(room, speaker)
         log.info("room %s: speaker %s mixed here now (the room came to this node)", room.name,
@@ -1076,10 +1079,8 @@ class Rooms:
                 delay = min(RESTART_MAX_DELAY, max(1.0, delay * 2))
             room._restarted_at = time.monotonic()
             if outcome == "on_air":
-                for speaker in list(room.speakers.values()):  # into the new mix, as they were
-                    muted = speaker.input.muted
-                    speaker.input = self._mix_input(room, speaker.id, speaker.kind)
-                    speaker.input.mute(muted)
+                for speaker in list(room.speakers.values()):
+                    self._remix(room, speaker)
                 log.info("room %s: back on air in epoch %d, its speakers kept (%d)",
                          room.name, room.epoch, len(room.speakers))
                 return
@@ -1171,9 +1172,6 @@ class Rooms:
             wanted=broadcast.samples_wanted,
             on_stopped=lambda exc: self._program_stopped(room, broadcast, exc),
         )
-        # Late blocks are counted per clock: a new one starts from none (a count carried over
-        # from the epoch before went negative, and the metric's refusal stopped the program).
-        room._late_reported = 0
         room._mixer.on_change = room._clock.sync
         broadcast.wanted_changed = room._clock.replan
         room.state = "live"
@@ -1218,8 +1216,10 @@ class Rooms:
             limited = room._mixer.stats.limited_blocks
             self.metrics.limited_blocks.inc(limited)
             room._mixer.stats.limited_blocks = 0
-        self.metrics.late_blocks.inc(clock.stats.late_blocks - room._late_reported)
-        room._late_reported = clock.stats.late_blocks
+        # Taken from the clock, which knows what it handed out: a count kept on the room
+        # outlived its clock, went negative against the next one, and the metric's refusal
+        # stopped that program.
+        self.metrics.late_blocks.inc(clock.stats.take_late())
         idle = time.monotonic() - room._last_voice
         if not room.speakers and idle >= self.policy.idle_timeout and room.state == "live":
             task = asyncio.get_running_loop().create_task(
