@@ -21,6 +21,7 @@ from ingest.stream_keys import hash_key
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from packager.pipeline import ResumePoint
 from registry import Registry, default_url
+from tests.ingest.support import tone
 from tests.ingest.twins import RecordingPackager, ToneTrack, whip_answer, whip_offer
 
 TOKEN = "test-admin-token-0123456789"
@@ -187,12 +188,6 @@ async def test_mute_and_remove_a_speaker(stack: Stack) -> None:
 
 
 # --- lifecycle ------------------------------------------------------------------------
-
-def tone(freq: float, seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * 48_000)) / 48_000
-    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return np.vstack([x, x])
-
 
 async def test_reconnect_is_heard_on_the_same_timeline(stack: Stack) -> None:
     await stack.create("again")

@@ -22,15 +22,10 @@ from packager.errors import EncodeError
 from packager.pipeline import Broadcast, Packager
 from packager.settings import PackagerSettings
 from registry import Registry, default_url
+from tests.ingest.support import tone
 from tests.ingest.twins import RecordedBroadcast, RecordingPackager
 
 LONG_LEASE = 10.0
-
-
-def tone(freq: float, seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * 48_000)) / 48_000
-    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return np.vstack([x, x])
 
 
 async def _until(check: Callable[[], object], within: float = 10.0) -> None:
