@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -199,3 +201,66 @@ async def test_a_store_that_fails_a_read_for_a_moment_is_read_again_within_the_w
         started = asyncio.get_running_loop().time()
         point = await Packager(settings).resume_point(ROOM, wait=1.0)
         assert point.windows == {} and asyncio.get_running_loop().time() - started < 3.0
+
+
+class _InRounds:
+    """A store in front of the packager's own that answers in rounds, as a remote store
+    does when every request takes one round trip: the requests made while a round is out,
+    and as it comes back, go out together as the next. `rounds` counts the round trips a
+    reader waited for one after another: what a failover waits on S3 for, whatever its
+    latency."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rounds, self.requests = inner, 0, 0
+        self._waiting: list[asyncio.Future[None]] = []
+        self._out = 0  # requests of the round out now not answered yet
+        self._round: asyncio.Task[None] | None = None
+
+    async def _ask(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+        self.requests += 1
+        self._waiting.append(turn := loop.create_future())
+        if self._round is None:
+            self._round = loop.create_task(self._send())
+        await turn
+        try:
+            return await request()
+        finally:
+            self._out -= 1
+
+    async def _send(self) -> None:
+        while True:
+            while self._out:
+                await asyncio.sleep(0.001)
+            for _ in range(20):  # every request its answers lead to is asked
+                await asyncio.sleep(0)
+            if not self._out:
+                break
+        waiting, self._waiting, self._round = self._waiting, [], None
+        self.rounds += 1
+        self._out += len(waiting)
+        for turn in waiting:
+            turn.set_result(None)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._ask(lambda: self.inner.get(key))  # type: ignore[no-any-return]
+
+    async def put(self, key: str, data: bytes, cache_control: str) -> None:
+        await self._ask(lambda: self.inner.put(key, data, cache_control))
+
+
+async def test_a_resume_reads_renditions_and_parts_at_once_not_one_after_another(
+        tmp_path: Path) -> None:
+    epoch, last = await _suspended_epoch(tmp_path)
+    # The state of the test above: two segments to make from their parts in both AAC
+    # renditions, one of them not listed yet.
+    _as_the_crash_left_aac(tmp_path, epoch, last, (last - 1, last), last - 2)
+    packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
+    store = packager.store = _InRounds(packager.store)  # type: ignore[assignment]
+    point = await packager.resume_point(ROOM)
+    assert point.next_msn == last + 1
+    # Two rounds for the room's own objects (its info, then every playlist and its epochs),
+    # then every rendition at once: one to check its window's last segment, three for each
+    # segment made (the segment or its first part, its other parts, the segment stored),
+    # one that finds the next segment missing. Read one after another, it was 56 rounds.
+    assert store.rounds <= 2 + 1 + 2 * 3 + 1, (store.rounds, store.requests)
