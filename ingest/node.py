@@ -296,6 +296,7 @@ class Node:
         for rec in orphans:
             if owning >= self.info.capacity:
                 return
+            began = time.monotonic()
             try:
                 # The rooms take the lease: one taking of a room at a time on this node.
                 lease = await self.rooms.adopt(rec)
@@ -304,7 +305,10 @@ class Node:
             if lease is None:
                 continue  # another node was quicker, or a speaker's admission here
             owning += 1
-            log.info("room %s adopted (its owner went away): epoch %d", rec.name, lease.epoch)
+            # The time its listeners wait on this node: the lease, the store's reads of where
+            # the room stands, and the broadcast's start.
+            log.info("room %s adopted (its owner went away): epoch %d, on air %.2f s after "
+                     "this node went to take it", rec.name, lease.epoch, time.monotonic() - began)
             self.metrics.rooms_adopted.inc()
 
 
