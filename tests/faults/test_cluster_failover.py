@@ -316,6 +316,54 @@ def _newest_part(tier: str, room: str) -> tuple[int, int]:
     return (int(hint[1]), int(hint[2])) if hint else (-1, -1)
 
 
+class _PartWatch(threading.Thread):
+    """Looks at one room's newest part through the tier every 0.2 s until `done`; each room
+    has its own watcher, so that one room's slow answer holds up no look at another room.
+    Every look is kept (asked, answered, newest part), to tell a room that made no part from
+    an answer that was slow to come."""
+
+    def __init__(self, tier: str, room: str, done: threading.Event) -> None:
+        super().__init__(daemon=True, name=f"watch-{room}")
+        self.tier, self.room, self.done = tier, room, done
+        self.looks: list[tuple[float, float, tuple[int, int]]] = []
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(0.2):
+                asked = time.monotonic()
+                part = _newest_part(self.tier, self.room)
+                self.looks.append((asked, time.monotonic(), part))
+        except (httpx.HTTPError, ValueError) as exc:  # the test fails with it
+            self.error = exc
+
+    def longest_wait(self) -> tuple[float, str]:
+        """The longest time between two answers that showed a newer part, and the looks
+        around it (seconds from the first look: asked -> answered, part)."""
+        longest, at, since = 0.0, 0, 0
+        for i, (_asked, answered, part) in enumerate(self.looks):
+            if part > self.looks[since][2]:
+                if answered - self.looks[since][1] > longest:
+                    longest, at = answered - self.looks[since][1], i
+                since = i
+        t0 = self.looks[0][0] if self.looks else 0.0
+        story = "; ".join(f"{a - t0:.2f}->{b - t0:.2f} {p[0]}.{p[1]}"
+                          for a, b, p in self.looks[max(0, at - 25):at + 3])
+        return longest, story
+
+
+def _stalls(done: threading.Event, out: list[tuple[float, float]]) -> None:
+    """Times this process itself was held up more than 0.5 s past a 0.05 s sleep (the
+    machine, not the rooms): (monotonic time it woke, how late)."""
+    while True:
+        before = time.monotonic()
+        if done.wait(0.05):
+            return
+        late = time.monotonic() - before - 0.05
+        if late > 0.5:
+            out.append((time.monotonic(), late))
+
+
 def test_a_rolling_restart_of_every_node_ends_no_room(
         tmp_path: Path, own_postgres: PostgresServer) -> None:
     with cluster(tmp_path, own_postgres) as (nodes, _edge, tier):
@@ -331,26 +379,13 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
         try:
             for room in ("alpha", "beta"):
                 wait_http(f"{tier}/live/{room}/master.m3u8", 45)
-            worst = {"alpha": 0.0, "beta": 0.0}
-            last = {room: (_newest_part(tier, room), time.monotonic()) for room in worst}
             done = threading.Event()
-            failed: list[Exception] = []
-
-            def watch() -> None:
-                # Every 0.2 s throughout, while the test stops and starts nodes (a start takes
-                # seconds: no look may wait for it).
-                try:
-                    while not done.wait(0.2):
-                        for room, longest in worst.items():
-                            pos, now = _newest_part(tier, room), time.monotonic()
-                            if pos > last[room][0]:
-                                worst[room] = max(longest, now - last[room][1])
-                                last[room] = (pos, now)
-                except (httpx.HTTPError, ValueError) as exc:  # the test fails with it below
-                    failed.append(exc)
-
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
+            watches = {room: _PartWatch(tier, room, done) for room in ("alpha", "beta")}
+            held_up: list[tuple[float, float]] = []
+            stall_probe = threading.Thread(target=_stalls, args=(done, held_up), daemon=True)
+            for thread in (*watches.values(), stall_probe):
+                thread.start()
+            t0 = time.monotonic()
             time.sleep(3)
             for node in nodes:
                 # The load balancer stops sending speakers to the node going down.
@@ -367,10 +402,18 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 node.start()
                 time.sleep(1)
             done.set()
-            watcher.join(20)
+            for thread in (*watches.values(), stall_probe):
+                thread.join(20)
+            failed = [watch.error for watch in watches.values() if watch.error]
             assert not failed, f"the tier stopped answering: {failed}"
-            for room, gap in worst.items():
-                assert gap < 4.0, f"room {room} stopped for {gap:.1f} s during the restarts"
+            worst = {room: watch.longest_wait() for room, watch in watches.items()}
+            for room, (gap, looks) in worst.items():
+                assert gap < 4.0, (
+                    f"room {room} stopped for {gap:.1f} s during the restarts; its looks "
+                    f"(s from the first: asked->answered, part): {looks}; this process held "
+                    f"up (s from the first look, how long): "
+                    f"{[(round(at - t0, 2), round(late, 2)) for at, late in held_up]}\n"
+                    + _rooms_told(nodes))
             # A program that stops on its own is put back on air, but in a drill it is a bug
             # (a room taken again by the node that lost it once went silent for good so).
             stopped = [node.n for node in nodes if "its program stopped" in node.svc.output()]
@@ -391,8 +434,9 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 assert msns == sorted(set(msns)), "every segment once, in order"
                 holes = [b - a for a, b in itertools.pairwise(msns) if b - a > 2]
                 assert not holes, f"{room}: segments missing from the recording: {holes}"
-            print("rolling restart: longest wait for a new part", {k: round(v, 2)
-                                                                    for k, v in worst.items()})
+            print("rolling restart: longest wait for a new part",
+                  {room: round(gap, 2) for room, (gap, _) in worst.items()},
+                  "; this process held up", len(held_up), "times")
         finally:
             for sp in speakers:
                 sp.stop()
