@@ -1124,9 +1124,19 @@ class Rooms:
 
         if self.node is not None:
             await self.node.stop()
+        # Speakers relayed from here end their relays in order, the owner letting them go at
+        # once (left to `leave`'s background close, they were cancelled below before they
+        # ran, and each owner kept a silent speaker until this process was gone).
+        relays = [speaker.relay for room in self._rooms.values()
+                  for speaker in room.relayed.values() if speaker.relay is not None]
         for room in self._rooms.values():
-            for speaker in list(room.relayed.values()):
-                self.leave(room, speaker)
+            room.relayed.clear()
+        if relays:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(relay.close() for relay in relays)),
+                                       left())
+            except TimeoutError:
+                log.warning("%d relays to other nodes not ended in time", len(relays))
         stopped = [room for room in self._rooms.values() if room.state == "live" and room.on_air]
         # Rooms stop side by side: each waits for its encoders' last part, and a node with many
         # rooms must not hand them over one after another.

@@ -212,6 +212,60 @@ async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_
     assert not dropped.is_set(), "the speaker's connection was kept"
 
 
+async def test_a_relayed_speaker_stays_in_the_mix_when_the_owner_s_program_is_restarted(
+        cluster: tuple[Served, Served]) -> None:
+    owner, other = cluster
+    room, _, speaker, mixed, dropped = await _guest(owner, other)
+    async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
+        r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": True})
+        assert r.status_code == 200 and r.json()["muted"], r.text
+    first, epoch = room._broadcast, room.epoch
+    assert isinstance(first, RecordedBroadcast)
+    # The owner's epoch fails (an encoder that raises): the room goes back on air on the
+    # same node, in a new epoch, and the relayed guest goes into its mix as the host left
+    # them, with the relay from the other node kept.
+    first.fail("the encoder failed")
+    deadline = time.monotonic() + 10
+    while not (room.on_air and room._broadcast is not first):
+        assert time.monotonic() < deadline, "the room never came back on air"
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    program = room._broadcast
+    assert isinstance(program, RecordedBroadcast) and room.epoch == epoch + 1
+    assert room.speakers.get(mixed.id) is mixed and mixed.input.muted
+    assert room._mixer is not None and room._mixer.inputs[mixed.id] is mixed.input
+
+    async def a_second_of_voice() -> float:
+        for _ in range(50):
+            speaker.push(BLOCK)
+            await asyncio.sleep(0.02)
+        return float(np.abs(program.audio(0.5)).max())
+
+    assert await a_second_of_voice() < 0.01, "still muted in the new mix"
+    async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
+        r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": False})
+        assert r.status_code == 200 and not r.json()["muted"], r.text
+    assert await a_second_of_voice() > 0.1, "unmuted, the relayed guest is heard"
+    assert not dropped.is_set() and speaker.relay is not None, "the relay was kept"
+
+
+async def test_a_relaying_node_that_stops_ends_its_relays_before_it_goes(
+        cluster: tuple[Served, Served]) -> None:
+    owner, other = cluster
+    room, _, speaker, mixed, _ = await _guest(owner, other)
+    relay = speaker.relay
+    assert relay is not None
+    # The node the guest reached stops (a deploy): the relay's body ends there, in order,
+    # so that the owner lets the guest go at once, not once their silence is noticed or the
+    # process is gone.
+    await other.rooms.close()
+    assert relay._task.done(), "the relay was left streaming"
+    deadline = time.monotonic() + 2.0
+    while mixed.id in room.speakers:
+        assert time.monotonic() < deadline, "the owner still mixes the guest"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_relayed_speaker_is_carried_on_when_the_owner_is_asked_in_the_midst_of_its_stop(
         cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
