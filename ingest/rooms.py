@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -778,11 +778,10 @@ class Rooms:
         log.info("room %s: speaker %s mixed here now (the room came to this node)", room.name,
                  speaker.id)
 
-    def _spawn(self, work: Awaitable[object], name: str) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.get_running_loop().create_task(run(), name=name)
+    def _spawn(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        # The coroutine itself, not one awaiting it: a task cancelled before it ran (the
+        # service closing) then closes it, where the wrapper left it never awaited.
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
