@@ -169,6 +169,22 @@ async def _guest(owner: Served, other: Served) -> tuple[Room, Room, Speaker, Spe
     return room, here, speaker, mixed, dropped
 
 
+async def _mute(api_url: str, speaker_id: str, muted: bool) -> None:
+    """Mute or unmute a speaker through a node's control API, as a host does."""
+    async with httpx.AsyncClient(base_url=api_url, headers=AUTH, timeout=10) as api:
+        r = await api.post(f"/rooms/hall/speakers/{speaker_id}/mute", json={"muted": muted})
+        assert r.status_code == 200 and r.json()["muted"] == muted, r.text
+
+
+async def _a_second_of_voice(speaker: Speaker, program: RecordedBroadcast) -> float:
+    """A second of the speaker's voice pushed in real time; the loudest sample of the
+    program's last half second."""
+    for _ in range(50):
+        speaker.push(BLOCK)
+        await asyncio.sleep(0.02)
+    return float(np.abs(program.audio(0.5)).max())
+
+
 async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_muted_and_named(
         cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
@@ -198,17 +214,10 @@ async def test_a_relayed_speaker_s_node_takes_the_room_and_keeps_them_connected_
     program = here._broadcast
     assert isinstance(program, RecordedBroadcast)
 
-    async def a_second_of_voice() -> float:
-        for _ in range(50):
-            speaker.push(BLOCK)
-            await asyncio.sleep(0.02)
-        return float(np.abs(program.audio(0.5)).max())
-
-    assert await a_second_of_voice() < 0.01, "still muted in the mix here"
-    async with httpx.AsyncClient(base_url=other.url, headers=AUTH, timeout=10) as api:
-        r = await api.post(f"/rooms/hall/speakers/{speaker.id}/mute", json={"muted": False})
-        assert r.status_code == 200 and not r.json()["muted"], r.text
-    assert await a_second_of_voice() > 0.1, "unmuted, the speaker is in the mix here"
+    assert await _a_second_of_voice(speaker, program) < 0.01, "still muted in the mix here"
+    await _mute(other.url, speaker.id, False)
+    assert await _a_second_of_voice(speaker, program) > 0.1, \
+        "unmuted, the speaker is in the mix here"
     assert not dropped.is_set(), "the speaker's connection was kept"
 
 
@@ -216,9 +225,7 @@ async def test_a_relayed_speaker_stays_in_the_mix_when_the_owner_s_program_is_re
         cluster: tuple[Served, Served]) -> None:
     owner, other = cluster
     room, _, speaker, mixed, dropped = await _guest(owner, other)
-    async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
-        r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": True})
-        assert r.status_code == 200 and r.json()["muted"], r.text
+    await _mute(owner.url, mixed.id, True)
     first, epoch = room._broadcast, room.epoch
     assert isinstance(first, RecordedBroadcast)
     # The owner's epoch fails (an encoder that raises): the room goes back on air on the
@@ -235,17 +242,9 @@ async def test_a_relayed_speaker_stays_in_the_mix_when_the_owner_s_program_is_re
     assert room.speakers.get(mixed.id) is mixed and mixed.input.muted
     assert room._mixer is not None and room._mixer.inputs[mixed.id] is mixed.input
 
-    async def a_second_of_voice() -> float:
-        for _ in range(50):
-            speaker.push(BLOCK)
-            await asyncio.sleep(0.02)
-        return float(np.abs(program.audio(0.5)).max())
-
-    assert await a_second_of_voice() < 0.01, "still muted in the new mix"
-    async with httpx.AsyncClient(base_url=owner.url, headers=AUTH, timeout=10) as api:
-        r = await api.post(f"/rooms/hall/speakers/{mixed.id}/mute", json={"muted": False})
-        assert r.status_code == 200 and not r.json()["muted"], r.text
-    assert await a_second_of_voice() > 0.1, "unmuted, the relayed guest is heard"
+    assert await _a_second_of_voice(speaker, program) < 0.01, "still muted in the new mix"
+    await _mute(owner.url, mixed.id, False)
+    assert await _a_second_of_voice(speaker, program) > 0.1, "unmuted, the relayed guest is heard"
     assert not dropped.is_set() and speaker.relay is not None, "the relay was kept"
 
 
