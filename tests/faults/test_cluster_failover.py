@@ -337,16 +337,15 @@ class _PartWatch(threading.Thread):
         except (httpx.HTTPError, ValueError) as exc:  # the test fails with it
             self.error = exc
 
-    def longest_wait(self) -> tuple[float, str]:
+    def longest_wait(self, t0: float) -> tuple[float, str]:
         """The longest time between two answers that showed a newer part, and the looks
-        around it (seconds from the first look: asked -> answered, part)."""
+        around it (seconds from `t0`: asked -> answered, part)."""
         longest, at, since = 0.0, 0, 0
         for i, (_asked, answered, part) in enumerate(self.looks):
             if part > self.looks[since][2]:
                 if answered - self.looks[since][1] > longest:
                     longest, at = answered - self.looks[since][1], i
                 since = i
-        t0 = self.looks[0][0] if self.looks else 0.0
         story = "; ".join(f"{a - t0:.2f}->{b - t0:.2f} {p[0]}.{p[1]}"
                           for a, b, p in self.looks[max(0, at - 25):at + 3])
         return longest, story
@@ -376,16 +375,18 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
             sp.key = key  # type: ignore[attr-defined]
             sp.start()
             speakers.append(sp)
+        done = threading.Event()
         try:
             for room in ("alpha", "beta"):
                 wait_http(f"{tier}/live/{room}/master.m3u8", 45)
-            done = threading.Event()
+            # Every 0.2 s throughout, while the test stops and starts nodes (a start takes
+            # seconds: no look may wait for it).
             watches = {room: _PartWatch(tier, room, done) for room in ("alpha", "beta")}
             held_up: list[tuple[float, float]] = []
             stall_probe = threading.Thread(target=_stalls, args=(done, held_up), daemon=True)
+            t0 = time.monotonic()
             for thread in (*watches.values(), stall_probe):
                 thread.start()
-            t0 = time.monotonic()
             time.sleep(3)
             for node in nodes:
                 # The load balancer stops sending speakers to the node going down.
@@ -406,12 +407,12 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                 thread.join(20)
             failed = [watch.error for watch in watches.values() if watch.error]
             assert not failed, f"the tier stopped answering: {failed}"
-            worst = {room: watch.longest_wait() for room, watch in watches.items()}
+            worst = {room: watch.longest_wait(t0) for room, watch in watches.items()}
             for room, (gap, looks) in worst.items():
                 assert gap < 4.0, (
                     f"room {room} stopped for {gap:.1f} s during the restarts; its looks "
-                    f"(s from the first: asked->answered, part): {looks}; this process held "
-                    f"up (s from the first look, how long): "
+                    f"(s from the watch's start: asked->answered, part): {looks}; this "
+                    f"process held up (s from the start, how long): "
                     f"{[(round(at - t0, 2), round(late, 2)) for at, late in held_up]}\n"
                     + _rooms_told(nodes))
             # A program that stops on its own is put back on air, but in a drill it is a bug
@@ -438,5 +439,6 @@ def test_a_rolling_restart_of_every_node_ends_no_room(
                   {room: round(gap, 2) for room, (gap, _) in worst.items()},
                   "; this process held up", len(held_up), "times")
         finally:
+            done.set()
             for sp in speakers:
                 sp.stop()
