@@ -252,8 +252,8 @@ class _InRounds:
 async def test_a_resume_reads_renditions_and_parts_at_once_not_one_after_another(
         tmp_path: Path) -> None:
     epoch, last = await _suspended_epoch(tmp_path)
-    # The state of the test above: two segments to make from their parts in both AAC
-    # renditions, one of them not listed yet.
+    # The crash of `-k never_landed`, not listed: two segments to make from their parts in
+    # both AAC renditions.
     _as_the_crash_left_aac(tmp_path, epoch, last, (last - 1, last), last - 2)
     packager = Packager(PackagerSettings(data_dir=tmp_path, publish_state=False))
     store = packager.store = _InRounds(packager.store)  # type: ignore[assignment]
