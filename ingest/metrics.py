@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class IngestMetrics:
@@ -97,6 +97,12 @@ class IngestMetrics:
         self.rooms_adopted = Counter(
             "townsquare_ingest_rooms_adopted",
             "Rooms this node took over from a node that went away", registry=r)
+        self.adoption_seconds = Histogram(
+            "townsquare_ingest_adoption_seconds",
+            "From the look that found a room nobody holds to that room on air here: the "
+            "lease, the store's reads of where the room stands, the broadcast's start (what "
+            "listeners wait on this node after a failover or a hand-over)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0), registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

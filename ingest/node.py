@@ -307,9 +307,11 @@ class Node:
             owning += 1
             # The time its listeners wait on this node: the lease, the store's reads of where
             # the room stands, and the broadcast's start.
+            took = time.monotonic() - began
             log.info("room %s adopted (its owner went away): epoch %d, on air %.2f s after "
-                     "this node went to take it", rec.name, lease.epoch, time.monotonic() - began)
+                     "this node went to take it", rec.name, lease.epoch, took)
             self.metrics.rooms_adopted.inc()
+            self.metrics.adoption_seconds.observe(took)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

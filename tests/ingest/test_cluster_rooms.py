@@ -101,6 +101,8 @@ async def test_an_orphaned_room_goes_to_the_least_busy_node(tmp_path: Path) -> N
         assert owner == "node-2", "adopted by the node with no rooms"
         # The lease is taken before the room is put on air.
         await _until(lambda: _on_air(idle, "orphan"), True)
+        # The time it took is measured for the operator (`townsquare_ingest_adoption_seconds`).
+        await _until(lambda: _adoptions(idle), 1.0)
         assert busy.node is not None
         assert sorted(r.name for r in busy.node.owned()) == ["busy-0", "busy-1", "busy-2"]
     finally:
@@ -158,6 +160,12 @@ async def _owner(registry: Registry, room: str) -> object:
 
 async def _on_air(rooms: Rooms, name: str) -> object:
     return rooms.get(name).on_air
+
+
+async def _adoptions(rooms: Rooms) -> object:
+    """How many adoptions the node's `townsquare_ingest_adoption_seconds` has timed."""
+    assert rooms.node is not None
+    return rooms.node.metrics.registry.get_sample_value("townsquare_ingest_adoption_seconds_count")
 
 
 async def _until(read: Callable[[], Awaitable[object]], *wanted: object,
