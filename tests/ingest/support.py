@@ -166,13 +166,6 @@ def rms_dbfs(pcm: np.ndarray) -> float:
     return float(20 * np.log10(max(rms, 1e-9)))
 
 
-def tone(freq: float, seconds: float) -> np.ndarray:
-    """A speaker's planar stereo float32 tone at 48 kHz, amplitude 0.3."""
-    t = np.arange(int(seconds * 48_000)) / 48_000
-    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return np.vstack([x, x])
-
-
 def tone_db(pcm: np.ndarray, freq: float, width: float | None = None) -> float:
     """The spectrum's height at `freq` relative to its strongest peak, in dB (0 = the top).
 

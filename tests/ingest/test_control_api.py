@@ -21,8 +21,8 @@ from ingest.stream_keys import hash_key
 from ingest.whip import WhipEndpoint, allow_loopback_candidates
 from packager.pipeline import ResumePoint
 from registry import Registry, default_url
-from tests.ingest.support import tone
 from tests.ingest.twins import RecordingPackager, ToneTrack, whip_answer, whip_offer
+from tests.support.audio import program_tone
 
 TOKEN = "test-admin-token-0123456789"
 URLS = PublicUrls("http://ctl", "rtmp://ingest:1935", "http://edge", "http://origin")
@@ -193,12 +193,12 @@ async def test_reconnect_is_heard_on_the_same_timeline(stack: Stack) -> None:
     await stack.create("again")
     room = stack.rooms.get("again")
     first = stack.rooms.join(room, "rtmp", "a")
-    first.push(tone(440, 0.5))
+    first.push(program_tone(0.5, 440, amplitude=0.3))
     await asyncio.sleep(0.6)
     stack.rooms.leave(room, first)
     await asyncio.sleep(0.5)  # nobody: silence keeps the timeline going
     second = stack.rooms.join(room, "rtmp", "a")
-    second.push(tone(880, 0.5))
+    second.push(program_tone(0.5, 880, amplitude=0.3))
     await asyncio.sleep(0.8)
     assert len(stack.packager.broadcasts) == 1, "a reconnect must not start a new broadcast"
     b = stack.packager.broadcasts[0]

@@ -22,8 +22,8 @@ from packager.errors import EncodeError
 from packager.pipeline import Broadcast, Packager
 from packager.settings import PackagerSettings
 from registry import Registry, default_url
-from tests.ingest.support import tone
 from tests.ingest.twins import RecordedBroadcast, RecordingPackager
+from tests.support.audio import program_tone
 
 LONG_LEASE = 10.0
 
@@ -78,8 +78,8 @@ async def test_a_room_whose_broadcast_fails_is_back_on_air_with_its_speakers(
         assert list(room.speakers) == [host.id, guest.id]
         assert room._mixer is not None and room._mixer.inputs[host.id] is host.input
         assert guest.input.muted and not host.input.muted
-        host.push(tone(440, 0.6))
-        guest.push(tone(1000, 0.6))
+        host.push(program_tone(0.6, 440, amplitude=0.3))
+        guest.push(program_tone(0.6, 1000, amplitude=0.3))
         second = _broadcast(room)
         await asyncio.sleep(1.0)
         heard = second.audio()[0]
@@ -146,7 +146,7 @@ async def test_a_room_whose_encoder_fails_is_heard_again_in_a_new_epoch(
     try:
         room, _ = await rooms.create("hall")
         host = await rooms.speak(room, "rtmp", "host")
-        host.push(tone(440, 8.0))
+        host.push(program_tone(8.0, 440, amplitude=0.3))
         await asyncio.sleep(2.5)
         first = room._broadcast
         assert isinstance(first, Broadcast)
