@@ -10,6 +10,10 @@ a replay of what was heard before the outage. Audio is told apart by its PROGRAM
 C: the origin is stopped (SIGSTOP) until the page restarts its player one rendition lower,
 then let go: once the page has played smoothly for a while it is back on the best rendition,
 switched in place, playing on.
+
+D: the page's parts stop coming (the browser holds every part request) while its playlists
+go on: the page starts its player again as soon as it has run dry, without waiting out
+hls.js's load timeouts, and plays on.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.edge.conftest import wait_live
 from tests.support.browser import chromium
@@ -338,3 +343,54 @@ def test_listener_steps_down_on_a_stall_and_back_up_once_it_plays_smoothly(
     assert after["playing"] == best and after["stepDown"] == 0, (up, after)
     assert after["recoveries"] == up["recoveries"] and after["state"] == "playing", (up, after)
     assert after["t"] - up["t"] >= 2.0, (up, after)
+
+
+RESTART_MS = 6.0  # the page's restart after a stall of any kind (listen.html)
+
+
+def test_listener_that_stops_getting_parts_the_room_has_restarts_as_soon_as_it_runs_dry(
+        tmp_path: Path) -> None:
+    # What hls.js sometimes does after a segment a hand-over cut short (2 hand-over drills in
+    # 28 beside a busy CPU): it reads the playlist part after part and loads none of them. The
+    # browser holding every part request stands in for that: the playlists go on, the
+    # parts do not come.
+    with listening(tmp_path) as (_stack, page):
+        rec = Recorder(page)
+        rec.run(2.0)
+        assert rec.samples[-1].state == "playing", rec.samples[-1]
+        before = rec.samples[-1].recoveries
+        held: list[Any] = []
+
+        def hold(route: Any) -> None:  # never answered until let go below
+            held.append(route)
+
+        page.route("**/*.m4s", hold)
+        held_at = time.monotonic()
+        try:
+            while (s := rec.poll()).recoveries == before:
+                assert s.at - held_at < 20, rec.timeline(held_at)
+                time.sleep(0.25)
+        finally:
+            page.unroute("**/*.m4s", hold)
+            for route in held:  # those of the new player go on; the old one's were aborted
+                with suppress(PlaywrightError):  # a request its page already gave up on
+                    route.continue_()
+        restarted_at = s.at
+        cause = page.evaluate("() => window.townsquare.recoveryCause")
+        ran_dry_at = max(x.at for x in rec.samples if x.played > 0 and x.at < restarted_at)
+        rec.run(4.0)
+        result = {
+            "cause": cause,
+            "held_to_dry_s": round(ran_dry_at - held_at, 2),
+            "dry_to_restart_s": round(restarted_at - ran_dry_at, 2),
+            "parts_held": len(held),
+            "new_audio_after_restart_s": round(rec.new_since(restarted_at), 2),
+            "timeline (s since held, state, currentTime, recoveries)": rec.timeline(held_at),
+        }
+    print(result)
+    # Restarted because the room's playlist went on without it, and before the stall of any
+    # kind would have restarted it; then it plays new audio.
+    assert cause == "behind", result
+    assert restarted_at - ran_dry_at < RESTART_MS, result
+    assert result["new_audio_after_restart_s"] >= 2.0, result
+    assert rec.samples[-1].state == "playing", result
