@@ -345,7 +345,7 @@ def test_listener_steps_down_on_a_stall_and_back_up_once_it_plays_smoothly(
     assert after["t"] - up["t"] >= 2.0, (up, after)
 
 
-RESTART_MS = 6.0  # the page's restart after a stall of any kind (listen.html)
+PAGE_RESTART_S = 6.0  # the page's restart after a stall of any kind (RESTART_MS)
 
 
 def test_listener_that_stops_getting_parts_the_room_has_restarts_as_soon_as_it_runs_dry(
@@ -391,6 +391,6 @@ def test_listener_that_stops_getting_parts_the_room_has_restarts_as_soon_as_it_r
     # Restarted because the room's playlist went on without it, and before the stall of any
     # kind would have restarted it; then it plays new audio.
     assert cause == "behind", result
-    assert restarted_at - ran_dry_at < RESTART_MS, result
+    assert restarted_at - ran_dry_at < PAGE_RESTART_S, result
     assert result["new_audio_after_restart_s"] >= 2.0, result
     assert rec.samples[-1].state == "playing", result

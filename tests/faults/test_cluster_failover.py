@@ -173,7 +173,8 @@ def _move_the_room(tmp: Path, postgres: PostgresServer, stop_owner: str) -> dict
                 listeners.wait_playing(60, advance=3.0)
                 assert listeners.state("listen") == "playing"
                 told = page.evaluate("({errors: window.townsquare.errors.slice(-15), "
-                                     "recoveries: window.townsquare.recoveries})")
+                                     "recoveries: window.townsquare.recoveries, "
+                                     "cause: window.townsquare.recoveryCause})")
                 silent_from, back_at = listeners.stall("listen", stopped_at)
                 buffer = buffer_story(page, stopped_wall)
                 if back_at == 0.0:  # it never stopped playing
