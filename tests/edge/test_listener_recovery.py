@@ -350,7 +350,7 @@ PAGE_RESTART_S = 6.0  # the page's restart after a stall of any kind (RESTART_MS
 
 def test_listener_that_stops_getting_parts_the_room_has_restarts_as_soon_as_it_runs_dry(
         tmp_path: Path) -> None:
-    # What hls.js sometimes does after a segment a hand-over cut short (2 hand-over drills in
+    # What hls.js sometimes does at a segment a hand-over cut short (2 hand-over drills in
     # 28 beside a busy CPU): it reads the playlist part after part and loads none of them. The
     # browser holding every part request stands in for that: the playlists go on, the
     # parts do not come.
